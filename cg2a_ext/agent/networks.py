@@ -1,0 +1,171 @@
+"""DMC-GB networks for SAC from pixels (method doc, section 6).
+
+Encoder: a shared convolutional trunk (``SharedCNN``: 3x3 convs of
+``num_filters`` channels, the first ``num_stride2`` with stride 2, ReLU between
+them, no padding) and, per network, a projection ``Linear -> LayerNorm -> tanh``.
+The trunk is owned (and trained) by the critic; the actor reuses it with its
+output detached. Heads are MLPs with two hidden layers. Linear layers use
+orthogonal init, convolutions delta-orthogonal init (as in DMC-GB / SAC-AE).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def weight_init(m: nn.Module) -> None:
+    """Orthogonal init for Linear, delta-orthogonal for Conv2d (biases zero)."""
+    if isinstance(m, nn.Linear):
+        nn.init.orthogonal_(m.weight.data)
+        if m.bias is not None:
+            m.bias.data.fill_(0.0)
+    elif isinstance(m, nn.Conv2d):
+        assert m.weight.size(2) == m.weight.size(3)
+        m.weight.data.fill_(0.0)
+        if m.bias is not None:
+            m.bias.data.fill_(0.0)
+        mid = m.weight.size(2) // 2
+        gain = nn.init.calculate_gain("relu")
+        nn.init.orthogonal_(m.weight.data[:, :, mid, mid], gain)
+
+
+class SharedCNN(nn.Module):
+    """Convolutional trunk: pixels in [0, 255] -> feature map."""
+
+    def __init__(self, obs_shape, num_layers: int = 11, num_filters: int = 32, num_stride2: int = 1):
+        super().__init__()
+        assert len(obs_shape) == 3 and num_layers >= 1 and 1 <= num_stride2 <= num_layers
+        layers: list[nn.Module] = [nn.Conv2d(obs_shape[0], num_filters, 3, stride=2)]
+        for i in range(1, num_layers):
+            layers.append(nn.ReLU())
+            layers.append(nn.Conv2d(num_filters, num_filters, 3, stride=2 if i < num_stride2 else 1))
+        self.layers = nn.Sequential(*layers)
+        with torch.no_grad():
+            self.out_shape = tuple(self.layers(torch.zeros(1, *obs_shape)).shape[1:])
+        self.apply(weight_init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x / 255.0 - 0.5)
+
+
+class Projection(nn.Module):
+    """Flatten -> Linear -> LayerNorm -> tanh."""
+
+    def __init__(self, in_shape, out_dim: int):
+        super().__init__()
+        self.out_dim = out_dim
+        self.projection = nn.Sequential(
+            nn.Linear(math.prod(in_shape), out_dim), nn.LayerNorm(out_dim), nn.Tanh()
+        )
+        self.apply(weight_init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projection(x.flatten(1))
+
+
+class Encoder(nn.Module):
+    """Shared trunk + own projection; ``detach`` stops gradients into the trunk."""
+
+    def __init__(self, shared_cnn: SharedCNN, projection: Projection):
+        super().__init__()
+        self.shared_cnn = shared_cnn
+        self.projection = projection
+        self.out_dim = projection.out_dim
+
+    def forward(self, x: torch.Tensor, detach: bool = False) -> torch.Tensor:
+        h = self.shared_cnn(x)
+        if detach:
+            h = h.detach()
+        return self.projection(h)
+
+
+def mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=False),
+        nn.Linear(hidden_dim, hidden_dim), nn.ReLU(inplace=False),
+        nn.Linear(hidden_dim, out_dim),
+    )
+
+
+def _gaussian_logprob(noise: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    residual = (-0.5 * noise.pow(2) - log_std).sum(-1, keepdim=True)
+    return residual - 0.5 * math.log(2 * math.pi) * noise.size(-1)
+
+
+class Actor(nn.Module):
+    """Squashed-Gaussian policy on the (detached-trunk) encoder features."""
+
+    def __init__(self, encoder: Encoder, action_dim: int, hidden_dim: int,
+                 log_std_min: float = -10.0, log_std_max: float = 2.0):
+        super().__init__()
+        self.encoder = encoder
+        self.log_std_min = log_std_min
+        self.log_std_max = log_std_max
+        self.mlp = mlp(encoder.out_dim, hidden_dim, 2 * action_dim)
+        self.mlp.apply(weight_init)
+
+    def own_parameters(self):
+        """Parameters trained by the actor loss (projection + MLP, not the trunk)."""
+        return list(self.encoder.projection.parameters()) + list(self.mlp.parameters())
+
+    def forward(self, obs, compute_pi: bool = True, compute_log_pi: bool = True,
+                detach: bool = True, generator: torch.Generator | None = None):
+        h = self.encoder(obs, detach=detach)
+        mu, log_std = self.mlp(h).chunk(2, dim=-1)
+        log_std = torch.tanh(log_std)
+        log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (log_std + 1)
+        pi = log_pi = None
+        if compute_pi:
+            noise = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
+            pi = mu + noise * log_std.exp()
+            if compute_log_pi:
+                log_pi = _gaussian_logprob(noise, log_std)
+        mu = torch.tanh(mu)
+        if pi is not None:
+            pi = torch.tanh(pi)
+            if log_pi is not None:
+                log_pi = log_pi - torch.log(F.relu(1 - pi.pow(2)) + 1e-6).sum(-1, keepdim=True)
+        return mu, pi, log_pi, log_std
+
+
+class QFunction(nn.Module):
+    def __init__(self, obs_dim: int, action_dim: int, hidden_dim: int):
+        super().__init__()
+        self.trunk = mlp(obs_dim + action_dim, hidden_dim, 1)
+        self.trunk.apply(weight_init)
+
+    def forward(self, h, action):
+        return self.trunk(torch.cat([h, action], dim=-1))
+
+
+class Critic(nn.Module):
+    """Encoder (owns the trunk) + twin Q heads: ``forward(obs, action) -> (q1, q2)``."""
+
+    def __init__(self, encoder: Encoder, action_dim: int, hidden_dim: int):
+        super().__init__()
+        self.encoder = encoder
+        self.Q1 = QFunction(encoder.out_dim, action_dim, hidden_dim)
+        self.Q2 = QFunction(encoder.out_dim, action_dim, hidden_dim)
+
+    def forward(self, obs, action, detach: bool = False):
+        h = self.encoder(obs, detach=detach)
+        return self.Q1(h, action), self.Q2(h, action)
+
+
+def build_networks(obs_shape, action_dim: int, *, num_conv_layers: int = 11, num_filters: int = 32,
+                   num_stride2: int = 1, projection_dim: int = 100, hidden_dim: int = 1024,
+                   log_std_min: float = -10.0, log_std_max: float = 2.0):
+    """Return (actor, critic, critic_target) with the DMC-GB sharing pattern."""
+    import copy
+
+    shared = SharedCNN(obs_shape, num_conv_layers, num_filters, num_stride2)
+    actor = Actor(Encoder(shared, Projection(shared.out_shape, projection_dim)), action_dim,
+                  hidden_dim, log_std_min, log_std_max)
+    critic = Critic(Encoder(shared, Projection(shared.out_shape, projection_dim)), action_dim, hidden_dim)
+    critic_target = copy.deepcopy(critic)
+    for p in critic_target.parameters():
+        p.requires_grad_(False)
+    return actor, critic, critic_target

@@ -1,0 +1,169 @@
+"""The one SAC core (DMC-GB architecture and hyper-parameters).
+
+Algorithms differ only in the ``CriticGradient`` strategy handed to the agent
+(``critic_gradient.py``); the actor, temperature and target updates are shared.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .critic_gradient import CriticGradient, _check_finite, critic_loss
+from .networks import build_networks
+
+
+def soft_update(net, target, tau: float) -> None:
+    with torch.no_grad():
+        src = list(net.parameters())
+        dst = list(target.parameters())
+        torch._foreach_lerp_(dst, src, tau)
+
+
+class SACAgent:
+    """SAC from pixels. ``update(replay)`` does one critic update (and the actor,
+    temperature and target updates every ``actor_update_freq`` /
+    ``critic_target_update_freq`` updates) and returns a metrics dict."""
+
+    def __init__(self, obs_shape, action_dim: int, cfg, critic_gradient: CriticGradient,
+                 device: torch.device | str = "cpu"):
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.action_dim = action_dim
+        self.critic_gradient = critic_gradient
+        self.actor, self.critic, self.critic_target = build_networks(
+            obs_shape, action_dim, num_conv_layers=cfg.num_conv_layers, num_filters=cfg.num_filters,
+            num_stride2=cfg.num_stride2, projection_dim=cfg.projection_dim, hidden_dim=cfg.hidden_dim,
+            log_std_min=cfg.actor_log_std_min, log_std_max=cfg.actor_log_std_max)
+        for m in (self.actor, self.critic, self.critic_target):
+            m.to(self.device)
+        self.log_alpha = torch.tensor(math.log(cfg.init_temperature), device=self.device, requires_grad=True)
+        self.target_entropy = -float(action_dim)
+        self.actor_params = self.actor.own_parameters()
+        self.critic_params = [p for p in self.critic.parameters() if p.requires_grad]
+        self.actor_optimizer = torch.optim.Adam(self.actor_params, lr=cfg.actor_lr, betas=(cfg.actor_beta1, 0.999))
+        self.critic_optimizer = torch.optim.Adam(self.critic_params, lr=cfg.critic_lr,
+                                                 betas=(cfg.critic_beta1, 0.999))
+        self.log_alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr,
+                                                    betas=(cfg.alpha_beta1, 0.999))
+        self.num_updates = 0
+        self.skipped_critic_steps = 0
+        self.skipped_actor_steps = 0
+        self._shift = None
+        if critic_gradient.shift:
+            from cg2a_ext.augmentations import random_shift
+            self._shift = random_shift
+
+    # ------------------------------------------------------------------ acting
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.log_alpha.exp()
+
+    def train(self, training: bool = True) -> None:
+        self.actor.train(training)
+        self.critic.train(training)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, sample: bool = False) -> np.ndarray:
+        """Action for one observation: the mean (evaluation) or a sample (training)."""
+        x = torch.as_tensor(np.asarray(obs), device=self.device).float().unsqueeze(0)
+        mu, pi, _, _ = self.actor(x, compute_pi=sample, compute_log_pi=False)
+        a = pi if sample else mu
+        return a[0].cpu().numpy().astype(np.float32)
+
+    # ------------------------------------------------------------------ updates
+    def preprocess(self, obs_u8: torch.Tensor) -> torch.Tensor:
+        x = obs_u8.float()
+        if self._shift is not None:
+            x = self._shift(x, generator=self.critic_gradient.generator)
+        return x
+
+    @torch.no_grad()
+    def td_target(self, reward, next_obs, not_done) -> torch.Tensor:
+        _, next_action, log_pi, _ = self.actor(next_obs)
+        tq1, tq2 = self.critic_target(next_obs, next_action)
+        target_v = torch.min(tq1, tq2) - self.alpha.detach() * log_pi
+        return reward + not_done * self.cfg.discount * target_v
+
+    def update_critic(self, obs, action, target, diagnostics: bool = False) -> dict:
+        out = self.critic_gradient(self.critic, self.critic_params, obs, action, target, diagnostics=diagnostics)
+        metrics = {"critic_loss": out.loss}
+        if out.finite:
+            self.critic_optimizer.step()
+        else:
+            self.skipped_critic_steps += 1
+        metrics.update({f"diag/{k}": v for k, v in out.diagnostics.items()})
+        return metrics
+
+    def update_actor_and_alpha(self, obs) -> dict:
+        _, pi, log_pi, log_std = self.actor(obs, detach=True)
+        q1, q2 = self.critic(obs, pi, detach=True)
+        actor_loss = (self.alpha.detach() * log_pi - torch.min(q1, q2)).mean()
+        for p in self.actor_params:
+            p.grad = None
+        actor_loss.backward()
+        if _check_finite(self.actor_params, self.cfg.nonfinite, "actor"):
+            self.actor_optimizer.step()
+        else:
+            self.skipped_actor_steps += 1
+        alpha_loss = (self.alpha * (-log_pi - self.target_entropy).detach()).mean()
+        self.log_alpha.grad = None
+        alpha_loss.backward()
+        if _check_finite([self.log_alpha], self.cfg.nonfinite, "temperature"):
+            self.log_alpha_optimizer.step()
+        # the actor's backward also reached the critic heads: clear them for the next critic update
+        for p in self.critic_params:
+            p.grad = None
+        return {"actor_loss": actor_loss.detach(), "alpha_loss": alpha_loss.detach(),
+                "entropy": -log_pi.detach().mean()}
+
+    def update_targets(self) -> None:
+        soft_update(self.critic.Q1, self.critic_target.Q1, self.cfg.critic_tau)
+        soft_update(self.critic.Q2, self.critic_target.Q2, self.cfg.critic_tau)
+        soft_update(self.critic.encoder, self.critic_target.encoder, self.cfg.encoder_tau)
+
+    def update(self, replay, diagnostics: bool = False) -> dict:
+        obs, action, reward, next_obs, not_done = replay.sample(self.cfg.batch_size, device=self.device)
+        obs = self.preprocess(obs)
+        next_obs = self.preprocess(next_obs)
+        target = self.td_target(reward, next_obs, not_done)
+        metrics = self.update_critic(obs, action, target, diagnostics=diagnostics)
+        self.num_updates += 1
+        if self.num_updates % self.cfg.actor_update_freq == 0:
+            metrics.update(self.update_actor_and_alpha(obs))
+        if self.num_updates % self.cfg.critic_target_update_freq == 0:
+            self.update_targets()
+        metrics["alpha"] = self.alpha.detach()
+        metrics["target_q"] = target.mean()
+        metrics["skipped_critic_steps"] = self.skipped_critic_steps
+        metrics["skipped_actor_steps"] = self.skipped_actor_steps
+        return metrics
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {
+            "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+            "critic_target": self.critic_target.state_dict(), "log_alpha": self.log_alpha.detach().clone(),
+            "actor_optimizer": self.actor_optimizer.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "log_alpha_optimizer": self.log_alpha_optimizer.state_dict(),
+            "num_updates": self.num_updates, "skipped_critic_steps": self.skipped_critic_steps,
+            "skipped_actor_steps": self.skipped_actor_steps,
+        }
+
+    def load_state_dict(self, state: dict, networks_only: bool = False) -> None:
+        self.actor.load_state_dict(state["actor"])
+        self.critic.load_state_dict(state["critic"])
+        self.critic_target.load_state_dict(state["critic_target"])
+        with torch.no_grad():
+            self.log_alpha.copy_(state["log_alpha"])
+        if networks_only:
+            return
+        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
+        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        self.log_alpha_optimizer.load_state_dict(state["log_alpha_optimizer"])
+        self.num_updates = int(state["num_updates"])
+        self.skipped_critic_steps = int(state["skipped_critic_steps"])
+        self.skipped_actor_steps = int(state["skipped_actor_steps"])

@@ -1,0 +1,136 @@
+"""Learning curves per mode and the gradient-diagnostics figure (paper Fig. 1), as PNG."""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+
+def _read_csv(path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _num(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def run_label(run_dir) -> str:
+    cfg_path = Path(run_dir) / "config.json"
+    if cfg_path.is_file():
+        cfg = json.loads(cfg_path.read_text())
+        return f"{cfg.get('task', '?')} {cfg.get('algorithm', '?')}"
+    return Path(run_dir).name
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_learning_curves(run_dirs, out_path) -> Path:
+    """One panel per evaluation mode (plus training episode returns); runs with the same
+    label (task + algorithm) are averaged, the band is ± one std over runs."""
+    plt = _plt()
+    groups: dict[str, list] = {}
+    for d in run_dirs:
+        groups.setdefault(run_label(d), []).append(Path(d))
+    modes: list[str] = []
+    for d in run_dirs:
+        for r in _read_csv(Path(d) / "eval.csv"):
+            if r["mode"] not in modes:
+                modes.append(r["mode"])
+    panels = modes + ["training episodes"]
+    ncol = min(3, len(panels))
+    nrow = (len(panels) + ncol - 1) // ncol
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.5 * ncol, 3.4 * nrow), squeeze=False)
+    for ax, panel in zip(axes.flat, panels):
+        for label, dirs in groups.items():
+            curves = []
+            for d in dirs:
+                if panel == "training episodes":
+                    rows = _read_csv(d / "train.csv")
+                    xs = np.array([_num(r["step"]) for r in rows])
+                    ys = np.array([_num(r["episode_return"]) for r in rows])
+                else:
+                    rows = [r for r in _read_csv(d / "eval.csv") if r["mode"] == panel]
+                    xs = np.array([_num(r["step"]) for r in rows])
+                    ys = np.array([_num(r["mean_return"]) for r in rows])
+                if len(xs):
+                    curves.append((xs, ys))
+            if not curves:
+                continue
+            if len(curves) == 1:
+                ax.plot(*curves[0], marker="o" if panel != "training episodes" else None, ms=3, label=label)
+            else:
+                grid = np.unique(np.concatenate([c[0] for c in curves]))
+                ys = np.stack([np.interp(grid, x, y, left=np.nan, right=np.nan) for x, y in curves])
+                m, s = np.nanmean(ys, 0), np.nanstd(ys, 0)
+                ax.plot(grid, m, label=f"{label} ({len(curves)} runs)")
+                ax.fill_between(grid, m - s, m + s, alpha=0.2)
+        ax.set_title(panel)
+        ax.set_xlabel("agent steps")
+        ax.set_ylabel("return")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    out_path = Path(out_path)
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return out_path
+
+
+def plot_gradient_diagnostics(run_dir, out_path) -> Path | None:
+    """Per-loss gradient norms, pairwise cosines, conflict fraction, GAS weights and gamma over training."""
+    rows = _read_csv(Path(run_dir) / "diagnostics.csv")
+    if not rows:
+        return None
+    plt = _plt()
+    cols = list(rows[0].keys())
+    step = np.array([_num(r["step"]) for r in rows])
+    get = lambda c: np.array([_num(r.get(c)) for r in rows])
+    norms = sorted([c for c in cols if re.fullmatch(r"grad_norm_\d+", c)], key=lambda c: int(c.split("_")[-1]))
+    coss = [c for c in cols if re.fullmatch(r"cos_\d+_\d+", c)]
+    weights = sorted([c for c in cols if re.fullmatch(r"weight_\d+", c)], key=lambda c: int(c.split("_")[-1]))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    for c in norms:
+        axes[0, 0].plot(step, get(c), label=f"loss {c.split('_')[-1]}")
+    axes[0, 0].set_title("per-loss gradient norm")
+    axes[0, 0].set_yscale("log")
+    for c in coss:
+        i, j = c.split("_")[1:]
+        axes[0, 1].plot(step, get(c), label=f"cos(g{i}, g{j})")
+    axes[0, 1].axhline(0, color="k", lw=0.5)
+    axes[0, 1].set_title("pairwise cosine similarity")
+    for c in weights:
+        axes[1, 0].plot(step, get(c), label=f"w{c.split('_')[-1]}")
+    axes[1, 0].set_title("GAS weights")
+    axes[1, 1].plot(step, get("conflict_fraction"), label="conflict fraction (sign disagreement)")
+    if "neg_cos_pairs" in cols:
+        axes[1, 1].plot(step, get("neg_cos_pairs"), label="fraction of pairs with cos < 0")
+    if "gamma" in cols:
+        axes[1, 1].plot(step, get("gamma"), label="gamma", lw=0.8)
+    axes[1, 1].set_title("conflicts and SGS gamma")
+    for ax in axes.flat:
+        ax.set_xlabel("agent steps")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"gradient diagnostics: {run_label(run_dir)} (K={len(norms)}; loss 0 = clean)")
+    fig.tight_layout()
+    out_path = Path(out_path)
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return out_path
