@@ -1,0 +1,51 @@
+"""cg2a_ext: CG2A (Conflict-aware Gradient Agreement Augmentation, ICCV 2023).
+
+Public API:
+    ops.gram / ops.combine / ops.aggregate   fused C++/CUDA operators
+    reference.*                              the same in plain PyTorch
+    CG2A                                     draws gamma and aggregates
+    per_group_grads                          K per-loss gradients, one batched backward
+    has_cuda_kernels()                       CUDA kernels compiled into this build
+    make_env, augmentations                  DMC-GB environments and augmentations
+
+`import cg2a_ext` works without the compiled extension (CG2A then falls back
+to the reference); `cg2a_ext.ops` needs it.
+"""
+from __future__ import annotations
+
+from cg2a_ext import reference
+from cg2a_ext._extension import has_cuda_kernels, has_fused_ops
+from cg2a_ext.aggregator import CG2A, AggregationResult
+from cg2a_ext.per_group_grads import per_group_grads
+from cg2a_ext.reference import AggregateResult
+
+__all__ = [
+    "CG2A",
+    "AggregateResult",
+    "AggregationResult",
+    "has_cuda_kernels",
+    "has_fused_ops",
+    "make_env",
+    "per_group_grads",
+    "reference",
+]
+__version__ = "0.1.0"
+
+
+_LAZY = {
+    "ops": ("cg2a_ext.ops", None),
+    "augmentations": ("cg2a_ext.augmentations", None),
+    "make_env": ("cg2a_ext.envs", "make_env"),
+}
+
+
+def __getattr__(name: str):
+    # Heavy or optional parts load on first use: the environments import
+    # dm_control (and pick a GL backend) only when asked for.
+    if name not in _LAZY:
+        raise AttributeError(f"module 'cg2a_ext' has no attribute {name!r}")
+    import importlib
+
+    module_name, attribute = _LAZY[name]
+    module = importlib.import_module(module_name)
+    return module if attribute is None else getattr(module, attribute)

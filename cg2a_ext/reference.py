@@ -1,0 +1,128 @@
+"""Plain-PyTorch CG2A aggregation: the test oracle and the benchmark baseline.
+
+It does what the method doc (sections 2-4) says in the most direct way: flatten
+and concatenate the K per-loss gradients into a [K, P] matrix, a matmul for the
+Gram, sign tests for the mask, a weighted sum and a `where`. It accepts any K
+and makes several passes and K x P temporaries; `cg2a_ext.ops` is the fused,
+copy-free equivalent.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import torch
+from torch import Tensor
+
+MASKS = ("agree", "positive")
+NONFINITE_POLICIES = ("raise", "zero")
+
+
+class AggregateResult(NamedTuple):
+    """What `aggregate` returns (the same type for the fused and reference paths)."""
+
+    grads: list[Tensor]
+    """The aggregated gradient, one tensor of shape `shape_t` per input tensor."""
+    gram: Tensor
+    """K x K Gram matrix G_ij = <g_i, g_j> (accumulation dtype)."""
+    weights: Tensor
+    """The K weights w_i used (GAS weights, or 1/K with GAS off)."""
+    conflict_fraction: Tensor
+    """0-dim: fraction of elements whose K signs do not agree (under the mask)."""
+    nonfinite: Tensor
+    """0-dim bool: some input gradient was non-finite and the output was zeroed
+    (only with nonfinite="zero"; with "raise" such input raises instead)."""
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 for float64 gradients, float32 for every other floating dtype."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _flatten(grads: Sequence[Tensor]) -> Tensor:
+    k = grads[0].shape[0]
+    return torch.cat([g.reshape(k, -1) for g in grads], dim=1).to(accumulation_dtype(grads[0].dtype))
+
+
+def gram(grads: Sequence[Tensor]) -> Tensor:
+    """G = F F^T with F the [K, P] concatenation of the flattened gradients."""
+    flat = _flatten(grads)
+    return flat @ flat.T
+
+
+def gas_weights(gram_matrix: Tensor) -> Tensor:
+    """GAS (Eq. 8): w_i = r_i / sum_k |r_k| with r_i = sum_j G_ij; 1/K when all r are 0."""
+    r = gram_matrix.sum(dim=1)
+    denominator = r.abs().sum()
+    uniform = torch.full_like(r, 1.0 / r.numel())
+    return torch.where(denominator > 0, r / torch.where(denominator > 0, denominator, 1.0), uniform)
+
+
+def agreement(flat: Tensor, mask: str = "agree") -> Tensor:
+    """Bool [P]: True where the K values agree in sign (exact zeros never agree)."""
+    if mask not in MASKS:
+        raise ValueError(f"unknown mask {mask!r}; expected one of {MASKS}")
+    positive = (flat > 0).all(dim=0)
+    if mask == "positive":
+        return positive
+    return positive | (flat < 0).all(dim=0)
+
+
+def _combine_flat(grads: Sequence[Tensor], weights: Tensor, gamma: float, mask: str) -> tuple[Tensor, Tensor]:
+    flat = _flatten(grads)
+    weighted = (weights.to(flat.dtype)[:, None] * flat).sum(dim=0)
+    agree = agreement(flat, mask)
+    combined = torch.where(agree, weighted, gamma * weighted)
+    return combined, (~agree).sum()
+
+
+def _unflatten(flat: Tensor, grads: Sequence[Tensor], out: Sequence[Tensor] | None) -> list[Tensor]:
+    results = []
+    offset = 0
+    for t, g in enumerate(grads):
+        n = g[0].numel()
+        piece = flat[offset : offset + n].reshape(g.shape[1:]).to(g.dtype)
+        offset += n
+        if out is not None:
+            out[t].copy_(piece)
+            piece = out[t]
+        results.append(piece)
+    return results
+
+
+def combine(
+    grads: Sequence[Tensor], weights: Tensor, gamma: float, mask: str = "agree", out: Sequence[Tensor] | None = None
+) -> list[Tensor]:
+    """out_t = m * sum_i w_i g_i, m = 1 where the signs agree, gamma elsewhere."""
+    combined, _ = _combine_flat(grads, weights, gamma, mask)
+    return _unflatten(combined, grads, out)
+
+
+def aggregate(
+    grads: Sequence[Tensor],
+    gamma: float,
+    *,
+    gas: bool = True,
+    sgs: bool = True,
+    mask: str = "agree",
+    out: Sequence[Tensor] | None = None,
+    nonfinite: str = "raise",
+) -> AggregateResult:
+    """Gram, GAS weights, SGS mask and the damped weighted sum, all in plain PyTorch."""
+    if nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"unknown nonfinite policy {nonfinite!r}; expected one of {NONFINITE_POLICIES}")
+    g = gram(grads)
+    k = g.shape[0]
+    finite = torch.isfinite(torch.cat([x.reshape(k, -1) for x in grads], dim=1)).all()
+    if nonfinite == "raise" and not bool(finite):
+        raise FloatingPointError("cg2a reference aggregate: the input gradients contain NaN or Inf")
+    weights = gas_weights(g) if gas else torch.full((k,), 1.0 / k, dtype=g.dtype, device=g.device)
+    if not bool(finite):
+        weights = torch.zeros_like(weights)
+    flat = _flatten(grads)
+    safe = torch.where(torch.isfinite(flat), flat, 0.0) if not bool(finite) else flat
+    weighted = (weights[:, None] * safe).sum(dim=0)
+    agree = agreement(flat, mask)
+    combined = torch.where(agree, weighted, (gamma if sgs else 1.0) * weighted)
+    results = _unflatten(combined, grads, out)
+    conflict_fraction = (~agree).sum().to(g.dtype) / max(flat.shape[1], 1)
+    return AggregateResult(results, g, weights, conflict_fraction, ~finite)
