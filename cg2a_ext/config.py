@@ -327,6 +327,8 @@ def config_from_args(argv=None) -> TrainConfig:
         if not cfg_path.is_file():
             raise ConfigError(f"--resume: no config.json in {run_dir!r} (not a run folder?)")
         cfg = TrainConfig.load(cfg_path)
+        if cfg.buffer_capacity == 0:          # the buffer keeps the capacity it was created with
+            cfg.buffer_capacity = cfg.train_steps
         for k in ("train_steps", "device", "num_threads", "progress", "eval_freq"):
             if k in explicit:
                 setattr(cfg, k, explicit[k])

@@ -1,0 +1,206 @@
+"""Agent-level tests: per-loss gradients, strategies, networks, replay, config errors."""
+import numpy as np
+import pytest
+import torch
+
+from cg2a_ext.agent import make_agent
+from cg2a_ext.agent.critic_gradient import critic_loss
+from cg2a_ext.agent.networks import build_networks
+from cg2a_ext.config import ConfigError, TrainConfig, build_parser, config_from_args, field_docs, parse_gamma
+from cg2a_ext.replay import FrameReplayBuffer
+
+OBS = (9, 32, 32)
+A = 2
+
+
+def tiny_cfg(**kw) -> TrainConfig:
+    base = dict(task="cartpole_balance", image_size=32, num_conv_layers=2, num_filters=8, projection_dim=16,
+                hidden_dim=32, batch_size=8, device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def batch(b=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.randint(0, 256, (b, *OBS), generator=g).float()
+    action = torch.rand(b, A, generator=g) * 2 - 1
+    target = torch.randn(b, 1, generator=g)
+    return obs, action, target
+
+
+def test_paper_encoder_shape():
+    actor, critic, target = build_networks((9, 84, 84), 2)
+    assert critic.encoder.shared_cnn.out_shape == (32, 21, 21)
+    n_conv = sum(isinstance(m, torch.nn.Conv2d) for m in critic.encoder.shared_cnn.modules())
+    assert n_conv == 11
+    assert actor.encoder.shared_cnn is critic.encoder.shared_cnn          # trunk shared
+    assert actor.encoder.projection is not critic.encoder.projection      # one projection each
+    assert critic.Q1.trunk[0].out_features == 1024 and critic.encoder.out_dim == 100
+    # delta-orthogonal conv init: only the centre tap is non-zero
+    w = critic.encoder.shared_cnn.layers[2].weight
+    assert torch.count_nonzero(w[:, :, 0, 0]) == 0 and torch.count_nonzero(w[:, :, 1, 1]) > 0
+    mu, pi, log_pi, log_std = actor(torch.zeros(3, 9, 84, 84))
+    assert mu.shape == (3, 2) and pi.abs().max() <= 1 and log_pi.shape == (3, 1)
+    assert log_std.min() >= -10 and log_std.max() <= 2
+
+
+@pytest.mark.parametrize("algorithm", ["ac", "cg2a"])
+def test_per_loss_grads_equal_separate_backward(algorithm):
+    torch.manual_seed(0)
+    agent = make_agent(OBS, A, tiny_cfg(algorithm=algorithm), "cpu")
+    strat = agent.critic_gradient
+    obs, action, target = batch()
+    views = strat.views(obs)
+    assert views.shape[0] == strat.K == 4 and torch.equal(views[0], obs)
+    params = agent.critic_params
+    from cg2a_ext import per_group_grads
+    grads, losses = per_group_grads(agent.critic, critic_loss, (views,), (action, target), params=params)
+    for k in range(strat.K):
+        lk = critic_loss(agent.critic, views[k], action, target)
+        ref = torch.autograd.grad(lk, params)
+        assert torch.allclose(losses[k], lk.detach(), rtol=1e-5, atol=1e-6)
+        for g, r in zip(grads, ref):
+            assert torch.allclose(g[k], r, rtol=1e-4, atol=1e-6), (k, (g[k] - r).abs().max())
+
+
+def _grads_after(agent, obs, action, target, diagnostics):
+    out = agent.critic_gradient(agent.critic, agent.critic_params, obs, action, target, diagnostics=diagnostics)
+    return [p.grad.clone() for p in agent.critic_params], out
+
+
+def test_ac_mean_equals_diagnostic_path_and_cg2a_without_gas_sgs():
+    torch.manual_seed(0)
+    obs, action, target = batch()
+    ac = make_agent(OBS, A, tiny_cfg(algorithm="ac"), "cpu")
+    cg = make_agent(OBS, A, tiny_cfg(algorithm="cg2a", gas=False, sgs=False), "cpu")
+    cg.critic.load_state_dict(ac.critic.state_dict())
+    # same augmentation draws: identical generator states
+    def run(agent, diag):
+        agent.critic_gradient.generator.manual_seed(5)
+        return _grads_after(agent, obs, action, target, diag)
+    g_fast, out_fast = run(ac, False)
+    g_diag, out_diag = run(ac, True)
+    g_cg, out_cg = run(cg, True)
+    for a, b, c in zip(g_fast, g_diag, g_cg):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+        assert torch.allclose(a, c, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(out_fast.loss, out_diag.loss, rtol=1e-5)
+    d = out_cg.diagnostics
+    for key in ("grad_norm_0", "cos_0_1", "conflict_fraction", "weight_3", "gamma"):
+        assert key in d
+    assert 0.0 <= d["conflict_fraction"] <= 1.0 and abs(d["weight_0"] - 0.25) < 1e-6
+
+
+def test_cg2a_full_changes_gradient_and_reports_gamma():
+    torch.manual_seed(0)
+    obs, action, target = batch()
+    cg = make_agent(OBS, A, tiny_cfg(algorithm="cg2a", gamma="const:0.2"), "cpu")
+    g, out = _grads_after(cg, obs, action, target, True)
+    assert out.finite and abs(out.diagnostics["gamma"] - 0.2) < 1e-6
+    assert abs(sum(out.diagnostics[f"weight_{i}"] for i in range(4))) <= 1 + 1e-5
+
+
+def test_svea_loss_is_weighted_sum():
+    torch.manual_seed(0)
+    obs, action, target = batch()
+    ag = make_agent(OBS, A, tiny_cfg(algorithm="svea"), "cpu")
+    strat = ag.critic_gradient
+    strat.generator.manual_seed(3)
+    out = strat(ag.critic, ag.critic_params, obs, action, target)
+    strat.generator.manual_seed(3)
+    aug = strat.augmentation(obs.clone(), generator=strat.generator)
+    with torch.no_grad():
+        ref = 0.5 * critic_loss(ag.critic, obs, action, target) + 0.5 * critic_loss(ag.critic, aug, action, target)
+    assert torch.allclose(out.loss, ref, rtol=1e-5)
+
+
+def test_nonfinite_gradient_skips_step():
+    torch.manual_seed(0)
+    for algo in ("drq", "cg2a"):
+        ag = make_agent(OBS, A, tiny_cfg(algorithm=algo), "cpu")
+        obs, action, target = batch()
+        target[0] = float("nan")
+        before = [p.detach().clone() for p in ag.critic_params]
+        m = ag.update_critic(obs, action, target)
+        assert ag.skipped_critic_steps == 1, algo
+        for p, b in zip(ag.critic_params, before):
+            assert torch.equal(p, b)
+        ag2 = make_agent(OBS, A, tiny_cfg(algorithm=algo, nonfinite="raise"), "cpu")
+        with pytest.raises(FloatingPointError):
+            ag2.update_critic(obs, action, target)
+
+
+def test_agent_update_runs_and_state_roundtrip():
+    torch.manual_seed(0)
+    cfg = tiny_cfg(algorithm="cg2a")
+    ag = make_agent(OBS, A, cfg, "cpu")
+    rb = FrameReplayBuffer(OBS, A, 100, frame_stack=3, episode_steps=10, seed=0)
+    rng = np.random.default_rng(0)
+    obs = rng.integers(0, 256, OBS, dtype=np.uint8)
+    rb.add_first(obs)
+    for t in range(30):
+        rb.add(rng.uniform(-1, 1, A), 1.0, rng.integers(0, 256, OBS, dtype=np.uint8), False)
+    m1 = ag.update(rb, diagnostics=True)
+    m2 = ag.update(rb)
+    assert "actor_loss" in m2 and "diag/conflict_fraction" in m1
+    ag2 = make_agent(OBS, A, cfg, "cpu")
+    ag2.load_state_dict(ag.state_dict())
+    x = torch.rand(2, *OBS) * 255
+    assert torch.equal(ag.actor(x, compute_pi=False)[0], ag2.actor(x, compute_pi=False)[0])
+    assert ag2.num_updates == 2
+
+
+def test_replay_rebuilds_env_stacks():
+    from cg2a_ext.envs import make_env
+
+    env = make_env("cartpole_balance", seed=0, image_size=32, frame_stack=3, action_repeat=4, episode_length=40)
+    shape, adim = env.observation_space.shape, env.action_space.shape[0]
+    rb = FrameReplayBuffer(shape, adim, capacity=15, frame_stack=3, episode_steps=10, seed=0)
+    stored = []   # (obs, next_obs) per transition, most recent 15 kept by the ring
+    for ep in range(3):
+        obs, _ = env.reset(seed=ep)
+        rb.add_first(obs)
+        done = False
+        while not done:
+            a = env.action_space.sample()
+            nxt, r, term, trunc, _ = env.step(a)
+            rb.add(a, r, nxt, term)
+            stored.append((obs, nxt))
+            obs, done = nxt, term or trunc
+    env.close()
+    assert len(rb) == 15 and rb.num_transitions == len(stored) == 30
+    idx = np.arange(15)
+    o, a, r, n, nd = rb.get(idx)
+    for i in idx:
+        k = 30 - 15 + ((i - 30) % 15)   # global transition number stored in slot i
+        k = [t for t in range(15, 30) if t % 15 == i][0]
+        assert np.array_equal(o[i], stored[k][0]), i
+        assert np.array_equal(n[i], stored[k][1]), i
+    ob, act, rew, nob, notd = rb.sample(6)
+    assert ob.dtype == torch.uint8 and ob.shape == (6, *shape) and rew.shape == (6, 1)
+
+
+def test_replay_memory_frame_once():
+    rb = FrameReplayBuffer((9, 84, 84), 6, capacity=500_000, frame_stack=3, episode_steps=250)
+    frames = rb.frames.nbytes
+    assert frames / 500_000 < 3 * 84 * 84 * 1.01   # one RGB frame per step, not two 9-channel stacks
+    assert rb.nbytes() < 11.0e9
+
+
+def test_config_cli_and_errors(tmp_path):
+    docs = field_docs()
+    from dataclasses import fields
+    assert all(docs.get(f.name) for f in fields(TrainConfig)), "every field needs a docstring"
+    help_text = build_parser().format_help()
+    assert "--gamma" in help_text and "drawn per update" in help_text
+    cfg = config_from_args(["--task", "finger_spin", "--device", "cpu"])
+    assert cfg.algorithm == "cg2a" and cfg.train_steps == 500_000 and cfg.batch_size == 128 and cfg.eval_freq == 10_000
+    cpu = config_from_args(["--task", "cartpole_balance", "--preset", "cpu", "--batch_size", "32", "--no-gas"])
+    assert cpu.num_conv_layers == 4 and cpu.batch_size == 32 and cpu.gas is False
+    assert parse_gamma("const:0.2") == (0.2, 0.2) and parse_gamma("uniform:0.1,0.3") == (0.1, 0.3)
+    for argv, msg in ([["--task", "nope"], "unknown task"], [["--algorithm", "ppo"], "unknown algorithm"],
+                      [["--gamma", "uniform:0.3"], "malformed gamma"], [["--gamma", "0.2"], "malformed gamma"],
+                      [["--mask", "x"], "unknown mask"], [["--augmentations", "conv,bogus"], "unknown augmentation"],
+                      [["--resume", "--run_dir", str(tmp_path)], "no config.json"]):
+        with pytest.raises(ConfigError, match=msg):
+            config_from_args(argv + ["--device", "cpu"])

@@ -1,0 +1,69 @@
+"""eval.py and plot.py on a tiny trained run."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "python"))
+
+import eval as eval_script  # noqa: E402
+import plot as plot_script  # noqa: E402
+import train as train_script  # noqa: E402
+
+TINY = ["--task", "cartpole_balance", "--preset", "cpu", "--image_size", "32", "--episode_length", "40",
+        "--num_conv_layers", "2", "--num_filters", "8", "--projection_dim", "16", "--hidden_dim", "32",
+        "--batch_size", "8", "--seed_steps", "20", "--log_freq", "10", "--eval_episodes", "1", "--eval_freq", "20",
+        "--train_steps", "60", "--progress", "false", "--device", "cpu", "--algorithm", "cg2a"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("runs")
+    out = []
+    for seed in (0, 1):
+        d = base / f"seed{seed}"
+        train_script.build_and_train(TINY + ["--seed", str(seed), "--run_dir", str(d)])
+        out.append(d)
+    return out
+
+
+def test_eval_one_and_several_runs(runs, tmp_path):
+    modes = "train,color_easy,video_easy"
+    doc = eval_script.main(["--run", str(runs[0]), "--modes", modes, "--episodes", "2", "--device", "cpu"])
+    js = json.loads((runs[0] / "zero_shot.json").read_text())
+    md = (runs[0] / "zero_shot.md").read_text()
+    assert js["episodes"] == 2 and len(js["runs"]) == 1
+    res = js["runs"][0]["results"]
+    assert set(res) == {"train", "color_easy", "video_easy"} and all(len(r["returns"]) == 2 for r in res.values())
+    assert "| cartpole_balance | cg2a | 1 |" in md and "video_easy" in md and "Data used by each mode" in md
+    assert all(f"`{m}`" in md for m in modes.split(","))
+    out = tmp_path / "both"
+    eval_script.main(["--run", *map(str, runs), "--modes", "train", "--episodes", "2", "--out", str(out),
+                      "--device", "cpu"])
+    js2 = json.loads(out.with_suffix(".json").read_text())
+    agg = js2["table"][0]["aggregate"]["train"]
+    assert agg["runs"] == 2 and agg["episodes_per_run"] == [2, 2] and "run_std" in agg
+    assert "| cartpole_balance | cg2a | 2 |" in out.with_suffix(".md").read_text()
+
+
+def test_eval_bad_inputs(runs, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        eval_script.main(["--run", str(tmp_path / "nope"), "--episodes", "1"])
+    assert "not a run folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        eval_script.main(["--run", str(runs[0]), "--checkpoint", "step_000000999.pt", "--episodes", "1"])
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        eval_script.main(["--run", str(runs[0]), "--modes", "train,foggy", "--episodes", "1"])
+    assert "unknown mode" in capsys.readouterr().err
+
+
+def test_plot(runs, tmp_path):
+    written = plot_script.main([*map(str, runs), "--out", str(tmp_path)])
+    names = sorted(p.name for p in written)
+    assert "learning_curves.png" in names
+    assert sum(n.startswith("grad_diagnostics_") for n in names) == 2
+    for p in written:
+        assert p.stat().st_size > 1000 and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

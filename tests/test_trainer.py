@@ -1,0 +1,151 @@
+"""End-to-end training on CPU with a tiny configuration: outputs, resume, start-up errors."""
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "python"))
+
+import train as train_script  # noqa: E402
+
+TINY = ["--task", "cartpole_balance", "--preset", "cpu", "--image_size", "32", "--episode_length", "80",
+        "--num_conv_layers", "2", "--num_filters", "8", "--projection_dim", "16", "--hidden_dim", "32",
+        "--batch_size", "8", "--seed_steps", "20", "--log_freq", "10", "--eval_episodes", "1",
+        "--progress", "false", "--device", "cpu"]
+
+
+def rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def run(tmp_path, name, *extra):
+    d = tmp_path / name
+    train_script.build_and_train(TINY + ["--run_dir", str(d), *extra])
+    return d
+
+
+@pytest.mark.parametrize("algorithm", ["sac", "drq", "svea", "ac", "cg2a"])
+def test_algorithm_end_to_end(tmp_path, algorithm):
+    extra = ["--algorithm", algorithm, "--train_steps", "100", "--eval_freq", "50", "--checkpoint_freq", "50"]
+    if algorithm == "cg2a":
+        extra += ["--eval_modes", "train,color_hard,video_hard", "--save_video"]
+    d = run(tmp_path, algorithm, *extra)
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["algorithm"] == algorithm and cfg["train_steps"] == 100
+    train = rows(d / "train.csv")
+    assert len(train) == 5 and train[-1]["step"] == "100"          # 20 steps per episode
+    upd = rows(d / "update.csv")
+    assert [int(r["step"]) for r in upd] == list(range(10, 101, 10))
+    assert upd[-1]["critic_loss"] not in ("", None) and float(upd[-1]["skipped_critic_steps"]) == 0
+    ev = rows(d / "eval.csv")
+    modes = cfg["eval_modes"].split(",")
+    assert sorted({int(r["step"]) for r in ev}) == [0, 50, 100]
+    assert {r["mode"] for r in ev} == set(modes) and all(r["data_source"] for r in ev)
+    assert list((d / "tb").glob("events.out.tfevents.*"))
+    ck = sorted((d / "checkpoints").glob("step_*.pt"))
+    assert [p.name for p in ck] == ["step_000000100.pt"]
+    state = torch.load(ck[0], weights_only=True)
+    assert state["step"] == 100 and set(state["agent"]) >= {"actor", "critic", "critic_target", "log_alpha",
+                                                            "actor_optimizer", "critic_optimizer", "log_alpha_optimizer"}
+    assert (d / "checkpoints" / state["replay_file"]).is_file()
+    diag = d / "diagnostics.csv"
+    if algorithm in ("ac", "cg2a"):
+        dr = rows(diag)
+        assert [int(r["step"]) for r in dr] == list(range(30, 101, 10))   # every log interval after the seed steps
+        for key in ("grad_norm_0", "grad_norm_3", "cos_0_3", "conflict_fraction", "weight_0", "gamma"):
+            assert dr[-1][key] != ""
+    else:
+        assert not diag.exists() or not rows(diag)
+    if algorithm == "cg2a":
+        vids = list((d / "videos").iterdir())
+        assert len(vids) == 3 * len(modes) and all(v.stat().st_size > 0 for v in vids)
+
+
+def _state(d):
+    p = sorted((d / "checkpoints").glob("step_*.pt"))[-1]
+    return torch.load(p, weights_only=True)
+
+
+def test_resume_continues_with_saved_state(tmp_path):
+    common = ["--algorithm", "cg2a", "--eval_freq", "0", "--checkpoint_freq", "40", "--buffer_capacity", "100"]
+    full = run(tmp_path, "full", *common, "--train_steps", "80")
+    part = run(tmp_path, "part", *common, "--train_steps", "40")     # "killed" right after its step-40 checkpoint
+    assert _state(part)["step"] == 40
+    train_script.build_and_train(["--resume", "--run_dir", str(part), "--train_steps", "80", "--progress", "false"])
+    a, b = _state(full), _state(part)
+    assert b["step"] == 80 and a["agent"]["num_updates"] == b["agent"]["num_updates"] == 60
+    for net in ("actor", "critic", "critic_target"):
+        for k in a["agent"][net]:
+            assert torch.equal(a["agent"][net][k], b["agent"][net][k]), (net, k)
+    assert torch.equal(a["agent"]["log_alpha"], b["agent"]["log_alpha"])
+    ra, rb = rows(full / "update.csv"), rows(part / "update.csv")
+    assert [r["step"] for r in ra] == [r["step"] for r in rb]
+    assert [r["critic_loss"] for r in ra] == [r["critic_loss"] for r in rb]
+    assert [r["episode_return"] for r in rows(full / "train.csv")] == \
+        [r["episode_return"] for r in rows(part / "train.csv")]
+
+
+def test_killed_run_resumes_mid_episode_from_last_checkpoint(tmp_path, monkeypatch):
+    from cg2a_ext.replay import FrameReplayBuffer
+
+    orig_add = FrameReplayBuffer.add
+
+    def add_then_die(self, *a, **k):
+        orig_add(self, *a, **k)
+        if self.num_transitions == 45:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(FrameReplayBuffer, "add", add_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, "killed", "--algorithm", "drq", "--train_steps", "60", "--eval_freq", "0",
+            "--checkpoint_freq", "30")
+    monkeypatch.setattr(FrameReplayBuffer, "add", orig_add)
+    d = tmp_path / "killed"
+    assert _state(d)["step"] == 30 and _state(d)["episode"] == 1          # mid-episode (20 steps per episode)
+    assert [int(r["step"]) for r in rows(d / "update.csv")] == [10, 20, 30, 40]
+    train_script.build_and_train(["--resume", "--run_dir", str(d), "--progress", "false"])
+    st = _state(d)
+    assert st["step"] == 60 and st["agent"]["num_updates"] == 40
+    assert [int(r["step"]) for r in rows(d / "update.csv")] == [10, 20, 30, 40, 50, 60]
+    assert [int(r["episode"]) for r in rows(d / "train.csv")] == [0, 1]   # episode 1 restarted at step 30
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--task", "no_such_task"], "unknown task"),
+    (["--algorithm", "ppo"], "unknown algorithm"),
+    (["--gamma", "uniform:0.5"], "malformed gamma"),
+    (["--gamma", "const:abc"], "malformed gamma"),
+])
+def test_bad_options_fail_at_start(tmp_path, capsys, argv, msg):
+    with pytest.raises(SystemExit) as e:
+        train_script.build_and_train(TINY + ["--run_dir", str(tmp_path / "x")] + argv)
+    assert e.value.code == 2
+    assert msg in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_resume_without_checkpoint_fails_clearly(tmp_path, capsys):
+    d = tmp_path / "empty"
+    d.mkdir()
+    with pytest.raises(SystemExit):
+        train_script.build_and_train(["--resume", "--run_dir", str(d)])
+    assert "no config.json" in capsys.readouterr().err
+    from cg2a_ext.config import TrainConfig
+    TrainConfig(task="cartpole_balance").save(d / "config.json")
+    with pytest.raises(SystemExit):
+        train_script.build_and_train(["--resume", "--run_dir", str(d), "--device", "cpu"])
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_default_command_is_paper_configuration():
+    from cg2a_ext.config import config_from_args
+    cfg = config_from_args(["--task", "finger_spin"])
+    assert (cfg.algorithm, cfg.train_steps, cfg.eval_freq, cfg.batch_size, cfg.image_size, cfg.action_repeat) == \
+        ("cg2a", 500_000, 10_000, 128, 84, 4)
+    assert cfg.eval_mode_list == ["train", "color_easy", "color_hard", "video_easy", "video_hard"]
+    assert cfg.device == "auto" and cfg.augmentation_list == ["conv", "overlay", "overlay_s"]
