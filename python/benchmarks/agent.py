@@ -1,0 +1,184 @@
+#!/usr/bin/env python
+"""Agent benchmarks: critic-update cost of cg2a vs ac vs K backward passes, and agent steps/s.
+
+    python python/benchmarks/agent.py [--quick]
+
+Rows: {"suite": "agent", "name", "value", "unit"}. Critic-update rows time one
+full critic update (augment, forward, backward(s), aggregation, Adam step) on
+a batch already in memory, median over repetitions, for the same K and batch:
+
+* ``ac``            : one backward on the K*B batch, mean of the K losses;
+* ``cg2a``          : K per-loss gradients in one batched backward (vmap) + CG2A;
+* ``k_backward``    : one forward on K*B, then K backward passes (retain_graph) for the K gradients + CG2A;
+* ``k_separate``    : K forward+backward passes, one per B-sized group, + CG2A.
+
+Agent steps/s = 1 / (update + act + env step), each timed separately (the env
+step with the real renderer when it can be built, at the configuration's size).
+"""
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+_ROOT = str(Path(__file__).resolve().parents[2])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+import numpy as np
+import torch
+
+
+def _cfg(preset: str, **kw):
+    from cg2a_ext.config import PRESETS, TrainConfig
+
+    d = dict(PRESETS[preset])
+    d.update(task="cartpole_balance", device="cuda" if torch.cuda.is_available() else "cpu")
+    d.update(kw)
+    return TrainConfig(**d)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(fn, device, reps: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts)
+
+
+def critic_update_times(preset: str, reps: int) -> dict:
+    from cg2a_ext.agent import make_agent
+    from cg2a_ext.agent.critic_gradient import critic_loss
+
+    cfg_cg = _cfg(preset, algorithm="cg2a")
+    cfg_ac = _cfg(preset, algorithm="ac")
+    device = torch.device(cfg_cg.device)
+    obs_shape = (3 * cfg_cg.frame_stack, cfg_cg.image_size, cfg_cg.image_size)
+    torch.manual_seed(0)
+    cg = make_agent(obs_shape, 1, cfg_cg, device)
+    ac = make_agent(obs_shape, 1, cfg_ac, device)
+    b = cfg_cg.batch_size
+    obs = torch.randint(0, 256, (b, *obs_shape), device=device).float()
+    action = torch.rand(b, 1, device=device) * 2 - 1
+    target = torch.randn(b, 1, device=device)
+    K = cg.critic_gradient.K
+
+    def k_backward():
+        strat = cg.critic_gradient
+        views = strat.views(obs)
+        q1, q2 = cg.critic(views.reshape(K * b, *obs_shape), action.repeat(K, 1))
+        q1, q2 = q1.view(K, b, 1), q2.view(K, b, 1)
+        grads = [[] for _ in cg.critic_params]
+        for k in range(K):
+            lk = ((q1[k] - target) ** 2).mean() + ((q2[k] - target) ** 2).mean()
+            for i, g in enumerate(torch.autograd.grad(lk, cg.critic_params, retain_graph=k < K - 1)):
+                grads[i].append(g)
+        for p in cg.critic_params:
+            p.grad = None
+        strat.aggregator.apply_(cg.critic_params, [torch.stack(g) for g in grads])
+        cg.critic_optimizer.step()
+
+    def k_separate():
+        strat = cg.critic_gradient
+        views = strat.views(obs)
+        grads = [[] for _ in cg.critic_params]
+        for k in range(K):
+            lk = critic_loss(cg.critic, views[k], action, target)
+            for i, g in enumerate(torch.autograd.grad(lk, cg.critic_params)):
+                grads[i].append(g)
+        for p in cg.critic_params:
+            p.grad = None
+        strat.aggregator.apply_(cg.critic_params, [torch.stack(g) for g in grads])
+        cg.critic_optimizer.step()
+
+    res = {"K": K, "batch": b, "image": cfg_cg.image_size, "device": str(device)}
+    res["ac"] = _time(lambda: ac.update_critic(obs, action, target), device, reps)
+    res["cg2a"] = _time(lambda: cg.update_critic(obs, action, target), device, reps)
+    res["k_backward"] = _time(k_backward, device, reps)
+    res["k_separate"] = _time(k_separate, device, reps)
+    return res
+
+
+def step_time(preset: str, algorithm: str, reps: int) -> dict:
+    """Seconds per agent step: one SAC update (+ actor/target every 2nd), one act, one env step."""
+    from cg2a_ext.agent import make_agent
+    from cg2a_ext.replay import FrameReplayBuffer
+
+    cfg = _cfg(preset, algorithm=algorithm)
+    device = torch.device(cfg.device)
+    obs_shape = (3 * cfg.frame_stack, cfg.image_size, cfg.image_size)
+    adim = 1
+    env_t = float("nan")
+    try:
+        from cg2a_ext.envs import make_env
+
+        env = make_env(cfg.task, seed=0, image_size=cfg.image_size, frame_stack=cfg.frame_stack,
+                       action_repeat=cfg.action_repeat, episode_length=cfg.episode_length)
+        adim = env.action_space.shape[0]
+        env.reset(seed=0)
+        a = np.zeros(adim, np.float32)
+        env_t = _time(lambda: env.step(a), torch.device("cpu"), max(20, reps * 5), warmup=3)
+        env.close()
+    except Exception as e:  # env module missing or renderer unavailable
+        print(f"[agent bench] env step not timed: {e}", file=sys.stderr)
+    agent = make_agent(obs_shape, adim, cfg, device)
+    rb = FrameReplayBuffer(obs_shape, adim, 2000, frame_stack=cfg.frame_stack, episode_steps=250)
+    rng = np.random.default_rng(0)
+    rb.add_first(rng.integers(0, 256, obs_shape, dtype=np.uint8))
+    for _ in range(1000):
+        rb.add(rng.uniform(-1, 1, adim), 0.0, rng.integers(0, 256, obs_shape, dtype=np.uint8), False)
+    upd = _time(lambda: (agent.update(rb), agent.update(rb)), device, max(1, reps // 2)) / 2
+    o = rng.integers(0, 256, obs_shape, dtype=np.uint8)
+    act = _time(lambda: agent.act(o, sample=True), device, 20, warmup=2)
+    total = upd + act + (env_t if env_t == env_t else 0.0)
+    return {"update": upd, "act": act, "env": env_t, "steps_per_s": 1.0 / total}
+
+
+def run(quick: bool = False) -> list[dict]:
+    rows = []
+    threads = torch.get_num_threads()
+    presets = ["cpu"] if quick else ["cpu", "paper"]
+    for preset in presets:
+        reps = 3 if (quick or preset == "paper") else 7
+        r = critic_update_times(preset, reps)
+        tag = f"{preset} K={r['K']} B={r['batch']} {r['image']}px {r['device']} threads={threads}"
+        for name in ("ac", "cg2a", "k_backward", "k_separate"):
+            rows.append({"suite": "agent", "name": f"critic update {name} [{tag}]", "value": r[name] * 1e3,
+                         "unit": "ms"})
+        rows.append({"suite": "agent", "name": f"cg2a / ac [{tag}]", "value": r["cg2a"] / r["ac"], "unit": "x"})
+        rows.append({"suite": "agent", "name": f"k_backward / cg2a [{tag}]", "value": r["k_backward"] / r["cg2a"],
+                     "unit": "x"})
+        rows.append({"suite": "agent", "name": f"k_separate / cg2a [{tag}]", "value": r["k_separate"] / r["cg2a"],
+                     "unit": "x"})
+    for preset in presets:
+        for algo in (("cg2a",) if quick else ("drq", "cg2a")):
+            s = step_time(preset, algo, 3 if (quick or preset == "paper") else 6)
+            tag = f"{preset} {algo} threads={threads}"
+            rows.append({"suite": "agent", "name": f"agent steps/s [{tag}]", "value": s["steps_per_s"], "unit": "steps/s"})
+            rows.append({"suite": "agent", "name": f"  update [{tag}]", "value": s["update"] * 1e3, "unit": "ms"})
+            rows.append({"suite": "agent", "name": f"  env step [{tag}]", "value": s["env"] * 1e3, "unit": "ms"})
+    return rows
+
+
+def format_table(rows) -> str:
+    lines = ["| benchmark | value | unit |", "| --- | ---: | --- |"]
+    for r in rows:
+        v = r["value"]
+        lines.append(f"| {r['name']} | {v:.3g} | {r['unit']} |" if isinstance(v, float) else
+                     f"| {r['name']} | {v} | {r['unit']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(format_table(run(quick="--quick" in sys.argv)))
