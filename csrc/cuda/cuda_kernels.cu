@@ -1,0 +1,542 @@
+// CUDA kernels of the cg2a ops.
+//
+// Multi-tensor launches in the style of PyTorch's _foreach / fused Adam and
+// apex's multi_tensor_apply: all stacked gradients of one call are processed
+// by ONE launch per pass (Gram, combine) plus a tiny final reduction kernel.
+//
+// Work split. Every tensor is cut into fixed chunks of kChunk elements (the
+// last one shorter), each inside one tensor; the split depends only on the
+// tensor sizes. One block processes one chunk at a time (grid-stride over
+// chunks). A per-launch metadata table (per tensor: row-0 pointer, row
+// stride, numel, out pointer, vector flag; per chunk: tensor, begin, end) is
+// built on the host in a pinned buffer and copied to the device with a
+// non-blocking copy on the current stream: no host synchronisation, and the
+// caching host allocator records an event on the pinned block so it is not
+// reused before the copy has run.
+//
+// Determinism. The Gram kernel keeps num_pairs(K) partial sums per thread,
+// reduces them per chunk in a fixed tree (warp shuffles, then the warps in
+// order through shared memory, in double) and writes one row of a
+// [n_chunks, pairs] partials buffer; a second kernel adds the rows in a fixed
+// order (in double). No float atomics, so the result is bit-identical for a
+// given input and device whatever the scheduling. Conflict counts are
+// integers, so their per-block partials sum exactly in any order.
+//
+// Chunk and block size. kChunk = 8192 elements and 256 threads: 32 elements
+// per thread per chunk (8 float4 / 4 half8 / 16 double2 vector slots), enough
+// to amortise the per-chunk reduction (pairs * 5 shuffles) while giving a few
+// hundred blocks for a few-million-parameter critic, so every SM holds several
+// blocks. With K <= 8 the K row vectors (16 bytes each), K converted values
+// and up to 36 accumulators stay in registers without spills (ptxas, sm_90:
+// about 60 registers at K = 4 and 128 at K = 8 for the Gram, at most 57 for
+// the combine), so at least 2 blocks of 256 threads fit per SM.
+//
+// Run-time K (9..32, KS = 0): 528 accumulators cannot live in registers, so
+// the per-thread accumulator array sits in local memory (L1/L2 cached), loads
+// are scalar and blocks are 128 threads (combine too: its 32 values per
+// element take over 100 registers, so smaller blocks keep more resident; its
+// weights sit in shared memory; in float64 it still spills a few values).
+// The driver reserves the accumulators' local memory for every resident
+// thread slot (2 KiB per thread in float, 4 KiB in double). That path is
+// several times slower than the memory bound; it exists for correctness (the
+// method's default is K = 4).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "../cg2a_dispatch.h"
+#include "../cg2a_elementwise.h"
+#include "../cg2a_ops.h"
+
+namespace cg2a {
+namespace {
+
+constexpr int64_t kChunk = 8192;
+constexpr int kThreads = 256;           // static K (1..8) and the reductions
+constexpr int kThreadsRuntimeK = 128;   // KS = 0: register-heavy kernels
+constexpr int kWarpSize = 32;
+constexpr int kVecBytes = 16;
+// Grid cap: blocks grid-stride over chunks, so any cap is correct; this one
+// is far above what a GPU holds resident and well inside gridDim.x limits.
+constexpr int64_t kMaxBlocks = 65536;
+
+static_assert(kThreadsRuntimeK >= kMaxK, "one thread per weight (KS = 0)");
+static_assert(kChunk % (kVecBytes / 2) == 0,
+              "chunk starts must stay 16-byte aligned for every dtype");
+
+// Per-tensor metadata (all 8-byte fields: the same layout on host and device).
+struct TensorMeta {
+  const void* in;      // row 0 of the stacked gradient
+  void* out;           // contiguous output of numel elements (combine only)
+  int64_t row_stride;  // elements between row k and row k + 1
+  int64_t numel;       // elements per row
+  int64_t vec;         // 1: 16-byte vector accesses are legal for this tensor
+};
+
+struct ChunkMeta {
+  int64_t tensor;
+  int64_t begin;
+  int64_t end;
+};
+
+// 16 bytes of consecutive elements; the alignment makes one load/store
+// instruction move the whole vector.
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Vec {
+  T val[N];
+};
+
+template <int KS>
+constexpr int threads_for() {
+  return KS > 0 ? kThreads : kThreadsRuntimeK;
+}
+
+// Elements per vector slot: 16 bytes for static K; 1 for run-time K, whose
+// K x 16-byte row vectors would not fit in registers.
+template <int KS, typename scalar_t>
+constexpr int vec_for() {
+  return KS > 0 ? int(kVecBytes / sizeof(scalar_t)) : 1;
+}
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T x) {
+#pragma unroll
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2)
+    x += __shfl_down_sync(0xffffffffu, x, offset);
+  return x;  // complete in lane 0
+}
+
+// Sum over the block in a fixed order: shuffles within each warp, then the
+// warps in index order. `red` holds one value per warp. Returns the sum in
+// thread 0. Every thread of the block must call it.
+template <int kT, typename T>
+__device__ __forceinline__ T block_sum(T x, T* red) {
+  constexpr int kWarps = kT / kWarpSize;
+  x = warp_sum(x);
+  if (threadIdx.x % kWarpSize == 0) red[threadIdx.x / kWarpSize] = x;
+  __syncthreads();
+  T total = T(0);
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) total += red[w];
+  }
+  return total;
+}
+
+// Loads the K row vectors of slot e (elements [e, e + VEC)).
+template <int KS, int VEC, typename scalar_t>
+__device__ __forceinline__ void load_rows(const scalar_t* in,
+                                          int64_t row_stride, int k,
+                                          int64_t e,
+                                          Vec<scalar_t, VEC>* raw) {
+#pragma unroll
+  for (int i = 0; i < (KS > 0 ? KS : kMaxK); ++i) {
+    if (i >= k) break;
+    raw[i] = *reinterpret_cast<const Vec<scalar_t, VEC>*>(
+        in + int64_t(i) * row_stride + e);
+  }
+}
+
+// The K values of lane l of a slot, converted to the accumulation type.
+template <int KS, int VEC, typename scalar_t, typename acc_type>
+__device__ __forceinline__ void unpack(const Vec<scalar_t, VEC>* raw, int l,
+                                       int k, acc_type* v) {
+#pragma unroll
+  for (int i = 0; i < (KS > 0 ? KS : kMaxK); ++i) {
+    if (i >= k) break;
+    v[i] = static_cast<acc_type>(raw[i].val[l]);
+  }
+}
+
+// The K values of element e, scalar loads (tails and unaligned tensors).
+template <int KS, typename scalar_t, typename acc_type>
+__device__ __forceinline__ void load_element(const scalar_t* in,
+                                             int64_t row_stride, int k,
+                                             int64_t e, acc_type* v) {
+#pragma unroll
+  for (int i = 0; i < (KS > 0 ? KS : kMaxK); ++i) {
+    if (i >= k) break;
+    v[i] = static_cast<acc_type>(in[int64_t(i) * row_stride + e]);
+  }
+}
+
+// Pass 1: per-chunk partial Gram (upper triangle) into partials[c, :].
+template <int KS, typename scalar_t>
+__global__ void __launch_bounds__(threads_for<KS>())
+    gram_partials_kernel(const TensorMeta* __restrict__ tensors,
+                         const ChunkMeta* __restrict__ chunks,
+                         int64_t n_chunks, int k_runtime,
+                         double* __restrict__ partials) {
+  using acc_type = acc_t<scalar_t>;
+  constexpr int kT = threads_for<KS>();
+  constexpr int kWarps = kT / kWarpSize;
+  constexpr int kSlots = KS > 0 ? KS : kMaxK;
+  constexpr int kPairSlots = num_pairs(kSlots);
+  constexpr int VEC = vec_for<KS, scalar_t>();
+  using VecT = Vec<scalar_t, VEC>;
+  const int k = KS > 0 ? KS : k_runtime;
+  const int pairs = num_pairs(k);
+  // Full unrolling keeps the static-K accumulators in registers; for run-time
+  // K they are in local memory anyway, so the pair loops stay rolled there.
+  constexpr int kUnrollPairs = KS > 0 ? kPairSlots : 1;
+  const int lane = threadIdx.x % kWarpSize;
+  const int warp = threadIdx.x / kWarpSize;
+  __shared__ double red[kWarps][kPairSlots];
+
+  for (int64_t c = blockIdx.x; c < n_chunks; c += gridDim.x) {
+    const ChunkMeta chunk = chunks[c];
+    const TensorMeta t = tensors[chunk.tensor];
+    const scalar_t* in = static_cast<const scalar_t*>(t.in);
+    // Pointers read from the table are not provably global: without this the
+    // compiler emits generic LD/ST instead of LDG/STG.
+    __builtin_assume(__isGlobal(in));
+
+    acc_type acc[kPairSlots];
+#pragma unroll kUnrollPairs
+    for (int p = 0; p < kPairSlots; ++p) {
+      if (p >= pairs) break;
+      acc[p] = acc_type(0);
+    }
+
+    // Vector slots (chunk.begin is a multiple of VEC, so they stay aligned),
+    // then the scalar rest: the tail, or the whole chunk when unaligned.
+    const int64_t n_vec = t.vec ? (chunk.end - chunk.begin) / VEC : 0;
+    for (int64_t q = threadIdx.x; q < n_vec; q += kT) {
+      VecT raw[kSlots];
+      load_rows<KS>(in, t.row_stride, k, chunk.begin + q * VEC, raw);
+#pragma unroll
+      for (int l = 0; l < VEC; ++l) {
+        acc_type v[kSlots];
+        unpack<KS>(raw, l, k, v);
+        gram_accumulate<KS>(v, 1, k, acc);
+      }
+    }
+    for (int64_t e = chunk.begin + n_vec * VEC + threadIdx.x; e < chunk.end;
+         e += kT) {
+      acc_type v[kSlots];
+      load_element<KS>(in, t.row_stride, k, e, v);
+      gram_accumulate<KS>(v, 1, k, acc);
+    }
+
+    // Fixed-order block reduction of every pair, in double.
+#pragma unroll kUnrollPairs
+    for (int p = 0; p < kPairSlots; ++p) {
+      if (p >= pairs) break;
+      const double s = warp_sum(static_cast<double>(acc[p]));
+      if (lane == 0) red[warp][p] = s;
+    }
+    __syncthreads();
+    for (int p = threadIdx.x; p < pairs; p += kT) {
+      double s = 0.0;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) s += red[w][p];
+      partials[c * pairs + p] = s;
+    }
+    __syncthreads();  // `red` is reused by the next chunk
+  }
+}
+
+// Pass 1b: G = sum over chunks of the partials (one block per pair, fixed
+// order), mirrored into [K, K] in the accumulation dtype.
+template <typename acc_type>
+__global__ void __launch_bounds__(kThreads)
+    gram_finalize_kernel(const double* __restrict__ partials,
+                         int64_t n_chunks, int k,
+                         acc_type* __restrict__ gram) {
+  __shared__ double red[kThreads / kWarpSize];
+  const int pairs = num_pairs(k);
+  const int p = blockIdx.x;
+  double s = 0.0;
+  for (int64_t c = threadIdx.x; c < n_chunks; c += kThreads)
+    s += partials[c * pairs + p];
+  const double total = block_sum<kThreads>(s, red);
+  if (threadIdx.x == 0) {
+    // Pair p -> (i, j), row-major upper triangle (as gram_accumulate).
+    int i = 0;
+    int row_begin = 0;
+    while (p >= row_begin + (k - i)) {
+      row_begin += k - i;
+      ++i;
+    }
+    const int j = i + (p - row_begin);
+    const acc_type g = static_cast<acc_type>(total);
+    gram[int64_t(i) * k + j] = g;
+    gram[int64_t(j) * k + i] = g;
+  }
+}
+
+// Pass 2: out = combine_value(...) per element; conflicts per block.
+template <int KS, typename scalar_t>
+__global__ void __launch_bounds__(threads_for<KS>())
+    combine_kernel(const TensorMeta* __restrict__ tensors,
+                   const ChunkMeta* __restrict__ chunks, int64_t n_chunks,
+                   int k_runtime,
+                   const acc_t<scalar_t>* __restrict__ weights,
+                   acc_t<scalar_t> gamma, int64_t mask,
+                   int64_t* __restrict__ block_conflicts) {
+  using acc_type = acc_t<scalar_t>;
+  constexpr int kT = threads_for<KS>();
+  constexpr int kSlots = KS > 0 ? KS : kMaxK;
+  constexpr int VEC = vec_for<KS, scalar_t>();
+  using VecT = Vec<scalar_t, VEC>;
+  const int k = KS > 0 ? KS : k_runtime;
+  __shared__ int64_t red[kT / kWarpSize];
+
+  // Static K: K broadcast loads into registers (fully unrolled). Run-time K:
+  // shared memory, as 32 more registers per thread (64 in double) would
+  // spill next to the 32 values of the element.
+  acc_type w_reg[KS > 0 ? KS : 1];
+  __shared__ acc_type w_shared[KS > 0 ? 1 : kMaxK];
+  const acc_type* w;
+  if constexpr (KS > 0) {
+#pragma unroll
+    for (int i = 0; i < KS; ++i) w_reg[i] = weights[i];
+    w = w_reg;
+  } else {
+    if (int(threadIdx.x) < k) w_shared[threadIdx.x] = weights[threadIdx.x];
+    __syncthreads();
+    w = w_shared;
+  }
+
+  int64_t conflicts = 0;
+  for (int64_t c = blockIdx.x; c < n_chunks; c += gridDim.x) {
+    const ChunkMeta chunk = chunks[c];
+    const TensorMeta t = tensors[chunk.tensor];
+    const scalar_t* in = static_cast<const scalar_t*>(t.in);
+    scalar_t* out = static_cast<scalar_t*>(t.out);
+    __builtin_assume(__isGlobal(in));  // LDG/STG rather than generic LD/ST
+    __builtin_assume(__isGlobal(out));
+
+    const int64_t n_vec = t.vec ? (chunk.end - chunk.begin) / VEC : 0;
+    for (int64_t q = threadIdx.x; q < n_vec; q += kT) {
+      const int64_t e = chunk.begin + q * VEC;
+      VecT raw[kSlots];
+      load_rows<KS>(in, t.row_stride, k, e, raw);
+      VecT result;
+#pragma unroll
+      for (int l = 0; l < VEC; ++l) {
+        acc_type v[kSlots];
+        unpack<KS>(raw, l, k, v);
+        bool conflict = false;
+        result.val[l] = static_cast<scalar_t>(
+            combine_value<KS>(v, 1, k, w, gamma, mask, &conflict));
+        conflicts += conflict;
+      }
+      *reinterpret_cast<VecT*>(out + e) = result;
+    }
+    for (int64_t e = chunk.begin + n_vec * VEC + threadIdx.x; e < chunk.end;
+         e += kT) {
+      acc_type v[kSlots];
+      load_element<KS>(in, t.row_stride, k, e, v);
+      bool conflict = false;
+      out[e] = static_cast<scalar_t>(
+          combine_value<KS>(v, 1, k, w, gamma, mask, &conflict));
+      conflicts += conflict;
+    }
+  }
+  const int64_t total = block_sum<kT>(conflicts, red);
+  if (threadIdx.x == 0) block_conflicts[blockIdx.x] = total;
+}
+
+// Pass 2b: total conflict count (exact integer sum) into a 0-dim tensor.
+__global__ void __launch_bounds__(kThreads)
+    sum_conflicts_kernel(const int64_t* __restrict__ block_conflicts,
+                         int64_t n, int64_t* __restrict__ total) {
+  __shared__ int64_t red[kThreads / kWarpSize];
+  int64_t s = 0;
+  for (int64_t b = threadIdx.x; b < n; b += kThreads) s += block_conflicts[b];
+  s = block_sum<kThreads>(s, red);
+  if (threadIdx.x == 0) *total = s;
+}
+
+// ---------------------------------------------------------------- host side
+
+std::vector<ChunkMeta> make_chunks(const std::vector<RowView>& views) {
+  std::vector<ChunkMeta> chunks;
+  for (size_t t = 0; t < views.size(); ++t) {
+    for (int64_t b = 0; b < views[t].numel; b += kChunk) {
+      chunks.push_back(
+          ChunkMeta{int64_t(t), b, std::min(b + kChunk, views[t].numel)});
+    }
+  }
+  return chunks;
+}
+
+bool aligned16(const void* p) {
+  return reinterpret_cast<uintptr_t>(p) % kVecBytes == 0;
+}
+
+// The metadata table on the device. `buffer` owns the device copy; the
+// pointers point into it. Dropping `buffer` after the launches is safe: the
+// caching allocator only hands the block out again to work ordered after them
+// on the same stream.
+struct Metadata {
+  at::Tensor buffer;
+  const TensorMeta* tensors;
+  const ChunkMeta* chunks;
+  int64_t n_chunks;
+};
+
+// Builds the table in pinned host memory and copies it to the device
+// asynchronously on the current stream. `outs` is empty for the Gram pass.
+Metadata upload_metadata(const std::vector<RowView>& views,
+                         const std::vector<at::Tensor>& outs,
+                         const std::vector<ChunkMeta>& chunks, int64_t K,
+                         size_t elem_size, const at::Device& device) {
+  std::vector<TensorMeta> tensors(views.size());
+  for (size_t t = 0; t < views.size(); ++t) {
+    const RowView& view = views[t];
+    TensorMeta& m = tensors[t];
+    m.in = view.tensor.const_data_ptr();
+    m.out = outs.empty() ? nullptr : outs[t].mutable_data_ptr();
+    m.row_stride = view.row_stride;
+    m.numel = view.numel;
+    const bool stride_ok =
+        K == 1 || (view.row_stride * int64_t(elem_size)) % kVecBytes == 0;
+    m.vec = aligned16(m.in) && stride_ok &&
+            (m.out == nullptr || aligned16(m.out));
+  }
+  const size_t tensor_bytes = tensors.size() * sizeof(TensorMeta);
+  const size_t chunk_bytes = chunks.size() * sizeof(ChunkMeta);
+  static_assert(sizeof(TensorMeta) % alignof(ChunkMeta) == 0,
+                "the chunk table must stay aligned after the tensor table");
+  at::Tensor host = at::empty(
+      {int64_t(tensor_bytes + chunk_bytes)},
+      at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  uint8_t* h = host.mutable_data_ptr<uint8_t>();
+  std::memcpy(h, tensors.data(), tensor_bytes);
+  std::memcpy(h + tensor_bytes, chunks.data(), chunk_bytes);
+  // Pinned -> device with non_blocking: a cudaMemcpyAsync on the current
+  // stream, and an event recorded on the pinned block (no host sync).
+  at::Tensor dev = host.to(device, at::kByte, /*non_blocking=*/true);
+  const uint8_t* d = dev.const_data_ptr<uint8_t>();
+  return Metadata{dev, reinterpret_cast<const TensorMeta*>(d),
+                  reinterpret_cast<const ChunkMeta*>(d + tensor_bytes),
+                  int64_t(chunks.size())};
+}
+
+int grid_for(int64_t n_chunks) {
+  return int(std::min(n_chunks, kMaxBlocks));
+}
+
+at::Tensor gram_cuda(at::TensorList grads) {
+  const int64_t K = check_grads(grads, "cg2a::gram");
+  const c10::cuda::CUDAGuard guard(grads[0].device());
+  const auto views = row_views(grads);
+  const auto chunks = make_chunks(views);
+  const int64_t n_chunks = int64_t(chunks.size());
+  const int pairs = num_pairs(int(K));
+  const auto options = grads[0].options();
+  at::Tensor gram = at::empty(
+      {K, K}, options.dtype(accumulation_dtype(grads[0].scalar_type())));
+  at::Tensor partials = at::empty({n_chunks, pairs}, options.dtype(at::kDouble));
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, grads[0].scalar_type(), "cg2a::gram", [&] {
+        using acc_type = acc_t<scalar_t>;
+        if (n_chunks > 0) {
+          const Metadata meta = upload_metadata(views, {}, chunks, K,
+                                                sizeof(scalar_t),
+                                                grads[0].device());
+          dispatch_k(K, [&](auto ks) {
+            constexpr int KS = decltype(ks)::value;
+            gram_partials_kernel<KS, scalar_t>
+                <<<grid_for(n_chunks), threads_for<KS>(), 0, stream>>>(
+                    meta.tensors, meta.chunks, n_chunks, int(K),
+                    partials.mutable_data_ptr<double>());
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          });
+        }
+        // Also runs with no chunks (all tensors empty): writes zeros.
+        gram_finalize_kernel<acc_type><<<pairs, kThreads, 0, stream>>>(
+            partials.const_data_ptr<double>(), n_chunks, int(K),
+            gram.mutable_data_ptr<acc_type>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+  return gram;
+}
+
+at::Tensor combine_out_cuda(at::TensorList grads, const at::Tensor& weights,
+                            double gamma, int64_t mask, at::TensorList out) {
+  const int64_t K = check_grads(grads, "cg2a::combine_out");
+  check_weights(weights, grads, "cg2a::combine_out");
+  check_out(out, grads, "cg2a::combine_out");
+  check_mask(mask, "cg2a::combine_out");
+  const c10::cuda::CUDAGuard guard(grads[0].device());
+  const auto views = row_views(grads);
+  const auto chunks = make_chunks(views);
+  const int64_t n_chunks = int64_t(chunks.size());
+  // A non-contiguous out tensor is written through a contiguous buffer.
+  std::vector<at::Tensor> targets;
+  targets.reserve(out.size());
+  for (const at::Tensor& o : out)
+    targets.push_back(o.is_contiguous()
+                          ? o
+                          : at::empty_like(o, at::MemoryFormat::Contiguous));
+  const auto options = grads[0].options();
+  const int64_t n_blocks = n_chunks > 0 ? grid_for(n_chunks) : 0;
+  at::Tensor block_conflicts = at::empty({n_blocks}, options.dtype(at::kLong));
+  at::Tensor conflicts = at::empty({}, options.dtype(at::kLong));
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(
+      at::kHalf, at::kBFloat16, grads[0].scalar_type(), "cg2a::combine", [&] {
+        using acc_type = acc_t<scalar_t>;
+        if (n_chunks > 0) {
+          // Weights stay on the device: the kernel loads them (no .item()).
+          const at::Tensor w = weights.contiguous();
+          const acc_type gamma_acc = static_cast<acc_type>(gamma);
+          const Metadata meta = upload_metadata(views, targets, chunks, K,
+                                                sizeof(scalar_t),
+                                                grads[0].device());
+          dispatch_k(K, [&](auto ks) {
+            constexpr int KS = decltype(ks)::value;
+            combine_kernel<KS, scalar_t>
+                <<<int(n_blocks), threads_for<KS>(), 0, stream>>>(
+                    meta.tensors, meta.chunks, n_chunks, int(K),
+                    w.const_data_ptr<acc_type>(), gamma_acc, mask,
+                    block_conflicts.mutable_data_ptr<int64_t>());
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          });
+        }
+        sum_conflicts_kernel<<<1, kThreads, 0, stream>>>(
+            block_conflicts.const_data_ptr<int64_t>(), n_blocks,
+            conflicts.mutable_data_ptr<int64_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      });
+
+  for (size_t t = 0; t < out.size(); ++t)
+    if (!targets[t].is_same(out[t])) out[t].copy_(targets[t]);
+  return conflicts;
+}
+
+std::tuple<std::vector<at::Tensor>, at::Tensor> combine_cuda(
+    at::TensorList grads, const at::Tensor& weights, double gamma,
+    int64_t mask) {
+  check_grads(grads, "cg2a::combine");
+  std::vector<at::Tensor> out;
+  out.reserve(grads.size());
+  for (const at::Tensor& g : grads)
+    out.push_back(at::empty(g.sizes().slice(1), g.options()));
+  at::Tensor conflicts = combine_out_cuda(grads, weights, gamma, mask, out);
+  return {std::move(out), std::move(conflicts)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(cg2a, CUDA, m) {
+  m.impl("gram", &gram_cuda);
+  m.impl("combine", &combine_cuda);
+  m.impl("combine_out", &combine_out_cuda);
+}
+
+}  // namespace cg2a
