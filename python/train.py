@@ -18,6 +18,9 @@ _ROOT = str(Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+# torch._dynamo (triton's LLVM) must be loaded before dm_control's GL stack: see cg2a_ext/agent/__init__.py
+import torch._dynamo  # noqa: F401,E402
+
 
 def build_and_train(argv=None) -> Path:
     from cg2a_ext.config import ConfigError, config_from_args

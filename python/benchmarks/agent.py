@@ -28,6 +28,7 @@ if _ROOT not in sys.path:
 
 import numpy as np
 import torch
+import torch._dynamo  # noqa: F401  before dm_control (see cg2a_ext/agent/__init__.py)
 
 
 def _cfg(preset: str, **kw):
