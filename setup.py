@@ -63,7 +63,8 @@ def extensions():
     debug = os.environ.get("CG2A_DEBUG") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
     sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.cpp"))
-    cxx = opt + ["-std=c++20", "-fdiagnostics-color=always"]
+    # -fopenmp: at::parallel_for runs serially in code compiled without it.
+    cxx = opt + ["-std=c++20", "-fopenmp", "-fdiagnostics-color=always"]
     define_macros = [("Py_LIMITED_API", "0x03090000")]
     include_dirs = [str(ROOT / "csrc")]
     if with_cuda:
@@ -73,12 +74,13 @@ def extensions():
         nvcc = opt + ["-std=c++20", "--expt-relaxed-constexpr", "-lineinfo", "-DCG2A_WITH_CUDA"]
         ext = cpp_extension.CUDAExtension(
             "cg2a_ext._C", sources, include_dirs=include_dirs, define_macros=define_macros,
-            extra_compile_args={"cxx": cxx + ["-DCG2A_WITH_CUDA"], "nvcc": nvcc}, py_limited_api=True,
+            extra_compile_args={"cxx": cxx + ["-DCG2A_WITH_CUDA"], "nvcc": nvcc},
+            extra_link_args=["-fopenmp"], py_limited_api=True,
         )
     else:
         ext = cpp_extension.CppExtension(
             "cg2a_ext._C", sources, include_dirs=include_dirs, define_macros=define_macros,
-            extra_compile_args={"cxx": cxx}, py_limited_api=True,
+            extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"], py_limited_api=True,
         )
     print(f"cg2a_ext: building CPU kernels{' and CUDA kernels (' + cuda_home + ')' if with_cuda else ''}")
     return [ext], cpp_extension.BuildExtension

@@ -110,17 +110,16 @@ def aggregate(
     """Gram, GAS weights, SGS mask and the damped weighted sum, all in plain PyTorch."""
     if nonfinite not in NONFINITE_POLICIES:
         raise ValueError(f"unknown nonfinite policy {nonfinite!r}; expected one of {NONFINITE_POLICIES}")
-    g = gram(grads)
+    flat = _flatten(grads)
+    g = flat @ flat.T
     k = g.shape[0]
-    finite = torch.isfinite(torch.cat([x.reshape(k, -1) for x in grads], dim=1)).all()
+    finite = torch.isfinite(flat).all()
     if nonfinite == "raise" and not bool(finite):
         raise FloatingPointError("cg2a reference aggregate: the input gradients contain NaN or Inf")
     weights = gas_weights(g) if gas else torch.full((k,), 1.0 / k, dtype=g.dtype, device=g.device)
-    if not bool(finite):
-        weights = torch.zeros_like(weights)
-    flat = _flatten(grads)
-    safe = torch.where(torch.isfinite(flat), flat, 0.0) if not bool(finite) else flat
-    weighted = (weights[:, None] * safe).sum(dim=0)
+    # Branch-free zeroing keeps the function whole under torch.compile.
+    weights = torch.where(finite, weights, 0.0)
+    weighted = torch.where(finite, (weights[:, None] * flat).sum(dim=0), 0.0)
     agree = agreement(flat, mask)
     combined = torch.where(agree, weighted, (gamma if sgs else 1.0) * weighted)
     results = _unflatten(combined, grads, out)

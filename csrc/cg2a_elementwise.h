@@ -15,8 +15,14 @@
 
 #if defined(__CUDACC__)
 #define CG2A_HD __host__ __device__ __forceinline__
+#define CG2A_UNROLL _Pragma("unroll")
+#define CG2A_LANES _Pragma("unroll")
 #else
 #define CG2A_HD inline
+#define CG2A_UNROLL _Pragma("GCC unroll 32")
+// Lane loops are data-parallel by construction; `omp simd` (honoured with
+// -fopenmp or -fopenmp-simd) makes GCC vectorise them, selects included.
+#define CG2A_LANES _Pragma("omp simd")
 #endif
 
 namespace cg2a {
@@ -47,64 +53,108 @@ struct AccType<double> {
 template <typename scalar_t>
 using acc_t = typename AccType<scalar_t>::type;
 
-// acc[p * stride] += v_i * v_j for the upper triangle (i <= j), row-major:
-// pair p enumerates (0,0), (0,1) .. (0,K-1), (1,1), ...
-template <int K_STATIC, typename acc_type>
+// The functions below work on LANES adjacent elements at once: value i of
+// lane l is v[i * stride + l] (stride >= LANES). The lane loop is innermost so
+// the CPU kernel vectorises it; the CUDA kernel uses LANES = 1, stride = 1.
+
+// acc[p * stride + l] += v_i * v_j for the upper triangle (i <= j),
+// row-major: pair p enumerates (0,0), (0,1) .. (0,K-1), (1,1), ...
+template <int K_STATIC, int LANES = 1, typename acc_type>
 CG2A_HD void gram_accumulate(const acc_type* v, int stride, int k_runtime,
                              acc_type* acc) {
   const int k = K_STATIC > 0 ? K_STATIC : k_runtime;
   int p = 0;
-#pragma unroll
+CG2A_UNROLL
   for (int i = 0; i < (K_STATIC > 0 ? K_STATIC : kMaxK); ++i) {
     if (i >= k) break;
-    const acc_type vi = v[i * stride];
-#pragma unroll
+CG2A_UNROLL
     for (int j = i; j < (K_STATIC > 0 ? K_STATIC : kMaxK); ++j) {
       if (j >= k) break;
-      acc[p * stride] += vi * v[j * stride];
+CG2A_LANES
+      for (int l = 0; l < LANES; ++l)
+        acc[p * stride + l] += v[i * stride + l] * v[j * stride + l];
       ++p;
     }
   }
 }
 
-// True when the K values agree in sign under `mode`. An exact zero never
-// agrees (method doc, section 3).
-template <int K_STATIC, typename acc_type>
-CG2A_HD bool signs_agree(const acc_type* v, int stride, int k_runtime,
-                         int64_t mode) {
+// g_bar = m * sum_i w_i v_i with m = 1 where the K signs agree, gamma
+// elsewhere (method doc, sections 3-4). Agreement: all K strictly positive,
+// or (mode kMaskAgree) all strictly negative; an exact zero never agrees.
+// Writes result[l] and conflict[l] (1 where the signs do not agree, else 0;
+// in acc_type so that every lane operation is a floating-point one and the
+// CPU kernel vectorises the whole function without branches).
+// The kernels write exact zeros instead of result when every weight is zero
+// (see all_weights_zero): that is how nonfinite="zero" clears the output,
+// without a host synchronisation, even where a value is non-finite.
+template <int K_STATIC, int LANES, typename acc_type>
+CG2A_HD void combine_lanes(const acc_type* v, int stride, int k_runtime,
+                           const acc_type* weights, acc_type gamma,
+                           int64_t mode, acc_type* result, acc_type* conflict) {
   const int k = K_STATIC > 0 ? K_STATIC : k_runtime;
-  bool all_positive = true;
-  bool all_negative = true;
-#pragma unroll
+  // Counts of strictly positive and strictly negative values; the signs
+  // agree when either count is K. Comparisons turned into 0/1 numbers and
+  // arithmetic (no selects) keep every lane operation vectorisable.
+  acc_type sum[LANES];
+  acc_type positives[LANES];
+  acc_type negatives[LANES];
+  CG2A_LANES
+  for (int l = 0; l < LANES; ++l) {
+    sum[l] = acc_type(0);
+    positives[l] = acc_type(0);
+    negatives[l] = acc_type(0);
+  }
+  CG2A_UNROLL
   for (int i = 0; i < (K_STATIC > 0 ? K_STATIC : kMaxK); ++i) {
     if (i >= k) break;
-    const acc_type x = v[i * stride];
-    all_positive = all_positive && (x > acc_type(0));
-    all_negative = all_negative && (x < acc_type(0));
+    const acc_type w = weights[i];
+    CG2A_LANES
+    for (int l = 0; l < LANES; ++l) {
+      const acc_type x = v[i * stride + l];
+      sum[l] += w * x;
+      positives[l] += acc_type(x > acc_type(0));
+      negatives[l] += acc_type(x < acc_type(0));
+    }
   }
-  return mode == kMaskPositive ? all_positive : (all_positive || all_negative);
+  // "count == K" written as "count > K - 1/2" (counts are whole numbers;
+  // GCC turns a floating-point == into a branch, > into a vector compare).
+  // Under kMaskPositive no negative count can pass its threshold.
+  const acc_type all_positive = acc_type(k) - acc_type(0.5);
+  const acc_type all_negative =
+      mode == kMaskPositive ? acc_type(k) + acc_type(1) : all_positive;
+  CG2A_LANES
+  for (int l = 0; l < LANES; ++l) {
+    // Both counts cannot pass at once, so agree is 0 or 1, and the blend is
+    // exact: sum where agree = 1, gamma * sum where agree = 0.
+    const acc_type agree = acc_type(positives[l] > all_positive) +
+                           acc_type(negatives[l] > all_negative);
+    const acc_type disagree = acc_type(1) - agree;
+    conflict[l] = disagree;
+    sum[l] = agree * sum[l] + disagree * (gamma * sum[l]);
+  }
+  CG2A_LANES
+  for (int l = 0; l < LANES; ++l) result[l] = sum[l];
 }
 
-// g_bar = m * sum_i w_i v_i with m = 1 where the signs agree, gamma elsewhere
-// (method doc, section 4). A zero weight skips its term, so an all-zero weight
-// vector yields an exact zero even when a value is non-finite: that is how
-// nonfinite="zero" clears the output without a host synchronisation.
-// Sets *conflict when the signs do not agree.
+// True when every weight is zero: the kernels then write exact zeros.
+template <typename acc_type>
+CG2A_HD bool all_weights_zero(const acc_type* weights, int k) {
+  bool zero = true;
+  for (int i = 0; i < k; ++i) zero = zero && (weights[i] == acc_type(0));
+  return zero;
+}
+
+// One element (LANES = 1): returns g_bar and sets *conflict.
 template <int K_STATIC, typename acc_type>
 CG2A_HD acc_type combine_value(const acc_type* v, int stride, int k_runtime,
                                const acc_type* weights, acc_type gamma,
                                int64_t mode, bool* conflict) {
-  const int k = K_STATIC > 0 ? K_STATIC : k_runtime;
-  acc_type sum = acc_type(0);
-#pragma unroll
-  for (int i = 0; i < (K_STATIC > 0 ? K_STATIC : kMaxK); ++i) {
-    if (i >= k) break;
-    const acc_type w = weights[i];
-    sum += (w != acc_type(0)) ? w * v[i * stride] : acc_type(0);
-  }
-  const bool agree = signs_agree<K_STATIC>(v, stride, k, mode);
-  *conflict = !agree;
-  return agree ? sum : gamma * sum;
+  acc_type result;
+  acc_type conflicting;
+  combine_lanes<K_STATIC, 1>(v, stride, k_runtime, weights, gamma, mode,
+                             &result, &conflicting);
+  *conflict = conflicting != acc_type(0);
+  return result;
 }
 
 }  // namespace cg2a

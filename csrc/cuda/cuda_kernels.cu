@@ -305,6 +305,9 @@ __global__ void __launch_bounds__(threads_for<KS>())
     __syncthreads();
     w = w_shared;
   }
+  // nonfinite="zero" zeroes every weight: write exact zeros then, even where
+  // an input is non-finite (0 * NaN would not be 0).
+  const bool zero_output = all_weights_zero(w, k);
 
   int64_t conflicts = 0;
   for (int64_t c = blockIdx.x; c < n_chunks; c += gridDim.x) {
@@ -326,8 +329,8 @@ __global__ void __launch_bounds__(threads_for<KS>())
         acc_type v[kSlots];
         unpack<KS>(raw, l, k, v);
         bool conflict = false;
-        result.val[l] = static_cast<scalar_t>(
-            combine_value<KS>(v, 1, k, w, gamma, mask, &conflict));
+        const acc_type r = combine_value<KS>(v, 1, k, w, gamma, mask, &conflict);
+        result.val[l] = static_cast<scalar_t>(zero_output ? acc_type(0) : r);
         conflicts += conflict;
       }
       *reinterpret_cast<VecT*>(out + e) = result;
@@ -337,8 +340,8 @@ __global__ void __launch_bounds__(threads_for<KS>())
       acc_type v[kSlots];
       load_element<KS>(in, t.row_stride, k, e, v);
       bool conflict = false;
-      out[e] = static_cast<scalar_t>(
-          combine_value<KS>(v, 1, k, w, gamma, mask, &conflict));
+      const acc_type r = combine_value<KS>(v, 1, k, w, gamma, mask, &conflict);
+      out[e] = static_cast<scalar_t>(zero_output ? acc_type(0) : r);
       conflicts += conflict;
     }
   }

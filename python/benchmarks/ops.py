@@ -1,0 +1,183 @@
+"""Benchmarks of the fused aggregation (issue 2, item 8).
+
+* `aggregate`: fused vs the plain-PyTorch reference (eager and under
+  torch.compile) for P in {1e5, 1e6, 1e7} float32 elements, K in {2, 4, 8},
+  spread over 1, 24 or 200 tensors; achieved bandwidth under the byte model of
+  the method doc (section 5: 2*K*P*4 + P*4 bytes) next to the copy bandwidth
+  measured in the same run.
+* per-loss gradients: `per_group_grads` (one batched backward) vs K separate
+  backward passes vs one backward over the concatenated K*B batch, on the
+  DMC-GB critic.
+
+Runnable alone: `python python/benchmarks/ops.py [--quick] [--device cpu|cuda]`.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+from cg2a_ext import ops, per_group_grads, reference
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_time(fn: Callable[[], object], device: str, repeats: int = 10, warmup: int = 2) -> float:
+    """Median wall time of fn() in seconds, after warm-up."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def copy_bandwidth(device: str, elements: int = 50_000_000) -> float:
+    """Device copy bandwidth in GB/s: bytes read + written by dst.copy_(src)."""
+    src = torch.randn(elements, device=device)
+    dst = torch.empty_like(src)
+    seconds = median_time(lambda: dst.copy_(src), device)
+    return 2 * src.numel() * src.element_size() / seconds / 1e9
+
+
+def split_sizes(total: int, count: int, gen: torch.Generator) -> list[int]:
+    """`count` mixed tensor sizes adding up to `total` (like a network's layers)."""
+    if count == 1:
+        return [total]
+    weights = torch.rand(count, generator=gen) ** 3 + 1e-3
+    sizes = (weights / weights.sum() * total).long().clamp(min=1)
+    sizes[0] += total - int(sizes.sum())
+    return [int(s) for s in sizes]
+
+
+def bench_aggregate(device: str, quick: bool, compile_reference: bool) -> list[dict]:
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    sizes_p = [100_000, 1_000_000] if quick else [100_000, 1_000_000, 10_000_000]
+    ks = [4] if quick else [2, 4, 8]
+    counts = [1, 24] if quick else [1, 24, 200]
+    repeats = 5 if quick else 10
+    copy_gbs = copy_bandwidth(device)
+    rows.append({"suite": "ops", "name": f"copy bandwidth ({device})", "value": copy_gbs, "unit": "GB/s"})
+    compiled = torch.compile(reference.aggregate, dynamic=False) if compile_reference else None
+    for p in sizes_p:
+        for k in ks:
+            for count in counts:
+                grads = [torch.randn(k, n, generator=gen).to(device) for n in split_sizes(p, count, gen)]
+                out = [torch.empty(g.shape[1:], device=device) for g in grads]
+                fused_s = median_time(lambda: ops.aggregate(grads, 0.25, out=out), device, repeats)
+                ref_s = median_time(lambda: reference.aggregate(grads, 0.25, out=out), device, repeats)
+                comp_s = float("nan")
+                if compiled is not None and count <= 24:
+                    comp_s = median_time(lambda: compiled(grads, 0.25, out=out, nonfinite="zero"), device, repeats)
+                model_bytes = (2 * k * p + p) * 4
+                fused_gbs = model_bytes / fused_s / 1e9
+                rows.append({
+                    "suite": "ops", "name": "aggregate", "device": device, "P": p, "K": k, "tensors": count,
+                    "fused_ms": fused_s * 1e3, "reference_ms": ref_s * 1e3, "compiled_reference_ms": comp_s * 1e3,
+                    "speedup_vs_reference": ref_s / fused_s, "speedup_vs_compiled": comp_s / fused_s,
+                    "fused_GBps": fused_gbs, "fraction_of_copy": fused_gbs / copy_gbs,
+                })
+                del grads, out
+    return rows
+
+
+def bench_per_loss_grads(device: str, quick: bool) -> list[dict]:
+    """K = 4 groups of B observations through the DMC-GB critic."""
+    from cg2a_ext.agent.networks import build_networks
+
+    k, batch = 4, (32 if quick else 128)
+    size, filters, layers = (84, 32, 11) if not quick else (64, 16, 4)
+    if device == "cpu" and not quick:
+        # The full batch of 128 takes seconds per backward on a 2-core CPU;
+        # the ratios are what matters, so keep the CPU run short.
+        batch = 32
+    torch.manual_seed(0)
+    _, critic, _ = build_networks((9, size, size), 6, num_conv_layers=layers, num_filters=filters)
+    critic = critic.to(device)
+    params = [p for p in critic.parameters() if p.requires_grad]
+    obs = torch.rand(k, batch, 9, size, size, device=device) * 255
+    action = torch.rand(batch, 6, device=device) * 2 - 1
+    target = torch.randn(batch, 1, device=device)
+
+    def loss_fn(model, o, a, y):
+        q1, q2 = model(o, a)
+        return ((q1 - y) ** 2).mean() + ((q2 - y) ** 2).mean()
+
+    def batched():
+        per_group_grads(critic, loss_fn, (obs,), (action, target))
+
+    def separate():
+        for i in range(k):
+            torch.autograd.grad(loss_fn(critic, obs[i], action, target), params)
+
+    def concatenated():
+        q1, q2 = critic(obs.flatten(0, 1), action.repeat(k, 1))
+        y = target.repeat(k, 1)
+        torch.autograd.grad(((q1 - y) ** 2).mean() + ((q2 - y) ** 2).mean(), params)
+
+    repeats = 3 if quick else 5
+    t_concat = median_time(concatenated, device, repeats, warmup=1)
+    t_batched = median_time(batched, device, repeats, warmup=1)
+    t_separate = median_time(separate, device, repeats, warmup=1)
+    config = f"K={k}, B={batch}, {layers} conv x {filters}, {size}x{size}"
+    return [{
+        "suite": "ops", "name": "per-loss gradients", "device": device, "config": config,
+        "batched_ms": t_batched * 1e3, "separate_ms": t_separate * 1e3, "concatenated_ms": t_concat * 1e3,
+        "batched_over_concatenated": t_batched / t_concat, "separate_over_concatenated": t_separate / t_concat,
+    }]
+
+
+def run(quick: bool = False, devices: list[str] | None = None, compile_reference: bool = True) -> list[dict]:
+    devices = devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+    rows: list[dict] = []
+    for device in devices:
+        rows += bench_aggregate(device, quick, compile_reference)
+        rows += bench_per_loss_grads(device, quick)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = []
+    for row in rows:
+        if row["name"].startswith("copy bandwidth"):
+            lines.append(f"\n{row['name']}: {row['value']:.2f} GB/s\n")
+            lines.append("| device | P | K | tensors | fused ms | reference ms | compiled ref ms | x ref | x compiled | fused GB/s | of copy |")
+            lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+        elif row["name"] == "aggregate":
+            lines.append(
+                f"| {row['device']} | {row['P']:.0e} | {row['K']} | {row['tensors']} | {row['fused_ms']:.2f} | "
+                f"{row['reference_ms']:.2f} | {row['compiled_reference_ms']:.2f} | {row['speedup_vs_reference']:.1f}x | "
+                f"{row['speedup_vs_compiled']:.1f}x | {row['fused_GBps']:.2f} | {row['fraction_of_copy']:.0%} |"
+            )
+        elif row["name"] == "per-loss gradients":
+            lines.append(
+                f"\nPer-loss gradients ({row['device']}, {row['config']}): one backward over the concatenated batch "
+                f"{row['concatenated_ms']:.0f} ms; per_group_grads {row['batched_ms']:.0f} ms "
+                f"({row['batched_over_concatenated']:.2f}x); K separate backward passes {row['separate_ms']:.0f} ms "
+                f"({row['separate_over_concatenated']:.2f}x)\n"
+            )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes, fewer repeats")
+    parser.add_argument("--device", action="append", choices=["cpu", "cuda"], help="default: cpu, and cuda if present")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd reference")
+    args = parser.parse_args()
+    print(format_table(run(args.quick, args.device, not args.no_compile)))
+
+
+if __name__ == "__main__":
+    main()
