@@ -1,7 +1,14 @@
 """The K per-loss gradients of losses that each depend on their own group of
-inputs (e.g. the clean and augmented copies of a batch), in one batched
-backward pass: torch.func.vmap over grad, so the K groups run as one K*B
-batch and every parameter's gradient comes out stacked [K, *shape]."""
+inputs (e.g. the clean and augmented copies of a batch), stacked [K, *shape]
+per parameter.
+
+Two exact methods:
+* "vmap": one batched backward (torch.func.vmap over grad): the K groups run
+  as one K*B batch. The fast choice on GPUs.
+* "loop": K forward/backward passes of B samples each. On CPUs it is the
+  faster one: under vmap the per-group weight gradients of convolutions
+  become grouped convolutions, which oneDNN runs slowly (BENCHMARKS.md).
+"auto" picks "vmap" for CUDA inputs and "loop" otherwise."""
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -10,6 +17,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 
+METHODS = ("auto", "vmap", "loop")
+
 
 def per_group_grads(
     module: nn.Module,
@@ -17,6 +26,7 @@ def per_group_grads(
     group_inputs: Sequence[Tensor],
     shared_inputs: Sequence[object] = (),
     params: Sequence[nn.Parameter] | None = None,
+    method: str = "auto",
 ) -> tuple[list[Tensor], Tensor]:
     """Per-group gradients of `loss_fn`, stacked on a leading K dim.
 
@@ -29,11 +39,15 @@ def per_group_grads(
         shared_inputs: values passed unchanged to every group (targets, actions).
         params: the parameters to differentiate (default: every parameter with
             requires_grad, in module.parameters() order); the others are constants.
+        method: "vmap" (one batched backward), "loop" (K backward passes) or
+            "auto" (vmap on CUDA, loop elsewhere); all give the same gradients.
 
     Returns:
         (grads, losses): grads[t] has shape [K, *params[t].shape]; losses [K],
         detached.
     """
+    if method not in METHODS:
+        raise ValueError(f"per_group_grads: unknown method {method!r}; expected one of {METHODS}")
     group_inputs = tuple(group_inputs)
     if not group_inputs:
         raise ValueError("per_group_grads: group_inputs is empty; pass tensors with a leading group dim K")
@@ -52,6 +66,10 @@ def per_group_grads(
         names = [by_id[id(p)] for p in params]
     if not names:
         raise ValueError("per_group_grads: no parameter to differentiate (none requires grad)")
+    if method == "auto":
+        method = "vmap" if group_inputs[0].is_cuda else "loop"
+    if method == "loop":
+        return _loop(module, loss_fn, group_inputs, tuple(shared_inputs), [named[n] for n in names])
     variables = {n: named[n].detach() for n in names}
     constants = {n: p.detach() for n, p in named.items() if n not in variables}
     constants.update(dict(module.named_buffers()))
@@ -65,3 +83,25 @@ def per_group_grads(
     in_dims = (None,) + (0,) * len(group_inputs) + (None,) * len(shared_inputs)
     grads, losses = vmap(grad_and_value(group_loss), in_dims=in_dims)(variables, *group_inputs, *shared_inputs)
     return [grads[n] for n in names], losses.detach()
+
+
+def _loop(
+    module: nn.Module,
+    loss_fn: Callable[..., Tensor],
+    group_inputs: tuple[Tensor, ...],
+    shared_inputs: tuple[object, ...],
+    params: list[nn.Parameter],
+) -> tuple[list[Tensor], Tensor]:
+    """K forward/backward passes; gradients written straight into [K, *shape]."""
+    k = group_inputs[0].shape[0]
+    grads = [p.new_empty((k, *p.shape)) for p in params]
+    losses = []
+    for i in range(k):
+        loss = loss_fn(module, *(x[i] for x in group_inputs), *shared_inputs)
+        for stacked, g in zip(grads, torch.autograd.grad(loss, params, allow_unused=True)):
+            if g is None:
+                stacked[i].zero_()
+            else:
+                stacked[i].copy_(g)
+        losses.append(loss.detach())
+    return grads, torch.stack(losses)

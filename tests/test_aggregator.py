@@ -84,14 +84,15 @@ def critic_loss(model, obs, action, target):
     return ((q1 - target) ** 2).mean() + ((q2 - target) ** 2).mean()
 
 
+@pytest.mark.parametrize("method", ["vmap", "loop", "auto"])
 @pytest.mark.parametrize("k", [1, 4])
-def test_per_group_grads_equal_separate_backward_passes(k):
+def test_per_group_grads_equal_separate_backward_passes(k, method):
     torch.manual_seed(k)
     critic = TinyCritic().double()
     obs = torch.randn(k, 5, 3, 11, 11, dtype=torch.float64)
     action = torch.randn(5, 2, dtype=torch.float64)
     target = torch.randn(5, 1, dtype=torch.float64)
-    grads, losses = per_group_grads(critic, critic_loss, (obs,), (action, target))
+    grads, losses = per_group_grads(critic, critic_loss, (obs,), (action, target), method=method)
     params = list(critic.parameters())
     assert len(grads) == len(params)
     for i in range(k):
@@ -103,16 +104,19 @@ def test_per_group_grads_equal_separate_backward_passes(k):
             torch.testing.assert_close(g[i], e)
 
 
-def test_per_group_grads_subset_of_params():
+@pytest.mark.parametrize("method", ["vmap", "loop"])
+def test_per_group_grads_subset_of_params(method):
     critic = TinyCritic().double()
     obs = torch.randn(2, 3, 3, 11, 11, dtype=torch.float64)
     action, target = torch.randn(3, 2, dtype=torch.float64), torch.randn(3, 1, dtype=torch.float64)
     heads = list(critic.q1.parameters())
-    grads, _ = per_group_grads(critic, critic_loss, (obs,), (action, target), params=heads)
+    grads, _ = per_group_grads(critic, critic_loss, (obs,), (action, target), params=heads, method=method)
     expected = torch.autograd.grad(critic_loss(critic, obs[1], action, target), heads)
     for g, e in zip(grads, expected):
         torch.testing.assert_close(g[1], e)
     with pytest.raises(ValueError, match="not parameters of the module"):
         per_group_grads(critic, critic_loss, (obs,), (action, target), params=[nn.Parameter(torch.zeros(1))])
+    with pytest.raises(ValueError, match="unknown method"):
+        per_group_grads(critic, critic_loss, (obs,), (action, target), method="fast")
     with pytest.raises(ValueError, match="expected K = 2"):
         per_group_grads(critic, critic_loss, (obs, torch.zeros(3, 1)), ())
