@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from typing import Callable
 
-__all__ = ["ensure_rendering_backend", "RenderingUnavailableError"]
+__all__ = ["ensure_rendering_backend", "choose_backend", "RenderingUnavailableError"]
 
 # Backends tried in order, with the Debian packages that provide them.
 _CANDIDATES: tuple[tuple[str, str], ...] = (
@@ -75,13 +76,23 @@ def ensure_rendering_backend() -> str:
         # Too late to choose: whatever was imported already fixed the backend.
         _chosen = os.environ.get("MUJOCO_GL", "glfw")
         return _chosen
+    backend = choose_backend()
+    os.environ["MUJOCO_GL"] = backend
+    os.environ.setdefault("PYOPENGL_PLATFORM", backend)
+    _chosen = backend
+    return backend
+
+
+def choose_backend(probe: Callable[[str], tuple[bool, str]] = _probe) -> str:
+    """Return the first of EGL, OSMesa that ``probe`` accepts.
+
+    Raises:
+        RenderingUnavailableError: none works; the message names the packages.
+    """
     errors = []
     for backend, packages in _CANDIDATES:
-        ok, err = _probe(backend)
+        ok, err = probe(backend)
         if ok:
-            os.environ["MUJOCO_GL"] = backend
-            os.environ.setdefault("PYOPENGL_PLATFORM", backend)
-            _chosen = backend
             return backend
         errors.append(f"  {backend}: needs {packages}; probe said: {err or 'no output'}")
     raise RenderingUnavailableError(
