@@ -322,6 +322,11 @@ def test_green_mask_matches_per_pixel_reference():
     pixels[0, : len(edge)] = edge
     bg = rng.integers(0, 256, pixels.shape, dtype=np.uint8)
     np.testing.assert_array_equal(green_screen(pixels, bg), green_screen_reference(pixels, bg))
+    # The integer fast path against colorsys's float64 arithmetic on many colours.
+    from cg2a_ext.envs.video import _green_mask_float
+
+    many = rng.integers(0, 256, (512, 1024, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(green_mask(many), _green_mask_float(many))
     green = np.round(np.array(GREEN) * 255).astype(np.uint8)
     assert green_mask(green[None, None])[0, 0]
     assert 0 < green_mask(pixels).mean() < 0.5

@@ -39,11 +39,8 @@ __all__ = [
 HSV_RANGE = ((100.0, 185.0), (80.0, 255.0), (70.0, 255.0))
 
 
-def green_mask(frames: np.ndarray) -> np.ndarray:
-    """Boolean mask ``[..., H, W]`` of the green-screen pixels of uint8 ``[..., H, W, 3]`` frames."""
-    if frames.dtype != np.uint8 or frames.shape[-1] != 3:
-        raise ValueError(f"expected uint8 frames [..., H, W, 3], got {frames.dtype} {frames.shape}")
-    # Same operations, in the same order, as colorsys.rgb_to_hsv on r/255, g/255, b/255.
+def _green_mask_float(frames: np.ndarray) -> np.ndarray:
+    """The HSV test with colorsys.rgb_to_hsv's float64 operations, in the same order."""
     rgb = frames.astype(np.float64) / 255.0
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     maxc = np.maximum(np.maximum(r, g), b)
@@ -63,13 +60,47 @@ def green_mask(frames: np.ndarray) -> np.ndarray:
     return (h >= h0) & (h <= h1) & (s >= s0) & (s <= s1) & (v >= v0) & (v <= v1)
 
 
+def green_mask(frames: np.ndarray) -> np.ndarray:
+    """Boolean mask ``[..., H, W]`` of the green-screen pixels of uint8 ``[..., H, W, 3]`` frames.
+
+    The HSV thresholds are rewritten as exact integer inequalities (below);
+    the rare pixels that sit exactly on a threshold, where float rounding
+    decides, are re-tested with colorsys's float64 arithmetic, so the mask is
+    identical to DMC-GB's per-pixel test (checked on all 2^24 colours).
+    """
+    if frames.dtype != np.uint8 or frames.shape[-1] != 3:
+        raise ValueError(f"expected uint8 frames [..., H, W, 3], got {frames.dtype} {frames.shape}")
+    if HSV_RANGE != ((100.0, 185.0), (80.0, 255.0), (70.0, 255.0)):  # pragma: no cover
+        return _green_mask_float(frames)
+    # Channel-planar int16 copy: contiguous operands; every term below stays within +-13005.
+    r, g, b = np.ascontiguousarray(np.moveaxis(frames, -1, 0), dtype=np.int16)
+    mx = np.maximum(np.maximum(r, g), b)
+    rng = mx - np.minimum(np.minimum(r, g), b)
+    # colorsys takes the r branch when r is a maximum (hue <= 60 or >= 300: never
+    # green), then g, then b. With g max, hue = 60 * (2 + (b - r) / range) in
+    # [60, 180]: >= 100 iff 3 (b - r) + range >= 0. With b max (hue in [180, 300]):
+    # <= 185 iff 12 (r - g) + 11 range <= 0.
+    g_max = (g == mx) & (r < mx)
+    b_max = (b == mx) & (r < mx) & (g < mx)
+    hue_g = 3 * (b - r) + rng
+    hue_b = 12 * (r - g) + 11 * rng
+    sat = 51 * rng - 16 * mx  # S * 255 >= 80, i.e. 255 range >= 80 max, divided by 5
+    mask = ((g_max & (hue_g > 0)) | (b_max & (hue_b < 0))) & (sat > 0) & (mx > 70)
+    tie = (g_max & (hue_g == 0)) | (b_max & (hue_b == 0)) | ((sat == 0) & (rng > 0)) | (mx == 70)
+    if tie.any():
+        mask[tie] = _green_mask_float(frames[tie])
+    return mask
+
+
 def green_screen(frames: np.ndarray, background: np.ndarray) -> np.ndarray:
     """Replace the green pixels of uint8 ``[..., H, W, 3]`` frames by ``background`` (same shape)."""
     if background.shape != frames.shape or background.dtype != np.uint8:
         raise ValueError(
             f"background must be uint8 of the frames' shape {frames.shape}, got {background.dtype} {background.shape}"
         )
-    return np.where(green_mask(frames)[..., None], background, frames)
+    out = frames.copy()
+    np.copyto(out, background, where=green_mask(frames)[..., None])
+    return out
 
 
 def green_screen_reference(frame: np.ndarray, background: np.ndarray) -> np.ndarray:
