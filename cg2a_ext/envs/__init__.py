@@ -1,14 +1,22 @@
 """DMC-GB environments: dm_control tasks from pixels in train and the four test modes.
 
-``TASKS`` is computed on first access (it imports dm_control, which needs the
-headless rendering backend chosen first, see :mod:`.rendering`).
+Importing this package chooses the headless rendering backend (EGL, then
+OSMesa, unless ``MUJOCO_GL`` is set; see :mod:`.rendering`), which must happen
+before dm_control is imported. ``TASKS`` is computed on first access.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from .dmc import MODES, DMCEnv, make_env, task_table
 from .rendering import RenderingUnavailableError, ensure_rendering_backend
+
+try:
+    # Choose the backend now, before anything else can import dm_control.
+    ensure_rendering_backend()
+except RenderingUnavailableError:
+    pass  # raised again, with its message, by make_env / TASKS
+
+from .dmc import MODES, DMCEnv, make_env, task_table  # noqa: E402
 
 __all__ = ["make_env", "TASKS", "MODES", "DMCEnv", "ensure_rendering_backend", "RenderingUnavailableError"]
 

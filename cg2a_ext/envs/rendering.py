@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from typing import Callable
 
 __all__ = ["ensure_rendering_backend", "choose_backend", "RenderingUnavailableError"]
@@ -74,7 +75,14 @@ def ensure_rendering_backend() -> str:
         return _chosen
     if "dm_control" in sys.modules or "OpenGL" in sys.modules:
         # Too late to choose: whatever was imported already fixed the backend.
-        _chosen = os.environ.get("MUJOCO_GL", "glfw")
+        warnings.warn(
+            "dm_control/OpenGL was imported before cg2a_ext.envs could choose a headless rendering "
+            "backend and MUJOCO_GL is unset, so dm_control uses its default (GLFW, which needs a "
+            "display). Import cg2a_ext.envs first, or set MUJOCO_GL=egl (or osmesa).",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        _chosen = "glfw"
         return _chosen
     backend = choose_backend()
     os.environ["MUJOCO_GL"] = backend
