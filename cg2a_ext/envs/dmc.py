@@ -117,7 +117,11 @@ class DMCEnv(gym.Env):
         self._colors: list[dict[str, list[float]]] | None = None
         self._video = None
         self.color_index: int | None = None
-        self.data_source = self._setup_mode(resolve_data_dir(data_dir) if mode != "train" else None)
+        try:
+            self.data_source = self._setup_mode(resolve_data_dir(data_dir) if mode != "train" else None)
+        except BaseException:
+            self.close()  # free the GL context of a half-built env
+            raise
 
         spec = self._env.action_spec()
         self._act_low = np.asarray(spec.minimum, np.float64) * np.ones(spec.shape)
