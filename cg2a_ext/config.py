@@ -290,7 +290,7 @@ def _str2bool(v: str) -> bool:
 
 def build_parser(description: str = "Train a SAC agent (sac/drq/svea/ac/cg2a) on DMC-GB.") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=argparse.HelpFormatter)
     parser.add_argument("--preset", default="paper", choices=sorted(PRESETS),
                         help="named defaults applied before explicit options (cpu: " + ", ".join(
                             f"{k}={v}" for k, v in PRESETS["cpu"].items()) + ")")
