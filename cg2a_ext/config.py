@@ -189,7 +189,6 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Check every option; raise ConfigError with a clear message."""
-        import torch._dynamo  # noqa: F401  before dm_control: see cg2a_ext/agent/__init__.py
         from cg2a_ext.envs import MODES, TASKS
         from cg2a_ext.augmentations import AUGMENTATIONS
 

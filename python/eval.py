@@ -10,15 +10,9 @@ given) and says which data each mode used.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-_ROOT = str(Path(__file__).resolve().parents[1])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
 
-# torch._dynamo (triton's LLVM) must be loaded before dm_control's GL stack: see cg2a_ext/agent/__init__.py
-import torch._dynamo  # noqa: F401,E402
 
 
 def main(argv=None) -> dict:

@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from pathlib import Path
 
-_ROOT = str(Path(__file__).resolve().parents[1])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
 
 
 def main(argv=None) -> list[Path]:

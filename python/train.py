@@ -9,17 +9,11 @@ Every field of cg2a_ext.config.TrainConfig is an option; see --help.
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
 
-_ROOT = str(Path(__file__).resolve().parents[1])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
 
-# torch._dynamo (triton's LLVM) must be loaded before dm_control's GL stack: see cg2a_ext/agent/__init__.py
-import torch._dynamo  # noqa: F401,E402
 
 
 def build_and_train(argv=None) -> Path:

@@ -1,9 +1,4 @@
 """SAC agent: networks, the SAC core and the critic-gradient strategies."""
-# torch.optim imports torch._dynamo (and with it triton's bundled LLVM) lazily, on
-# the first optimizer. If that happens after dm_control has created a Mesa
-# (llvmpipe) EGL context, the two LLVMs clash and the process segfaults. Import
-# it here, before any environment can exist in a process that builds agents.
-import torch._dynamo  # noqa: F401,E402
 from .critic_gradient import (AugmentedMean, CG2AGradient, CriticGradient, CriticGradOutput, PlainLoss,
                               SVEAGradient, critic_loss, make_critic_gradient)
 from .networks import Actor, Critic, Encoder, SharedCNN, build_networks

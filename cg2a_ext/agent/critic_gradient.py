@@ -20,7 +20,6 @@ is raised.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch

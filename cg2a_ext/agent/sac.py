@@ -9,7 +9,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .critic_gradient import CriticGradient, _check_finite, critic_loss
 from .networks import build_networks

@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+# torch.optim loads torch._dynamo, and with it triton's bundled LLVM, lazily;
+# loaded after dm_control's Mesa GL stack, the two LLVMs clash and the process
+# segfaults. Loading it first, here where dm_control enters, avoids that.
+import torch._dynamo  # noqa: F401
+
 from .rendering import RenderingUnavailableError, ensure_rendering_backend
 
 try:

@@ -20,15 +20,10 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from pathlib import Path
 
-_ROOT = str(Path(__file__).resolve().parents[2])
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
 
 import numpy as np
 import torch
-import torch._dynamo  # noqa: F401  before dm_control (see cg2a_ext/agent/__init__.py)
 
 
 def _cfg(preset: str, **kw):

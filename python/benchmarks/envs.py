@@ -16,7 +16,6 @@ Rows (``suite = "envs"``):
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -26,8 +25,6 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 from cg2a_ext.augmentations import AUGMENTATIONS, random_conv_kernels  # noqa: E402
 from cg2a_ext.envs import MODES, make_env  # noqa: E402
