@@ -17,6 +17,7 @@ DMC-GB's video frames are test data and are never used here.
 """
 from __future__ import annotations
 
+import abc
 import os
 import threading
 from pathlib import Path
@@ -31,7 +32,7 @@ OVERLAY_ENV_VAR = "CG2A_OVERLAY_DATA"
 _IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
 
 
-class ImageBank:
+class ImageBank(abc.ABC):
     """Base class: subclasses implement :meth:`_build` returning uint8 ``[N, 3, H, W]``."""
 
     description = "image bank"
@@ -40,8 +41,9 @@ class ImageBank:
         self._pools: dict[tuple[int, int, str], torch.Tensor] = {}
         self._lock = threading.Lock()
 
+    @abc.abstractmethod
     def _build(self, height: int, width: int) -> torch.Tensor:
-        raise NotImplementedError
+        """All images of the bank, uint8 [N, 3, height, width]."""
 
     def pool(self, height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """All images at ``height`` x ``width`` on ``device``, uint8 ``[N, 3, H, W]`` (cached)."""
@@ -69,8 +71,9 @@ class ImageBank:
         idx = torch.randint(len(pool), (n,), device=pool.device, generator=generator)
         return pool[idx].float().div_(255.0)
 
+    @abc.abstractmethod
     def __len__(self) -> int:
-        raise NotImplementedError
+        """Number of images in the bank."""
 
 
 class ProceduralImageBank(ImageBank):

@@ -3,10 +3,12 @@
 // description of a tensor list as K rows of contiguous elements.
 #pragma once
 
+#include <ATen/ATen.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/ArrayRef.h>
 
 #include <cstdint>
+#include <tuple>
 #include <vector>
 
 namespace cg2a {
@@ -39,6 +41,21 @@ void check_mask(int64_t mask, const char* op);
 // contiguous is copied once (documented fallback); the common layouts
 // (contiguous, or row slices of a larger buffer) are not.
 std::vector<RowView> row_views(at::TensorList grads);
+
+// The functional `combine` of either backend: allocates the outputs and runs
+// that backend's `combine_out` into them.
+template <typename CombineOut>
+std::tuple<std::vector<at::Tensor>, at::Tensor> combine_into_new_outputs(
+    at::TensorList grads, const at::Tensor& weights, double gamma, int64_t mask,
+    CombineOut combine_out) {
+  check_grads(grads, "cg2a::combine");
+  std::vector<at::Tensor> out;
+  out.reserve(grads.size());
+  for (const at::Tensor& g : grads)
+    out.push_back(at::empty(g.sizes().slice(1), g.options()));
+  at::Tensor conflicts = combine_out(grads, weights, gamma, mask, out);
+  return {std::move(out), std::move(conflicts)};
+}
 
 // The scalar type the kernels accumulate in (float64 for float64 inputs,
 // float32 otherwise); also the dtype of gram() and of the weights.

@@ -265,13 +265,7 @@ at::Tensor combine_out_cpu(at::TensorList grads, const at::Tensor& weights,
 std::tuple<std::vector<at::Tensor>, at::Tensor> combine_cpu(
     at::TensorList grads, const at::Tensor& weights, double gamma,
     int64_t mask) {
-  check_grads(grads, "cg2a::combine");
-  std::vector<at::Tensor> out;
-  out.reserve(grads.size());
-  for (const at::Tensor& g : grads)
-    out.push_back(at::empty(g.sizes().slice(1), g.options()));
-  at::Tensor conflicts = combine_out_cpu(grads, weights, gamma, mask, out);
-  return {std::move(out), std::move(conflicts)};
+  return combine_into_new_outputs(grads, weights, gamma, mask, &combine_out_cpu);
 }
 
 }  // namespace

@@ -20,6 +20,7 @@ is raised.
 """
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
 
 import torch
@@ -105,7 +106,7 @@ def _conflict_fraction(grads) -> float:
     return 1.0 - agree / max(1, total)
 
 
-class CriticGradient:
+class CriticGradient(abc.ABC):
     """Base: ``shift`` = random-shift obs/next_obs first; ``K`` = number of loss terms."""
 
     name = "base"
@@ -116,8 +117,9 @@ class CriticGradient:
         self.nonfinite = nonfinite
         self.generator = generator
 
+    @abc.abstractmethod
     def __call__(self, critic, params, obs, action, target, *, diagnostics: bool = False) -> CriticGradOutput:
-        raise NotImplementedError
+        """Write the critic gradient into params' .grad; return losses and diagnostics."""
 
     def _single(self, critic, params, loss) -> CriticGradOutput:
         for p in params:
