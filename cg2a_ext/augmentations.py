@@ -37,10 +37,11 @@ __all__ = [
 Augmentation = Callable[..., torch.Tensor]
 
 
-def _check(x: torch.Tensor, generator: torch.Generator | None, name: str) -> tuple[int, int, int, int]:
+def _check(x: torch.Tensor, generator: torch.Generator | None, name: str,
+           allow_uint8: bool = False) -> tuple[int, int, int, int]:
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ValueError(f"{name}: expected a tensor [B, C, H, W], got {getattr(x, 'shape', type(x))}")
-    if not x.is_floating_point():
+    if not (x.is_floating_point() or (allow_uint8 and x.dtype == torch.uint8)):
         raise ValueError(f"{name}: expected a floating-point tensor with values in [0, 255], got {x.dtype}")
     if x.shape[1] % 3:
         raise ValueError(f"{name}: channels must be 3 * frames, got C = {x.shape[1]}")
@@ -62,19 +63,20 @@ def random_shift(x: torch.Tensor, *, generator: torch.Generator | None = None, p
 
     Offsets are integers drawn uniformly in ``[0, 2 * pad]`` per sample and
     axis (shared by the stacked frames), so pixels are moved, never blended.
+    Also accepts uint8 frames (shift before converting: 4x less memory traffic).
     """
-    b, c, h, w = _check(x, generator, "random_shift")
+    b, c, h, w = _check(x, generator, "random_shift", allow_uint8=True)
     if pad < 0:
         raise ValueError(f"random_shift: pad must be >= 0, got {pad}")
     if pad == 0:
         return x.clone()
-    padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
-    offsets = torch.randint(0, 2 * pad + 1, (b, 2), device=x.device, generator=generator)
-    rows = offsets[:, 0, None] + torch.arange(h, device=x.device)  # [B, H]
-    cols = offsets[:, 1, None] + torch.arange(w, device=x.device)  # [B, W]
-    # Two gathers (rows, then columns) instead of a per-sample crop loop.
-    out = padded.gather(2, rows[:, None, :, None].expand(b, c, h, w + 2 * pad))
-    return out.gather(3, cols[:, None, None, :].expand(b, c, h, w))
+    offsets = torch.randint(0, 2 * pad + 1, (b, 2), device=x.device, generator=generator) - pad
+    # Replicate padding then cropping == reading the source at clamped coordinates, so the
+    # whole augmentation is ONE gather over flattened pixels (no padded copy, no per-sample loop).
+    rows = (offsets[:, :1] + torch.arange(h, device=x.device)).clamp_(0, h - 1)    # [B, H]
+    cols = (offsets[:, 1:] + torch.arange(w, device=x.device)).clamp_(0, w - 1)    # [B, W]
+    index = (rows[:, :, None] * w + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
+    return x.reshape(b, c, h * w).gather(2, index).view(b, c, h, w)
 
 
 def random_conv_kernels(

@@ -204,3 +204,39 @@ def test_config_cli_and_errors(tmp_path):
                       [["--resume", "--run_dir", str(tmp_path)], "no config.json"]):
         with pytest.raises(ConfigError, match=msg):
             config_from_args(argv + ["--device", "cpu"])
+
+
+def test_trunk_layout_and_normalisation_match_plain_formula():
+    """The trunk's fused x/255 - 0.5 and channels-last convolutions equal the plain NCHW forward."""
+    actor, critic, _ = build_networks(OBS, A, num_conv_layers=3, num_filters=8, num_stride2=2)
+    trunk = critic.encoder.shared_cnn.double()
+    x = torch.randint(0, 256, (4, *OBS)).double()
+    expected = x / 255.0 - 0.5
+    for layer in trunk.layers:
+        expected = layer(expected.contiguous())
+    torch.testing.assert_close(trunk(x), expected, rtol=1e-10, atol=1e-12)
+    # non-contiguous input (a channel slice) is handled too
+    wide = torch.randint(0, 256, (4, OBS[0] + 3, *OBS[1:])).double()
+    torch.testing.assert_close(trunk(wide[:, 3:]), trunk(wide[:, 3:].contiguous()), rtol=0, atol=0)
+
+
+def test_actor_update_with_one_trunk_pass_equals_separate_passes():
+    """The actor update runs the (detached) trunk once for actor and critic: same loss and gradients."""
+    cfg = tiny_cfg(algorithm="drq")
+    torch.manual_seed(0)
+    ag = make_agent(OBS, A, cfg, "cpu")
+    obs, _, _ = batch()
+    torch.manual_seed(1)
+    _, pi, log_pi, _ = ag.actor(obs, detach=True)
+    q1, q2 = ag.critic(obs, pi, detach=True)
+    ref_loss = (ag.alpha.detach() * log_pi - torch.min(q1, q2)).mean()
+    ref_grads = torch.autograd.grad(ref_loss, ag.actor_params)
+    torch.manual_seed(1)
+    m = ag.update_actor_and_alpha(obs)
+    torch.testing.assert_close(m["actor_loss"], ref_loss.detach(), rtol=0, atol=0)
+    # the optimizer stepped with those gradients: Adam's first step is lr * g / (|g| + eps)
+    torch.manual_seed(0)
+    fresh = make_agent(OBS, A, cfg, "cpu")
+    for g_ref, p, p0 in zip(ref_grads, ag.actor_params, fresh.actor_params):
+        torch.testing.assert_close(p0 - p, cfg.actor_lr * g_ref / (g_ref.abs() + 1e-8), rtol=1e-4, atol=1e-8)
+    assert all(p.grad is None for p in ag.critic_params)

@@ -65,8 +65,11 @@ def test_bad_inputs():
     for fn in AUGMENTATIONS.values():
         with pytest.raises(ValueError, match="3 \\* frames"):
             fn(x[:, :4])
+        if fn is not random_shift:   # the shift also takes uint8 frames
+            with pytest.raises(ValueError, match="floating"):
+                fn(x.to(torch.uint8))
         with pytest.raises(ValueError, match="floating"):
-            fn(x.to(torch.uint8))
+            fn(x.to(torch.int32))
         with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
             fn(x[0])
         with pytest.raises(ValueError, match="generator is on cpu"):
@@ -90,6 +93,17 @@ def test_random_shift_is_a_replicate_padded_crop():
         offsets.add(matches[0])
     assert len(offsets) > 4  # per-sample shifts
     torch.testing.assert_close(random_shift(x, pad=0), x)
+    # uint8 frames get the same shift (the agent shifts before converting to float)
+    x8 = x.round().clamp(0, 255).to(torch.uint8)
+    y8 = random_shift(x8, generator=_gen("cpu", 0), pad=4)
+    assert y8.dtype == torch.uint8
+    assert torch.equal(y8.float(), random_shift(x8.float(), generator=_gen("cpu", 0), pad=4))
+    # pads larger than the image still replicate the border
+    big = random_shift(x[:, :, :3, :3], generator=_gen("cpu", 1), pad=5)
+    ref = F.pad(x[:, :, :3, :3], (5, 5, 5, 5), mode="replicate")
+    offs = torch.randint(0, 11, (len(x), 2), generator=_gen("cpu", 1))
+    for i, (dy, dx) in enumerate(offs.tolist()):
+        assert torch.equal(big[i], ref[i, :, dy : dy + 3, dx : dx + 3])
 
 
 def test_random_conv_is_one_kernel_per_sample_shared_by_frames():

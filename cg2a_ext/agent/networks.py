@@ -32,6 +32,11 @@ def weight_init(m: nn.Module) -> None:
         nn.init.orthogonal_(m.weight.data[:, :, mid, mid], gain)
 
 
+def _is_vmapped(x: torch.Tensor) -> bool:
+    """True inside torch.func.vmap, where memory formats other than contiguous are unsupported."""
+    return torch._C._functorch.is_batchedtensor(x)
+
+
 class SharedCNN(nn.Module):
     """Convolutional trunk: pixels in [0, 255] -> feature map."""
 
@@ -48,7 +53,12 @@ class SharedCNN(nn.Module):
         self.apply(weight_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x / 255.0 - 0.5)
+        # x / 255 - 0.5 in one pass over the batch (it is the largest tensor the trunk reads)
+        x = torch.add(x.new_tensor(-0.5), x, alpha=1.0 / 255.0)
+        if x.device.type == "cpu" and x.dim() == 4 and not _is_vmapped(x):
+            # oneDNN's convolutions run 1.3-1.7x faster forward+backward on channels-last input
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.layers(x)
 
 
 class Projection(nn.Module):
@@ -67,7 +77,11 @@ class Projection(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Shared trunk + own projection; ``detach`` stops gradients into the trunk."""
+    """Shared trunk + own projection; ``detach`` stops gradients into the trunk.
+
+    ``trunk``: the trunk's output for ``x`` when the caller already has it (the
+    actor update feeds one detached trunk pass to both the actor and the critic).
+    """
 
     def __init__(self, shared_cnn: SharedCNN, projection: Projection):
         super().__init__()
@@ -75,8 +89,8 @@ class Encoder(nn.Module):
         self.projection = projection
         self.out_dim = projection.out_dim
 
-    def forward(self, x: torch.Tensor, detach: bool = False) -> torch.Tensor:
-        h = self.shared_cnn(x)
+    def forward(self, x: torch.Tensor, detach: bool = False, trunk: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.shared_cnn(x) if trunk is None else trunk
         if detach:
             h = h.detach()
         return self.projection(h)
@@ -112,8 +126,8 @@ class Actor(nn.Module):
         return list(self.encoder.projection.parameters()) + list(self.mlp.parameters())
 
     def forward(self, obs, compute_pi: bool = True, compute_log_pi: bool = True,
-                detach: bool = True, generator: torch.Generator | None = None):
-        h = self.encoder(obs, detach=detach)
+                detach: bool = True, generator: torch.Generator | None = None, trunk: torch.Tensor | None = None):
+        h = self.encoder(obs, detach=detach, trunk=trunk)
         mu, log_std = self.mlp(h).chunk(2, dim=-1)
         log_std = torch.tanh(log_std)
         log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (log_std + 1)
@@ -150,8 +164,8 @@ class Critic(nn.Module):
         self.Q1 = QFunction(encoder.out_dim, action_dim, hidden_dim)
         self.Q2 = QFunction(encoder.out_dim, action_dim, hidden_dim)
 
-    def forward(self, obs, action, detach: bool = False):
-        h = self.encoder(obs, detach=detach)
+    def forward(self, obs, action, detach: bool = False, trunk: torch.Tensor | None = None):
+        h = self.encoder(obs, detach=detach, trunk=trunk)
         return self.Q1(h, action), self.Q2(h, action)
 
 

@@ -74,10 +74,9 @@ class SACAgent:
 
     # ------------------------------------------------------------------ updates
     def preprocess(self, obs_u8: torch.Tensor) -> torch.Tensor:
-        x = obs_u8.float()
-        if self._shift is not None:
-            x = self._shift(x, generator=self.critic_gradient.generator)
-        return x
+        if self._shift is not None:   # shift the uint8 frames: a quarter of the bytes to move
+            obs_u8 = self._shift(obs_u8, generator=self.critic_gradient.generator)
+        return obs_u8.float()
 
     @torch.no_grad()
     def td_target(self, reward, next_obs, not_done) -> torch.Tensor:
@@ -97,8 +96,10 @@ class SACAgent:
         return metrics
 
     def update_actor_and_alpha(self, obs) -> dict:
-        _, pi, log_pi, log_std = self.actor(obs, detach=True)
-        q1, q2 = self.critic(obs, pi, detach=True)
+        with torch.no_grad():   # actor and critic share the trunk and both detach it: run it once
+            trunk = self.critic.encoder.shared_cnn(obs)
+        _, pi, log_pi, log_std = self.actor(obs, detach=True, trunk=trunk)
+        q1, q2 = self.critic(obs, pi, detach=True, trunk=trunk)
         actor_loss = (self.alpha.detach() * log_pi - torch.min(q1, q2)).mean()
         for p in self.actor_params:
             p.grad = None
