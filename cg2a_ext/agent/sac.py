@@ -27,15 +27,19 @@ class SACAgent:
     ``critic_target_update_freq`` updates) and returns a metrics dict."""
 
     def __init__(self, obs_shape, action_dim: int, cfg, critic_gradient: CriticGradient,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", networks: tuple | None = None):
+        """``networks``: optional ``(actor, critic, critic_target)`` with the interfaces of
+        ``networks.py`` (e.g. another trunk); by default the DMC-GB networks sized by ``cfg``."""
         self.cfg = cfg
         self.device = torch.device(device)
         self.action_dim = action_dim
         self.critic_gradient = critic_gradient
-        self.actor, self.critic, self.critic_target = build_networks(
-            obs_shape, action_dim, num_conv_layers=cfg.num_conv_layers, num_filters=cfg.num_filters,
-            num_stride2=cfg.num_stride2, projection_dim=cfg.projection_dim, hidden_dim=cfg.hidden_dim,
-            log_std_min=cfg.actor_log_std_min, log_std_max=cfg.actor_log_std_max)
+        if networks is None:
+            networks = build_networks(
+                obs_shape, action_dim, num_conv_layers=cfg.num_conv_layers, num_filters=cfg.num_filters,
+                num_stride2=cfg.num_stride2, projection_dim=cfg.projection_dim, hidden_dim=cfg.hidden_dim,
+                log_std_min=cfg.actor_log_std_min, log_std_max=cfg.actor_log_std_max)
+        self.actor, self.critic, self.critic_target = networks
         for m in (self.actor, self.critic, self.critic_target):
             m.to(self.device)
         self.log_alpha = torch.tensor(math.log(cfg.init_temperature), device=self.device, requires_grad=True)
