@@ -12,6 +12,10 @@ a batch already in memory, median over repetitions, for the same K and batch:
 * ``k_backward``    : one forward on K*B, then K backward passes (retain_graph) for the K gradients + CG2A;
 * ``k_separate``    : K forward+backward passes, one per B-sized group, + CG2A.
 
+``K gradients ...`` rows time only the K per-loss gradients on one fixed
+augmented batch (no augmentation, aggregation or Adam step): per_group_grads
+against one forward on K*B followed by K backward passes.
+
 Agent steps/s = 1 / (update + act + env step), each timed separately (the env
 step with the real renderer when it can be built, at the configuration's size).
 """
@@ -98,7 +102,23 @@ def critic_update_times(preset: str, reps: int) -> dict:
         strat.aggregator.apply_(cg.critic_params, [torch.stack(g) for g in grads])
         cg.critic_optimizer.step()
 
+    from cg2a_ext import per_group_grads
+
+    fixed_views = cg.critic_gradient.views(obs)   # same augmented batch for the gradient-only rows
+
+    def grads_per_group():
+        per_group_grads(cg.critic, critic_loss, (fixed_views,), (action, target), params=cg.critic_params)
+
+    def grads_k_backward():
+        q1, q2 = cg.critic(fixed_views.reshape(K * b, *obs_shape), action.repeat(K, 1))
+        q1, q2 = q1.view(K, b, 1), q2.view(K, b, 1)
+        for k in range(K):
+            lk = ((q1[k] - target) ** 2).mean() + ((q2[k] - target) ** 2).mean()
+            torch.autograd.grad(lk, cg.critic_params, retain_graph=k < K - 1)
+
     res = {"K": K, "batch": b, "image": cfg_cg.image_size, "device": str(device)}
+    res["grads_per_group"] = _time(grads_per_group, device, reps)
+    res["grads_k_backward"] = _time(grads_k_backward, device, reps)
     res["ac"] = _time(lambda: ac.update_critic(obs, action, target), device, reps)
     res["cg2a"] = _time(lambda: cg.update_critic(obs, action, target), device, reps)
     res["k_backward"] = _time(k_backward, device, reps)
@@ -157,8 +177,15 @@ def run(quick: bool = False) -> list[dict]:
                      "unit": "x"})
         rows.append({"suite": "agent", "name": f"k_separate / cg2a [{tag}]", "value": r["k_separate"] / r["cg2a"],
                      "unit": "x"})
+        # the K gradients alone, on one fixed augmented batch (the updates above include augmenting)
+        rows.append({"suite": "agent", "name": f"K gradients per_group_grads [{tag}]",
+                     "value": r["grads_per_group"] * 1e3, "unit": "ms"})
+        rows.append({"suite": "agent", "name": f"K gradients by K backward passes [{tag}]",
+                     "value": r["grads_k_backward"] * 1e3, "unit": "ms"})
+        rows.append({"suite": "agent", "name": f"K backward passes / per_group_grads [{tag}]",
+                     "value": r["grads_k_backward"] / r["grads_per_group"], "unit": "x"})
     for preset in presets:
-        for algo in (("cg2a",) if quick else ("drq", "cg2a")):
+        for algo in ("drq", "cg2a"):
             s = step_time(preset, algo, 3 if (quick or preset == "paper") else 6)
             tag = f"{preset} {algo} threads={threads}"
             rows.append({"suite": "agent", "name": f"agent steps/s [{tag}]", "value": s["steps_per_s"], "unit": "steps/s"})
