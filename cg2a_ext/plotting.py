@@ -24,12 +24,30 @@ def _num(v):
         return float("nan")
 
 
+# Options that make a different method (an ablation), per algorithm: runs that differ in them are
+# not seeds of one curve, so they get their own label.
+_METHOD_OPTIONS = {
+    "svea": ("svea_augmentation", "svea_alpha", "svea_beta"),
+    "ac": ("augmentations",),
+    "cg2a": ("augmentations", "gas", "sgs", "gamma", "mask"),
+}
+
+
 def run_label(run_dir) -> str:
+    """``task algorithm`` plus every ablation option that differs from its default."""
     cfg_path = Path(run_dir) / "config.json"
-    if cfg_path.is_file():
-        cfg = json.loads(cfg_path.read_text())
-        return f"{cfg.get('task', '?')} {cfg.get('algorithm', '?')}"
-    return Path(run_dir).name
+    if not cfg_path.is_file():
+        return Path(run_dir).name
+    from .config import TrainConfig
+
+    cfg = json.loads(cfg_path.read_text())
+    algo = cfg.get("algorithm", "?")
+    label = f"{cfg.get('task', '?')} {algo}"
+    for name in _METHOD_OPTIONS.get(algo, ()):
+        default = getattr(TrainConfig, name, None)
+        if name in cfg and cfg[name] != default:
+            label += f" {name}={cfg[name]}"
+    return label
 
 
 def _plt():

@@ -67,3 +67,22 @@ def test_plot(runs, tmp_path):
     assert sum(n.startswith("grad_diagnostics_") for n in names) == 2
     for p in written:
         assert p.stat().st_size > 1000 and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_run_label_separates_ablations_not_seeds(tmp_path):
+    import json
+
+    from cg2a_ext.config import TrainConfig
+    from cg2a_ext.plotting import run_label
+
+    def run(name, **kw):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps(TrainConfig(task="cartpole_balance", **kw).to_dict()))
+        return d
+
+    assert run_label(run("a", seed=0)) == run_label(run("b", seed=1)) == "cartpole_balance cg2a"
+    assert run_label(run("c", gas=False)) == "cartpole_balance cg2a gas=False"
+    assert run_label(run("d", augmentations="overlay")) == "cartpole_balance cg2a augmentations=overlay"
+    # drq ignores the combination options, so they do not split its curves
+    assert run_label(run("e", algorithm="drq", augmentations="overlay")) == "cartpole_balance drq"
