@@ -80,7 +80,10 @@ class SACAgent:
     def preprocess(self, obs_u8: torch.Tensor) -> torch.Tensor:
         if self._shift is not None:   # shift the uint8 frames: a quarter of the bytes to move
             obs_u8 = self._shift(obs_u8, generator=self.critic_gradient.generator)
-        return obs_u8.float()
+        # On CPU the trunk wants channels-last input; converting here, in the pass that makes the
+        # floats anyway, saves the trunk a layout copy on every forward of this batch.
+        fmt = torch.channels_last if obs_u8.device.type == "cpu" else torch.contiguous_format
+        return obs_u8.to(torch.float32, memory_format=fmt)
 
     @torch.no_grad()
     def td_target(self, reward, next_obs, not_done) -> torch.Tensor:
