@@ -240,3 +240,34 @@ def test_actor_update_with_one_trunk_pass_equals_separate_passes():
     for g_ref, p, p0 in zip(ref_grads, ag.actor_params, fresh.actor_params):
         torch.testing.assert_close(p0 - p, cfg.actor_lr * g_ref / (g_ref.abs() + 1e-8), rtol=1e-4, atol=1e-8)
     assert all(p.grad is None for p in ag.critic_params)
+
+
+def _filled_replay(obs_shape=OBS, action_dim=A, steps=40, seed=0):
+    rb = FrameReplayBuffer(obs_shape, action_dim, 100, frame_stack=3, episode_steps=20, seed=seed)
+    rng = np.random.default_rng(seed)
+    rb.add_first(rng.integers(0, 256, obs_shape, dtype=np.uint8))
+    for _ in range(steps):
+        rb.add(rng.uniform(-1, 1, action_dim), rng.uniform(0, 1), rng.integers(0, 256, obs_shape, dtype=np.uint8),
+               False)
+    return rb
+
+
+def test_cg2a_with_identity_copies_takes_drq_step():
+    """The whole cg2a path (preprocess, K-view per-loss gradients, GAS, SGS, Adam) with a copy that is the
+    clean batch itself must reduce to drq: equal gradients get w = 1/2 each and agree in sign everywhere."""
+    drq = make_agent(OBS, A, tiny_cfg(algorithm="drq"), "cpu")
+    cg = make_agent(OBS, A, tiny_cfg(algorithm="cg2a", augmentations="identity"), "cpu")
+    for name in ("actor", "critic", "critic_target"):
+        getattr(cg, name).load_state_dict(getattr(drq, name).state_dict())
+    rb_drq, rb_cg = _filled_replay(), _filled_replay()
+    for step in range(4):   # covers actor and target updates (every 2)
+        torch.manual_seed(step)   # the actor's sampling noise in the TD target
+        m_drq = drq.update(rb_drq)
+        torch.manual_seed(step)
+        m_cg = cg.update(rb_cg, diagnostics=True)
+        assert torch.allclose(m_drq["critic_loss"], m_cg["critic_loss"], rtol=1e-6)
+        assert abs(m_cg["diag/weight_0"] - 0.5) < 1e-6 and abs(m_cg["diag/cos_0_1"] - 1.0) < 1e-5
+    for a, b in zip(drq.critic.parameters(), cg.critic.parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), (a - b).abs().max()
+    for a, b in zip(drq.actor.parameters(), cg.actor.parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), (a - b).abs().max()

@@ -7,6 +7,12 @@ batch 32) to regress the hinge angle and angular velocity, and prints
 1 - R^2 on held-out stacks. Values near 0: the frames at this resolution carry
 the state; near 1: they do not.
 
+``--augmentations conv,overlay,overlay_s`` trains, like cg2a's critic, on the
+random-shifted batch and its augmented copies (the plain mean of the K losses)
+and still reports the error on clean held-out stacks, with the error on each
+augmented held-out copy: does the trunk keep the state while it learns to
+ignore what the augmentations change?
+
     python python/diagnostics/perception_probe.py --image_size 48 --num_conv_layers 4 --num_filters 16 --num_stride2 2
 """
 from __future__ import annotations
@@ -18,6 +24,7 @@ import numpy as np
 import torch
 
 from cg2a_ext.agent.networks import Projection, SharedCNN
+from cg2a_ext.augmentations import make_combination, random_shift
 from cg2a_ext.envs import make_env
 
 
@@ -49,6 +56,9 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=200)
     ap.add_argument("--iterations", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch_size", type=int, default=32)
+    ap.add_argument("--augmentations", default="",
+                    help="comma-separated copies trained alongside the clean batch (as cg2a's critic), '' = none")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     torch.set_num_threads(1)
@@ -63,19 +73,30 @@ def main() -> None:
     head = torch.nn.Sequential(torch.nn.Linear(50, 256), torch.nn.ReLU(), torch.nn.Linear(256, 2))
     model = torch.nn.Sequential(trunk, proj, head)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    print(f"{len(x)} stacks near upright, {args.image_size} px; columns: iteration, seconds, "
-          "1-R^2 angle, 1-R^2 angular velocity (held out)")
+    combo = make_combination(args.augmentations) if args.augmentations else None
+    names = ["clean"] + (combo.names if combo else [])
+    gen = torch.Generator().manual_seed(args.seed)
+    test_views = [x[test].float()] + (combo(x[test].float(), generator=gen) if combo else [])
+    print(f"{len(x)} stacks near upright, {args.image_size} px, {args.num_filters} filters, trained on "
+          f"{'+'.join(names)}; columns: iteration, seconds, then 1-R^2 of angle/angular velocity "
+          "on held-out " + ", ".join(names))
     t0 = time.monotonic()
     for it in range(args.iterations + 1):
-        idx = train[torch.randint(0, len(train), (32,))]
-        loss = ((model(x[idx].float()) - y[idx]) ** 2).mean()
+        idx = train[torch.randint(0, len(train), (args.batch_size,))]
+        obs = random_shift(x[idx], generator=gen).float()
+        views = torch.cat([obs] + (combo(obs, generator=gen) if combo else []))
+        target = y[idx].repeat(len(names), 1)
+        loss = ((model(views) - target) ** 2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
         if it % 500 == 0:
+            cols = []
             with torch.no_grad():
-                err = ((model(x[test].float()) - y[test]) ** 2).mean(0) / y[test].var(0)
-            print(f"{it},{time.monotonic() - t0:.0f},{err[0]:.3f},{err[1]:.3f}", flush=True)
+                for v in test_views:
+                    err = ((model(v) - y[test]) ** 2).mean(0) / y[test].var(0)
+                    cols.append(f"{err[0]:.3f}/{err[1]:.3f}")
+            print(f"{it},{time.monotonic() - t0:.0f}," + ",".join(cols), flush=True)
 
 
 if __name__ == "__main__":
