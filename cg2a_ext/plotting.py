@@ -111,6 +111,22 @@ def plot_learning_curves(run_dirs, out_path) -> Path:
     return out_path
 
 
+def aggregate_shares(row: dict, k: int) -> np.ndarray:
+    """Each loss's share of the aggregated gradient d = sum_j w_j g_j (before SGS), from one
+    diagnostics row: share_i = w_i <g_i, d> / |d|^2 = w_i (G w)_i / (w^T G w), with the Gram
+    matrix G rebuilt from the logged norms and cosines. The shares sum to 1; a loss with a
+    large gradient can dominate d even when its weight is moderate."""
+    n = np.array([_num(row.get(f"grad_norm_{i}")) for i in range(k)])
+    w = np.array([_num(row.get(f"weight_{i}")) for i in range(k)])
+    gram = np.diag(n ** 2)
+    for i in range(k):
+        for j in range(i + 1, k):
+            gram[i, j] = gram[j, i] = _num(row.get(f"cos_{i}_{j}")) * n[i] * n[j]
+    gw = gram @ w
+    total = float(w @ gw)
+    return w * gw / total if total > 0 else np.full(k, np.nan)
+
+
 def plot_gradient_diagnostics(run_dir, out_path) -> Path | None:
     """Per-loss gradient norms, pairwise cosines, conflict fraction, GAS weights and gamma over training."""
     rows = _read_csv(Path(run_dir) / "diagnostics.csv")
@@ -133,9 +149,12 @@ def plot_gradient_diagnostics(run_dir, out_path) -> Path | None:
         axes[0, 1].plot(step, get(c), label=f"cos(g{i}, g{j})")
     axes[0, 1].axhline(0, color="k", lw=0.5)
     axes[0, 1].set_title("pairwise cosine similarity")
-    for c in weights:
-        axes[1, 0].plot(step, get(c), label=f"w{c.split('_')[-1]}")
-    axes[1, 0].set_title("GAS weights")
+    shares = np.stack([aggregate_shares(r, len(weights)) for r in rows]) if weights else None
+    for idx, c in enumerate(weights):
+        line, = axes[1, 0].plot(step, get(c), label=f"w{c.split('_')[-1]}")
+        axes[1, 0].plot(step, shares[:, idx], ls="--", lw=0.8, color=line.get_color(),
+                        label=f"share {idx}")
+    axes[1, 0].set_title("GAS weight w_i (solid), loss i's share of the update (dashed)", fontsize=10)
     axes[1, 1].plot(step, get("conflict_fraction"), label="conflict fraction (sign disagreement)")
     if "neg_cos_pairs" in cols:
         axes[1, 1].plot(step, get("neg_cos_pairs"), label="fraction of pairs with cos < 0")

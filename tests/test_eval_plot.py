@@ -86,3 +86,23 @@ def test_run_label_separates_ablations_not_seeds(tmp_path):
     assert run_label(run("d", augmentations="overlay")) == "cartpole_balance cg2a augmentations=overlay"
     # drq ignores the combination options, so they do not split its curves
     assert run_label(run("e", algorithm="drq", augmentations="overlay")) == "cartpole_balance drq"
+
+
+def test_aggregate_shares_from_logged_norms_and_cosines():
+    """The diagnostics figure's share of each loss in w-weighted aggregate, rebuilt from the logged
+    norms and cosines, equals the projection computed on the gradient vectors themselves."""
+    import torch
+
+    from cg2a_ext.agent.critic_gradient import gram_diagnostics
+    from cg2a_ext.plotting import aggregate_shares
+
+    g = torch.randn(4, 300, dtype=torch.float64)
+    g[1] *= 8.0                      # one large gradient, as random conv's
+    w = torch.tensor([0.1, 0.6, 0.2, 0.1], dtype=torch.float64)
+    row = {k: str(v) for k, v in gram_diagnostics(g @ g.T, weights=w).items()}
+    d = (w[:, None] * g).sum(0)
+    expected = (w * (g @ d) / (d @ d)).numpy()
+    shares = aggregate_shares(row, 4)
+    assert abs(shares.sum() - 1.0) < 1e-9
+    assert max(abs(shares - expected)) < 1e-9
+    assert shares[1] > 0.8           # the large gradient dominates the aggregate
