@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Agent benchmarks: critic-update cost of cg2a vs ac vs K backward passes, and agent steps/s.
 
-    python python/benchmarks/agent.py [--quick]
+    python python/benchmarks/agent.py [--quick] [--presets cpu,paper]
 
 Rows: {"suite": "agent", "name", "value", "unit"}. Critic-update rows time one
 full critic update (augment, forward, backward(s), aggregation, Adam step) on
@@ -161,10 +161,16 @@ def step_time(preset: str, algorithm: str, reps: int) -> dict:
     return {"update": upd, "act": act, "env": env_t, "steps_per_s": 1.0 / total}
 
 
-def run(quick: bool = False) -> list[dict]:
+def run(quick: bool = False, presets: list[str] | None = None) -> list[dict]:
+    """``quick``: fewer repetitions and only the cpu preset (unless ``presets`` names others)."""
+    from cg2a_ext.config import PRESETS
+
     rows = []
     threads = torch.get_num_threads()
-    presets = ["cpu"] if quick else ["cpu", "paper"]
+    presets = presets or (["cpu"] if quick else ["cpu", "paper"])
+    unknown = [p for p in presets if p not in PRESETS]
+    if unknown:
+        raise SystemExit(f"agent.py: unknown preset(s) {unknown}; choose from {sorted(PRESETS)}")
     for preset in presets:
         reps = 3 if (quick or preset == "paper") else 7
         r = critic_update_times(preset, reps)
@@ -204,4 +210,10 @@ def format_table(rows) -> str:
 
 
 if __name__ == "__main__":
-    print(format_table(run(quick="--quick" in sys.argv)))
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Agent benchmarks (critic update costs, agent steps/s).")
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions; the cpu preset only by default")
+    ap.add_argument("--presets", default="", help="comma-separated presets to measure (default: cpu,paper)")
+    args = ap.parse_args()
+    print(format_table(run(quick=args.quick, presets=[p for p in args.presets.split(",") if p] or None)))
