@@ -73,6 +73,9 @@ def plot_learning_curves(run_dirs, out_path) -> Path:
     ncol = min(3, len(panels))
     nrow = (len(panels) + ncol - 1) // ncol
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.5 * ncol, 3.4 * nrow), squeeze=False)
+    # One colour per label across panels, one legend for the figure: per-panel legends hid the curves.
+    colours = {label: f"C{i % 10}" for i, label in enumerate(groups)}
+    handles: dict[str, object] = {}
     for ax, panel in zip(axes.flat, panels):
         for label, dirs in groups.items():
             curves = []
@@ -89,22 +92,27 @@ def plot_learning_curves(run_dirs, out_path) -> Path:
                     curves.append((xs, ys))
             if not curves:
                 continue
+            c = colours[label]
             if len(curves) == 1:
-                ax.plot(*curves[0], marker="o" if panel != "training episodes" else None, ms=3, label=label)
+                (line,) = ax.plot(*curves[0], marker="o" if panel != "training episodes" else None, ms=3, color=c)
+                name = label
             else:
-                grid = np.unique(np.concatenate([c[0] for c in curves]))
+                grid = np.unique(np.concatenate([c_[0] for c_ in curves]))
                 ys = np.stack([np.interp(grid, x, y, left=np.nan, right=np.nan) for x, y in curves])
                 m, s = np.nanmean(ys, 0), np.nanstd(ys, 0)
-                ax.plot(grid, m, label=f"{label} ({len(curves)} runs)")
-                ax.fill_between(grid, m - s, m + s, alpha=0.2)
+                (line,) = ax.plot(grid, m, color=c)
+                ax.fill_between(grid, m - s, m + s, alpha=0.2, color=c)
+                name = f"{label} (mean of {len(curves)} runs, band ± std)"
+            handles.setdefault(name, line)
         ax.set_title(panel)
         ax.set_xlabel("agent steps")
         ax.set_ylabel("return")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    fig.tight_layout()
+    rows = (len(handles) + 1) // 2
+    fig.legend(list(handles.values()), list(handles.keys()), loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 * rows / nrow, 1, 1))
     out_path = Path(out_path)
     fig.savefig(out_path, dpi=100)
     plt.close(fig)
