@@ -31,6 +31,7 @@ def build_and_train(argv=None) -> Path:
     from cg2a_ext.checkpoint import CheckpointError, latest_checkpoint
     from cg2a_ext.envs import make_env
     from cg2a_ext.evaluation import make_eval_envs
+    from cg2a_ext.host_memory import keep_freed_host_memory
     from cg2a_ext.replay import FrameReplayBuffer
     from cg2a_ext.run_logging import Progress, RunLogger
     from cg2a_ext.trainer import Trainer
@@ -57,6 +58,8 @@ def build_and_train(argv=None) -> Path:
 
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    if cfg.keep_freed_host_memory:
+        keep_freed_host_memory()
     device = torch.device("cuda" if (cfg.device == "auto" and torch.cuda.is_available()) else
                           ("cpu" if cfg.device == "auto" else cfg.device))
     torch.manual_seed(cfg.seed)

@@ -149,3 +149,15 @@ def test_default_command_is_paper_configuration():
         ("cg2a", 500_000, 10_000, 128, 84, 4)
     assert cfg.eval_mode_list == ["train", "color_easy", "color_hard", "video_easy", "video_hard"]
     assert cfg.device == "auto" and cfg.augmentation_list == ["conv", "overlay", "overlay_s"]
+
+
+def test_help_lists_every_option(capsys):
+    from dataclasses import fields
+
+    from cg2a_ext.config import TrainConfig
+    with pytest.raises(SystemExit) as e:
+        train_script.build_and_train(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    missing = [f.name for f in fields(TrainConfig) if f"--{f.name}" not in out]
+    assert not missing, f"options missing from --help: {missing}"

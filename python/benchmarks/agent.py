@@ -18,10 +18,16 @@ against one forward on K*B followed by K backward passes.
 
 Agent steps/s = 1 / (update + act + env step), each timed separately (the env
 step with the real renderer when it can be built, at the configuration's size).
+
+The process keeps freed host memory (``cg2a_ext.host_memory``), as ``train.py``
+does by default. On CPU, the ``update ... glibc default malloc`` rows time one
+SAC update of ``--preset cpu`` in child processes with and without that setting,
+alternating, to show what it is worth.
 """
 from __future__ import annotations
 
 import statistics
+import subprocess
 import sys
 import time
 
@@ -126,11 +132,53 @@ def critic_update_times(preset: str, reps: int) -> dict:
     return res
 
 
-def step_time(preset: str, algorithm: str, reps: int) -> dict:
-    """Seconds per agent step: one SAC update (+ actor/target every 2nd), one act, one env step."""
+def _agent_and_replay(cfg, obs_shape, adim, device):
+    """An agent for ``cfg`` and a replay buffer of 1000 random transitions."""
     from cg2a_ext.agent import make_agent
     from cg2a_ext.replay import FrameReplayBuffer
 
+    agent = make_agent(obs_shape, adim, cfg, device)
+    rb = FrameReplayBuffer(obs_shape, adim, 2000, frame_stack=cfg.frame_stack, episode_steps=250)
+    rng = np.random.default_rng(0)
+    rb.add_first(rng.integers(0, 256, obs_shape, dtype=np.uint8))
+    for _ in range(1000):
+        rb.add(rng.uniform(-1, 1, adim), 0.0, rng.integers(0, 256, obs_shape, dtype=np.uint8), False)
+    return agent, rb
+
+
+def update_time(preset: str, algorithm: str, reps: int) -> float:
+    """Seconds per SAC update (critic every step, actor and targets every 2nd), no environment."""
+    cfg = _cfg(preset, algorithm=algorithm)
+    device = torch.device(cfg.device)
+    agent, rb = _agent_and_replay(cfg, (3 * cfg.frame_stack, cfg.image_size, cfg.image_size), 1, device)
+    return _time(lambda: (agent.update(rb), agent.update(rb)), device, reps) / 2
+
+
+def host_memory_rows(reps: int, rounds: int = 2) -> list[dict]:
+    """One ``--preset cpu`` update with glibc's default malloc against freed memory kept, each in a
+    fresh child process (mallopt cannot be undone), alternating ``rounds`` times; best of the rounds."""
+    threads = torch.get_num_threads()
+    rows = []
+    for algo in ("drq", "cg2a"):
+        best = {"default": float("inf"), "keep": float("inf")}
+        for _ in range(rounds):
+            for malloc in ("default", "keep"):
+                out = subprocess.run([sys.executable, __file__, "--update-time", f"cpu:{algo}", "--malloc", malloc,
+                                      "--reps", str(reps), "--threads", str(threads)],
+                                     check=True, capture_output=True, text=True).stdout
+                best[malloc] = min(best[malloc], float(out.strip().splitlines()[-1]))
+        tag = f"cpu {algo} threads={threads}"
+        rows.append({"suite": "agent", "name": f"update, glibc default malloc [{tag}]",
+                     "value": best["default"] * 1e3, "unit": "ms"})
+        rows.append({"suite": "agent", "name": f"update, freed host memory kept [{tag}]",
+                     "value": best["keep"] * 1e3, "unit": "ms"})
+        rows.append({"suite": "agent", "name": f"default / kept [{tag}]", "value": best["default"] / best["keep"],
+                     "unit": "x"})
+    return rows
+
+
+def step_time(preset: str, algorithm: str, reps: int) -> dict:
+    """Seconds per agent step: one SAC update (+ actor/target every 2nd), one act, one env step."""
     cfg = _cfg(preset, algorithm=algorithm)
     device = torch.device(cfg.device)
     obs_shape = (3 * cfg.frame_stack, cfg.image_size, cfg.image_size)
@@ -148,14 +196,9 @@ def step_time(preset: str, algorithm: str, reps: int) -> dict:
         env.close()
     except Exception as e:  # env module missing or renderer unavailable
         print(f"[agent bench] env step not timed: {e}", file=sys.stderr)
-    agent = make_agent(obs_shape, adim, cfg, device)
-    rb = FrameReplayBuffer(obs_shape, adim, 2000, frame_stack=cfg.frame_stack, episode_steps=250)
-    rng = np.random.default_rng(0)
-    rb.add_first(rng.integers(0, 256, obs_shape, dtype=np.uint8))
-    for _ in range(1000):
-        rb.add(rng.uniform(-1, 1, adim), 0.0, rng.integers(0, 256, obs_shape, dtype=np.uint8), False)
+    agent, rb = _agent_and_replay(cfg, obs_shape, adim, device)
     upd = _time(lambda: (agent.update(rb), agent.update(rb)), device, max(1, reps // 2)) / 2
-    o = rng.integers(0, 256, obs_shape, dtype=np.uint8)
+    o = np.random.default_rng(1).integers(0, 256, obs_shape, dtype=np.uint8)
     act = _time(lambda: agent.act(o, sample=True), device, 20, warmup=2)
     total = upd + act + (env_t if env_t == env_t else 0.0)
     return {"update": upd, "act": act, "env": env_t, "steps_per_s": 1.0 / total}
@@ -164,7 +207,9 @@ def step_time(preset: str, algorithm: str, reps: int) -> dict:
 def run(quick: bool = False, presets: list[str] | None = None) -> list[dict]:
     """``quick``: fewer repetitions and only the cpu preset (unless ``presets`` names others)."""
     from cg2a_ext.config import PRESETS
+    from cg2a_ext.host_memory import keep_freed_host_memory
 
+    keep_freed_host_memory()   # as train.py does by default
     rows = []
     threads = torch.get_num_threads()
     presets = presets or (["cpu"] if quick else ["cpu", "paper"])
@@ -197,6 +242,8 @@ def run(quick: bool = False, presets: list[str] | None = None) -> list[dict]:
             rows.append({"suite": "agent", "name": f"agent steps/s [{tag}]", "value": s["steps_per_s"], "unit": "steps/s"})
             rows.append({"suite": "agent", "name": f"  update [{tag}]", "value": s["update"] * 1e3, "unit": "ms"})
             rows.append({"suite": "agent", "name": f"  env step [{tag}]", "value": s["env"] * 1e3, "unit": "ms"})
+    if "cpu" in presets and not torch.cuda.is_available():
+        rows += host_memory_rows(3 if quick else 6)
     return rows
 
 
@@ -215,5 +262,20 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Agent benchmarks (critic update costs, agent steps/s).")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions; the cpu preset only by default")
     ap.add_argument("--presets", default="", help="comma-separated presets to measure (default: cpu,paper)")
+    # child-process mode of host_memory_rows: print one update's seconds and exit
+    ap.add_argument("--update-time", metavar="PRESET:ALGORITHM", help=argparse.SUPPRESS)
+    ap.add_argument("--malloc", choices=("default", "keep"), default="keep", help=argparse.SUPPRESS)
+    ap.add_argument("--reps", type=int, default=6, help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.update_time:
+        from cg2a_ext.host_memory import keep_freed_host_memory
+
+        if args.malloc == "keep" and not keep_freed_host_memory():
+            raise SystemExit("agent.py: mallopt is not available here")
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        preset, algorithm = args.update_time.split(":")
+        print(update_time(preset, algorithm, args.reps))
+        raise SystemExit(0)
     print(format_table(run(quick=args.quick, presets=[p for p in args.presets.split(",") if p] or None)))
