@@ -140,7 +140,7 @@ class TrainConfig:
     """torch.set_num_threads value; 0 = torch's default."""
     keep_freed_host_memory: bool = True
     """Let glibc reuse freed host memory instead of mapping every large tensor anew
-    (``cg2a_ext.host_memory``): CPU updates 20-35 % faster here; the process keeps its peak heap."""
+    (``cg2a_ext.host_memory``): CPU updates 1.1-1.6x faster here (BENCHMARKS.md); the process keeps its peak heap."""
     run_dir: str = ""
     """Run folder; "" = <runs_root>/<task>/<algorithm>/seed<seed>-<timestamp>."""
     runs_root: str = "runs"
