@@ -209,7 +209,7 @@ def run(quick: bool = False, presets: list[str] | None = None) -> list[dict]:
     from cg2a_ext.config import PRESETS
     from cg2a_ext.host_memory import keep_freed_host_memory
 
-    keep_freed_host_memory()   # as train.py does by default
+    kept = keep_freed_host_memory()   # as train.py does by default (False where there is no mallopt)
     rows = []
     threads = torch.get_num_threads()
     presets = presets or (["cpu"] if quick else ["cpu", "paper"])
@@ -242,7 +242,7 @@ def run(quick: bool = False, presets: list[str] | None = None) -> list[dict]:
             rows.append({"suite": "agent", "name": f"agent steps/s [{tag}]", "value": s["steps_per_s"], "unit": "steps/s"})
             rows.append({"suite": "agent", "name": f"  update [{tag}]", "value": s["update"] * 1e3, "unit": "ms"})
             rows.append({"suite": "agent", "name": f"  env step [{tag}]", "value": s["env"] * 1e3, "unit": "ms"})
-    if "cpu" in presets and not torch.cuda.is_available():
+    if kept and "cpu" in presets and not torch.cuda.is_available():
         rows += host_memory_rows(3 if quick else 6)
     return rows
 
