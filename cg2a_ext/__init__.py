@@ -6,7 +6,9 @@ Public API:
     CG2A                                     draws gamma and aggregates
     per_group_grads                          K per-loss gradients, one batched backward
     has_cuda_kernels()                       CUDA kernels compiled into this build
-    make_env, augmentations                  DMC-GB environments and augmentations
+
+The RL application (environments, augmentations, agents, trainer) lives in
+`cg2a_ext.rl`; importing `cg2a_ext` imports none of it.
 
 `import cg2a_ext` works without the compiled extension (CG2A then falls back
 to the reference); `cg2a_ext.ops` needs it.
@@ -25,7 +27,6 @@ __all__ = [
     "AggregationResult",
     "has_cuda_kernels",
     "has_fused_ops",
-    "make_env",
     "per_group_grads",
     "reference",
 ]
@@ -34,14 +35,11 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "ops": ("cg2a_ext.ops", None),
-    "augmentations": ("cg2a_ext.augmentations", None),
-    "make_env": ("cg2a_ext.envs", "make_env"),
 }
 
 
 def __getattr__(name: str):
-    # Heavy or optional parts load on first use: the environments import
-    # dm_control (and pick a GL backend) only when asked for.
+    # The fused ops need the compiled extension: load it on first use.
     if name not in _LAZY:
         raise AttributeError(f"module 'cg2a_ext' has no attribute {name!r}")
     import importlib

@@ -29,11 +29,11 @@ def main(argv=None) -> dict:
     p.add_argument("--video", action="store_true", help="record the first episode of each mode")
     args = p.parse_args(argv)
 
-    from cg2a_ext.checkpoint import CheckpointError, checkpoint_dir, latest_checkpoint
-    from cg2a_ext.config import ConfigError, TrainConfig
+    from cg2a_ext.rl.checkpoint import CheckpointError, checkpoint_dir, latest_checkpoint
+    from cg2a_ext.rl.config import ConfigError, TrainConfig
 
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    from cg2a_ext.envs import MODES
+    from cg2a_ext.rl.envs import MODES
     for m in modes:
         if m not in MODES:
             p.error(f"unknown mode {m!r}; known modes: {', '.join(MODES)}")
@@ -55,9 +55,9 @@ def main(argv=None) -> dict:
 
     import torch
 
-    from cg2a_ext.agent import make_agent
-    from cg2a_ext.checkpoint import load_checkpoint
-    from cg2a_ext.evaluation import (aggregate_runs, evaluate_modes, make_eval_envs, markdown_table, save_json)
+    from cg2a_ext.rl.agent import make_agent
+    from cg2a_ext.rl.checkpoint import load_checkpoint
+    from cg2a_ext.rl.evaluation import (aggregate_runs, evaluate_modes, make_eval_envs, markdown_table, save_json)
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))

@@ -22,7 +22,7 @@ def main(argv=None) -> list[Path]:
     for d in args.runs:
         if not (Path(d) / "eval.csv").is_file() and not (Path(d) / "train.csv").is_file():
             p.error(f"{d} is not a run folder with logs (no eval.csv / train.csv)")
-    from cg2a_ext.plotting import plot_gradient_diagnostics, plot_learning_curves, run_label
+    from cg2a_ext.rl.plotting import plot_gradient_diagnostics, plot_learning_curves, run_label
 
     out = Path(args.out) if args.out else Path(args.runs[0])
     out.mkdir(parents=True, exist_ok=True)

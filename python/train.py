@@ -5,7 +5,7 @@
     python python/train.py --task cartpole_balance --preset cpu --algorithm drq
     python python/train.py --resume --run_dir runs/...        # continue a killed run
 
-Every field of cg2a_ext.config.TrainConfig is an option; see --help.
+Every field of cg2a_ext.rl.config.TrainConfig is an option; see --help.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 
 def build_and_train(argv=None) -> Path:
-    from cg2a_ext.config import ConfigError, config_from_args
+    from cg2a_ext.rl.config import ConfigError, config_from_args
 
     try:
         cfg = config_from_args(argv)
@@ -27,14 +27,14 @@ def build_and_train(argv=None) -> Path:
 
     import torch
 
-    from cg2a_ext.agent import make_agent
-    from cg2a_ext.checkpoint import CheckpointError, latest_checkpoint
-    from cg2a_ext.envs import make_env
-    from cg2a_ext.evaluation import make_eval_envs
-    from cg2a_ext.host_memory import keep_freed_host_memory
-    from cg2a_ext.replay import FrameReplayBuffer
-    from cg2a_ext.run_logging import Progress, RunLogger
-    from cg2a_ext.trainer import Trainer
+    from cg2a_ext.rl.agent import make_agent
+    from cg2a_ext.rl.checkpoint import CheckpointError, latest_checkpoint
+    from cg2a_ext.rl.envs import make_env
+    from cg2a_ext.rl.evaluation import make_eval_envs
+    from cg2a_ext.rl.host_memory import keep_freed_host_memory
+    from cg2a_ext.rl.replay import FrameReplayBuffer
+    from cg2a_ext.rl.run_logging import Progress, RunLogger
+    from cg2a_ext.rl.trainer import Trainer
 
     # run folder (and the checkpoint to resume from, checked before any work)
     ckpt = None

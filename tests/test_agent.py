@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from cg2a_ext.agent import make_agent
-from cg2a_ext.agent.critic_gradient import critic_loss
-from cg2a_ext.agent.networks import build_networks
-from cg2a_ext.config import ConfigError, TrainConfig, build_parser, config_from_args, field_docs, parse_gamma
-from cg2a_ext.replay import FrameReplayBuffer
+from cg2a_ext.rl.agent import make_agent
+from cg2a_ext.rl.agent.critic_gradient import critic_loss
+from cg2a_ext.rl.agent.networks import build_networks
+from cg2a_ext.rl.config import ConfigError, TrainConfig, build_parser, config_from_args, field_docs, parse_gamma
+from cg2a_ext.rl.replay import FrameReplayBuffer
 
 OBS = (9, 32, 32)
 A = 2
@@ -151,7 +151,7 @@ def test_agent_update_runs_and_state_roundtrip():
 
 
 def test_replay_rebuilds_env_stacks():
-    from cg2a_ext.envs import make_env
+    from cg2a_ext.rl.envs import make_env
 
     env = make_env("cartpole_balance", seed=0, image_size=32, frame_stack=3, action_repeat=4, episode_length=40)
     shape, adim = env.observation_space.shape, env.action_space.shape[0]

@@ -1,4 +1,4 @@
-"""Tests of cg2a_ext.augmentations and cg2a_ext.image_bank."""
+"""Tests of cg2a_ext.rl.augmentations and cg2a_ext.rl.image_bank."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cg2a_ext import image_bank as ib
-from cg2a_ext.augmentations import (
+from cg2a_ext.rl import image_bank as ib
+from cg2a_ext.rl.augmentations import (
     AUGMENTATIONS,
     apply_conv_kernels,
     identity,

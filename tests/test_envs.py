@@ -1,4 +1,4 @@
-"""Tests of the DMC-GB environments (cg2a_ext.envs).
+"""Tests of the DMC-GB environments (cg2a_ext.rl.envs).
 
 Both data paths are exercised: the DMC-GB folder (``CG2A_DMCGB_DATA``, else
 ``../shared/dmcgb`` beside the repository) and the procedural sets (the
@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cg2a_ext.envs import MODES, TASKS, make_env
-from cg2a_ext.envs import rendering
-from cg2a_ext.envs.color import GREEN
-from cg2a_ext.envs.data import DATA_ENV_VAR
-from cg2a_ext.envs.procedural import procedural_color_entries
-from cg2a_ext.envs.video import CLIP_CACHE, green_mask, green_screen, green_screen_reference
+from cg2a_ext.rl.envs import MODES, TASKS, make_env
+from cg2a_ext.rl.envs import rendering
+from cg2a_ext.rl.envs.color import GREEN
+from cg2a_ext.rl.envs.data import DATA_ENV_VAR
+from cg2a_ext.rl.envs.procedural import procedural_color_entries
+from cg2a_ext.rl.envs.video import CLIP_CACHE, green_mask, green_screen, green_screen_reference
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = 64  # smaller than 84 to keep CPU rendering cheap; the logic does not depend on it
@@ -332,7 +332,7 @@ def test_green_mask_matches_per_pixel_reference():
     bg = rng.integers(0, 256, pixels.shape, dtype=np.uint8)
     np.testing.assert_array_equal(green_screen(pixels, bg), green_screen_reference(pixels, bg))
     # The integer fast path against colorsys's float64 arithmetic on many colours.
-    from cg2a_ext.envs.video import _green_mask_float
+    from cg2a_ext.rl.envs.video import _green_mask_float
 
     many = rng.integers(0, 256, (512, 1024, 3), dtype=np.uint8)
     np.testing.assert_array_equal(green_mask(many), _green_mask_float(many))

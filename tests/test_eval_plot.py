@@ -72,8 +72,8 @@ def test_plot(runs, tmp_path):
 def test_run_label_separates_ablations_not_seeds(tmp_path):
     import json
 
-    from cg2a_ext.config import TrainConfig
-    from cg2a_ext.plotting import run_label
+    from cg2a_ext.rl.config import TrainConfig
+    from cg2a_ext.rl.plotting import run_label
 
     def run(name, **kw):
         d = tmp_path / name
@@ -93,8 +93,8 @@ def test_aggregate_shares_from_logged_norms_and_cosines():
     norms and cosines, equals the projection computed on the gradient vectors themselves."""
     import torch
 
-    from cg2a_ext.agent.critic_gradient import gram_diagnostics
-    from cg2a_ext.plotting import aggregate_shares
+    from cg2a_ext.rl.agent.critic_gradient import gram_diagnostics
+    from cg2a_ext.rl.plotting import aggregate_shares
 
     g = torch.randn(4, 300, dtype=torch.float64)
     g[1] *= 8.0                      # one large gradient, as random conv's

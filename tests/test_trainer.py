@@ -91,7 +91,7 @@ def test_resume_continues_with_saved_state(tmp_path):
 
 
 def test_killed_run_resumes_mid_episode_from_last_checkpoint(tmp_path, monkeypatch):
-    from cg2a_ext.replay import FrameReplayBuffer
+    from cg2a_ext.rl.replay import FrameReplayBuffer
 
     orig_add = FrameReplayBuffer.add
 
@@ -135,7 +135,7 @@ def test_resume_without_checkpoint_fails_clearly(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train_script.build_and_train(["--resume", "--run_dir", str(d)])
     assert "no config.json" in capsys.readouterr().err
-    from cg2a_ext.config import TrainConfig
+    from cg2a_ext.rl.config import TrainConfig
     TrainConfig(task="cartpole_balance").save(d / "config.json")
     with pytest.raises(SystemExit):
         train_script.build_and_train(["--resume", "--run_dir", str(d), "--device", "cpu"])
@@ -143,7 +143,7 @@ def test_resume_without_checkpoint_fails_clearly(tmp_path, capsys):
 
 
 def test_default_command_is_paper_configuration():
-    from cg2a_ext.config import config_from_args
+    from cg2a_ext.rl.config import config_from_args
     cfg = config_from_args(["--task", "finger_spin"])
     assert (cfg.algorithm, cfg.train_steps, cfg.eval_freq, cfg.batch_size, cfg.image_size, cfg.action_repeat) == \
         ("cg2a", 500_000, 10_000, 128, 84, 4)
@@ -154,7 +154,7 @@ def test_default_command_is_paper_configuration():
 def test_help_lists_every_option(capsys):
     from dataclasses import fields
 
-    from cg2a_ext.config import TrainConfig
+    from cg2a_ext.rl.config import TrainConfig
     with pytest.raises(SystemExit) as e:
         train_script.build_and_train(["--help"])
     assert e.value.code == 0

@@ -19,7 +19,7 @@ against one forward on K*B followed by K backward passes.
 Agent steps/s = 1 / (update + act + env step), each timed separately (the env
 step with the real renderer when it can be built, at the configuration's size).
 
-The process keeps freed host memory (``cg2a_ext.host_memory``), as ``train.py``
+The process keeps freed host memory (``cg2a_ext.rl.host_memory``), as ``train.py``
 does by default. On CPU, the ``update ... glibc default malloc`` rows time one
 SAC update of ``--preset cpu`` in child processes with and without that setting,
 alternating, to show what it is worth.
@@ -37,7 +37,7 @@ import torch
 
 
 def _cfg(preset: str, **kw):
-    from cg2a_ext.config import PRESETS, TrainConfig
+    from cg2a_ext.rl.config import PRESETS, TrainConfig
 
     d = dict(PRESETS[preset])
     d.update(task="cartpole_balance", device="cuda" if torch.cuda.is_available() else "cpu")
@@ -64,8 +64,8 @@ def _time(fn, device, reps: int, warmup: int = 1) -> float:
 
 
 def critic_update_times(preset: str, reps: int) -> dict:
-    from cg2a_ext.agent import make_agent
-    from cg2a_ext.agent.critic_gradient import critic_loss
+    from cg2a_ext.rl.agent import make_agent
+    from cg2a_ext.rl.agent.critic_gradient import critic_loss
 
     cfg_cg = _cfg(preset, algorithm="cg2a")
     cfg_ac = _cfg(preset, algorithm="ac")
@@ -134,8 +134,8 @@ def critic_update_times(preset: str, reps: int) -> dict:
 
 def _agent_and_replay(cfg, obs_shape, adim, device):
     """An agent for ``cfg`` and a replay buffer of 1000 random transitions."""
-    from cg2a_ext.agent import make_agent
-    from cg2a_ext.replay import FrameReplayBuffer
+    from cg2a_ext.rl.agent import make_agent
+    from cg2a_ext.rl.replay import FrameReplayBuffer
 
     agent = make_agent(obs_shape, adim, cfg, device)
     rb = FrameReplayBuffer(obs_shape, adim, 2000, frame_stack=cfg.frame_stack, episode_steps=250)
@@ -185,7 +185,7 @@ def step_time(preset: str, algorithm: str, reps: int) -> dict:
     adim = 1
     env_t = float("nan")
     try:
-        from cg2a_ext.envs import make_env
+        from cg2a_ext.rl.envs import make_env
 
         env = make_env(cfg.task, seed=0, image_size=cfg.image_size, frame_stack=cfg.frame_stack,
                        action_repeat=cfg.action_repeat, episode_length=cfg.episode_length)
@@ -206,8 +206,8 @@ def step_time(preset: str, algorithm: str, reps: int) -> dict:
 
 def run(quick: bool = False, presets: list[str] | None = None) -> list[dict]:
     """``quick``: fewer repetitions and only the cpu preset (unless ``presets`` names others)."""
-    from cg2a_ext.config import PRESETS
-    from cg2a_ext.host_memory import keep_freed_host_memory
+    from cg2a_ext.rl.config import PRESETS
+    from cg2a_ext.rl.host_memory import keep_freed_host_memory
 
     kept = keep_freed_host_memory()   # as train.py does by default (False where there is no mallopt)
     rows = []
@@ -269,7 +269,7 @@ if __name__ == "__main__":
     ap.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.update_time:
-        from cg2a_ext.host_memory import keep_freed_host_memory
+        from cg2a_ext.rl.host_memory import keep_freed_host_memory
 
         if args.malloc == "keep" and not keep_freed_host_memory():
             raise SystemExit("agent.py: mallopt is not available here")

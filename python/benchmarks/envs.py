@@ -26,9 +26,9 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[2]
 
-from cg2a_ext.augmentations import AUGMENTATIONS, random_conv_kernels  # noqa: E402
-from cg2a_ext.envs import MODES, make_env  # noqa: E402
-from cg2a_ext.envs.video import green_screen, green_screen_reference  # noqa: E402
+from cg2a_ext.rl.augmentations import AUGMENTATIONS, random_conv_kernels  # noqa: E402
+from cg2a_ext.rl.envs import MODES, make_env  # noqa: E402
+from cg2a_ext.rl.envs.video import green_screen, green_screen_reference  # noqa: E402
 
 TASK = "walker_walk"
 
@@ -142,7 +142,7 @@ def bench_augmentations(quick: bool, devices: list[str]) -> list[dict]:
                 "batch": "128x9x84x84", "value": t * 1e3, "unit": "ms/batch", "samples_per_s": 128 / t,
             })
         kernels = random_conv_kernels(128, device=device, generator=g)
-        from cg2a_ext.augmentations import apply_conv_kernels
+        from cg2a_ext.rl.augmentations import apply_conv_kernels
 
         torch.testing.assert_close(apply_conv_kernels(x, kernels), _conv_loop(x, kernels), rtol=1e-4, atol=1e-3)
         t_group = _median_time(lambda: apply_conv_kernels(x, kernels), repeats, sync)

@@ -102,7 +102,7 @@ def bench_aggregate(device: str, quick: bool, compile_reference: bool) -> list[d
 
 def bench_per_loss_grads(device: str, quick: bool) -> list[dict]:
     """K = 4 groups of B observations through the DMC-GB critic."""
-    from cg2a_ext.agent.networks import build_networks
+    from cg2a_ext.rl.agent.networks import build_networks
 
     k, batch = 4, (32 if quick else 128)
     size, filters, layers = (84, 32, 11) if not quick else (64, 16, 4)

@@ -18,10 +18,10 @@ import json
 import numpy as np
 import torch
 
-from cg2a_ext.agent import make_agent
-from cg2a_ext.checkpoint import latest_checkpoint, load_checkpoint
-from cg2a_ext.config import TrainConfig
-from cg2a_ext.envs import make_env
+from cg2a_ext.rl.agent import make_agent
+from cg2a_ext.rl.checkpoint import latest_checkpoint, load_checkpoint
+from cg2a_ext.rl.config import TrainConfig
+from cg2a_ext.rl.envs import make_env
 
 
 def main() -> None:

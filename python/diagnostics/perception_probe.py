@@ -23,9 +23,9 @@ import time
 import numpy as np
 import torch
 
-from cg2a_ext.agent.networks import Projection, SharedCNN
-from cg2a_ext.augmentations import make_combination, random_shift
-from cg2a_ext.envs import make_env
+from cg2a_ext.rl.agent.networks import Projection, SharedCNN
+from cg2a_ext.rl.augmentations import make_combination, random_shift
+from cg2a_ext.rl.envs import make_env
 
 
 def collect(image_size: int, action_repeat: int, episodes: int, seed: int):

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-import cg2a_ext.envs  # noqa: F401  (imports torch._dynamo before dm_control; see cg2a_ext/envs)
-from cg2a_ext.agent import SACAgent, make_critic_gradient
-from cg2a_ext.agent.networks import Actor, Critic, Encoder, Projection
-from cg2a_ext.config import config_from_args
+import cg2a_ext.rl.envs  # noqa: F401  (imports torch._dynamo before dm_control; see cg2a_ext/rl/envs)
+from cg2a_ext.rl.agent import SACAgent, make_critic_gradient
+from cg2a_ext.rl.agent.networks import Actor, Critic, Encoder, Projection
+from cg2a_ext.rl.config import config_from_args
 
 
 class IdentityTrunk(nn.Module):

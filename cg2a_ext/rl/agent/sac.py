@@ -56,7 +56,7 @@ class SACAgent:
         self.skipped_actor_steps = 0
         self._shift = None
         if critic_gradient.shift:
-            from cg2a_ext.augmentations import random_shift
+            from cg2a_ext.rl.augmentations import random_shift
             self._shift = random_shift
 
     # ------------------------------------------------------------------ acting

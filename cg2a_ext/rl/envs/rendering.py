@@ -76,9 +76,9 @@ def ensure_rendering_backend() -> str:
     if "dm_control" in sys.modules or "OpenGL" in sys.modules:
         # Too late to choose: whatever was imported already fixed the backend.
         warnings.warn(
-            "dm_control/OpenGL was imported before cg2a_ext.envs could choose a headless rendering "
+            "dm_control/OpenGL was imported before cg2a_ext.rl.envs could choose a headless rendering "
             "backend and MUJOCO_GL is unset, so dm_control uses its default (GLFW, which needs a "
-            "display). Import cg2a_ext.envs first, or set MUJOCO_GL=egl (or osmesa).",
+            "display). Import cg2a_ext.rl.envs first, or set MUJOCO_GL=egl (or osmesa).",
             RuntimeWarning,
             stacklevel=2,
         )

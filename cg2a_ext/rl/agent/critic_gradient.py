@@ -235,7 +235,7 @@ def make_critic_gradient(cfg, device, generator=None, gamma_generator=None) -> C
         return PlainLoss(shift=False, **kw)
     if cfg.algorithm == "drq":
         return PlainLoss(shift=True, **kw)
-    from cg2a_ext.augmentations import AUGMENTATIONS, make_combination
+    from cg2a_ext.rl.augmentations import AUGMENTATIONS, make_combination
 
     image_bank = cfg.image_bank or None
     if cfg.algorithm == "svea":

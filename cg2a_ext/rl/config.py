@@ -29,7 +29,7 @@ class ConfigError(ValueError):
 class TrainConfig:
     # ---- task / environment
     task: str = "finger_spin"
-    """DMC task name (``domain_task``), one of ``cg2a_ext.envs.TASKS``."""
+    """DMC task name (``domain_task``), one of ``cg2a_ext.rl.envs.TASKS``."""
     algorithm: str = "cg2a"
     """How the critic gradient is formed: sac | drq | svea | ac | cg2a."""
     seed: int = 0
@@ -55,7 +55,7 @@ class TrainConfig:
     eval_episodes: int = 10
     """Episodes per mode at each periodic evaluation."""
     eval_modes: str = "train,color_easy,color_hard,video_easy,video_hard"
-    """Comma-separated evaluation modes (subset of cg2a_ext.envs.MODES)."""
+    """Comma-separated evaluation modes (subset of cg2a_ext.rl.envs.MODES)."""
     log_freq: int = 1000
     """Log update metrics and gradient diagnostics every this many agent steps."""
     checkpoint_freq: int = 50_000
@@ -140,7 +140,7 @@ class TrainConfig:
     """torch.set_num_threads value; 0 = torch's default."""
     keep_freed_host_memory: bool = True
     """Let glibc reuse freed host memory instead of mapping every large tensor anew
-    (``cg2a_ext.host_memory``): CPU updates 1.1-1.6x faster here (BENCHMARKS.md); the process keeps its peak heap."""
+    (``cg2a_ext.rl.host_memory``): CPU updates 1.1-1.6x faster here (BENCHMARKS.md); the process keeps its peak heap."""
     run_dir: str = ""
     """Run folder; "" = <runs_root>/<task>/<algorithm>/seed<seed>-<timestamp>."""
     runs_root: str = "runs"
@@ -192,8 +192,8 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Check every option; raise ConfigError with a clear message."""
-        from cg2a_ext.envs import MODES, TASKS
-        from cg2a_ext.augmentations import AUGMENTATIONS
+        from cg2a_ext.rl.envs import MODES, TASKS
+        from cg2a_ext.rl.augmentations import AUGMENTATIONS
 
         if self.task not in TASKS:
             raise ConfigError(f"unknown task {self.task!r}; known tasks: {', '.join(sorted(TASKS))}")

@@ -37,7 +37,7 @@ def summarize(returns) -> dict:
 
 
 def make_eval_envs(cfg, modes, seed_offset: int = EVAL_SEED_OFFSET) -> dict:
-    from cg2a_ext.envs import make_env
+    from cg2a_ext.rl.envs import make_env
 
     envs = {}
     for i, mode in enumerate(modes):

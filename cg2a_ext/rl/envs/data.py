@@ -6,7 +6,7 @@ The data folder is laid out like ``../shared/dmcgb``::
 
 It is named by ``make_env(data_dir=...)`` or, failing that, by the environment
 variable ``CG2A_DMCGB_DATA``. Without either, the colour and video modes use
-the procedural sets of :mod:`cg2a_ext.envs.procedural`.
+the procedural sets of :mod:`cg2a_ext.rl.envs.procedural`.
 """
 from __future__ import annotations
 
