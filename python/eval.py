@@ -57,6 +57,7 @@ def main(argv=None) -> dict:
 
     from cg2a_ext.rl.agent import make_agent
     from cg2a_ext.rl.checkpoint import load_checkpoint
+    from cg2a_ext.rl.seeding import SeedStreams
     from cg2a_ext.rl.evaluation import (aggregate_runs, evaluate_modes, make_eval_envs, markdown_table, save_json)
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
@@ -65,15 +66,15 @@ def main(argv=None) -> dict:
     for d, ck, cfg in plan:
         if args.data_dir is not None:
             cfg.data_dir = args.data_dir
-        envs = make_eval_envs(cfg, modes, seed_offset=20_000)
+        envs = make_eval_envs(cfg, modes, stream="zero_shot")
         try:
             env0 = next(iter(envs.values()))
             agent = make_agent(env0.observation_space.shape, env0.action_space.shape[0], cfg, device=device)
             state = load_checkpoint(ck, map_location=device)
             agent.load_state_dict(state["agent"], networks_only=True)
-            seed = cfg.seed if args.seed is None else args.seed
+            seeds = SeedStreams(cfg.seed if args.seed is None else args.seed)
             res = evaluate_modes(agent, envs, args.episodes, video_dir=(d / "videos") if args.video else None,
-                                 tag="zero_shot_", seed=seed * 1_000_003 + 424242)
+                                 tag="zero_shot_", seeds=seeds, stream="zero_shot")
         finally:
             for e in envs.values():
                 e.close()

@@ -17,10 +17,11 @@ from pathlib import Path
 
 
 def build_and_train(argv=None) -> Path:
-    from cg2a_ext.rl.config import ConfigError, config_from_args
+    from cg2a_ext.rl.config import ConfigError, check_task, config_from_args
 
     try:
-        cfg = config_from_args(argv)
+        cfg = config_from_args(argv, prog="train.py")
+        check_task(cfg)
     except ConfigError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         raise SystemExit(2)
@@ -34,6 +35,7 @@ def build_and_train(argv=None) -> Path:
     from cg2a_ext.rl.host_memory import keep_freed_host_memory
     from cg2a_ext.rl.replay import FrameReplayBuffer
     from cg2a_ext.rl.run_logging import Progress, RunLogger
+    from cg2a_ext.rl.seeding import SeedStreams
     from cg2a_ext.rl.trainer import Trainer
 
     # run folder (and the checkpoint to resume from, checked before any work)
@@ -62,17 +64,19 @@ def build_and_train(argv=None) -> Path:
         keep_freed_host_memory()
     device = torch.device("cuda" if (cfg.device == "auto" and torch.cuda.is_available()) else
                           ("cpu" if cfg.device == "auto" else cfg.device))
-    torch.manual_seed(cfg.seed)
+    seeds = SeedStreams(cfg.seed)
+    torch.manual_seed(seeds.integer("torch"))   # network initialisation and the policy's sampling noise
 
-    env = make_env(cfg.task, mode="train", seed=cfg.seed, image_size=cfg.image_size, frame_stack=cfg.frame_stack,
+    env = make_env(cfg.task, mode="train", seed=seeds.integer("train_env", bits=31), image_size=cfg.image_size, frame_stack=cfg.frame_stack,
                    action_repeat=cfg.action_repeat, episode_length=cfg.episode_length,
                    data_dir=cfg.data_dir or None)
     obs_shape = env.observation_space.shape
     action_dim = env.action_space.shape[0]
-    agent = make_agent(obs_shape, action_dim, cfg, device=device)
+    agent = make_agent(obs_shape, action_dim, cfg, device=device, seeds=seeds)
     replay = FrameReplayBuffer(obs_shape, action_dim, cfg.capacity, frame_stack=cfg.frame_stack,
-                               episode_steps=max(1, cfg.episode_length // cfg.action_repeat), seed=cfg.seed + 4)
-    eval_envs = make_eval_envs(cfg, cfg.eval_mode_list) if cfg.eval_freq > 0 else {}
+                               episode_steps=max(1, cfg.episode_length // cfg.action_repeat),
+                               seed=seeds.sequence("replay"))
+    eval_envs = make_eval_envs(cfg, cfg.eval_modes) if cfg.eval_freq > 0 else {}
     logger = None
     progress = None
     try:
@@ -84,7 +88,7 @@ def build_and_train(argv=None) -> Path:
         progress = Progress(cfg.train_steps, initial=trainer.step, enabled=cfg.progress,
                             desc=f"{cfg.task}/{cfg.algorithm}")
         trainer.progress = progress
-        progress.write(f"run folder: {run_dir}  device: {device}  K={agent.critic_gradient.K}  "
+        progress.write(f"run folder: {run_dir}  device: {device}  K={agent.algorithm.K}  "
                        f"{'resumed at step ' + str(trainer.step) if ckpt else 'new run'}")
         final = trainer.train()
         progress.write("final evaluation: " + ", ".join(f"{m}={v:.1f}" for m, v in final.items()))

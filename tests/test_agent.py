@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from cg2a_ext.rl.agent import make_agent
-from cg2a_ext.rl.agent.critic_gradient import critic_loss
 from cg2a_ext.rl.agent.networks import build_networks
-from cg2a_ext.rl.config import ConfigError, TrainConfig, build_parser, config_from_args, field_docs, parse_gamma
+from cg2a_ext.rl.algorithms.base import critic_loss
+from cg2a_ext.rl.config import ConfigError, TrainConfig, config_from_args, field_docs
 from cg2a_ext.rl.replay import FrameReplayBuffer
 
 OBS = (9, 32, 32)
@@ -48,7 +48,7 @@ def test_paper_encoder_shape():
 def test_per_loss_grads_equal_separate_backward(algorithm):
     torch.manual_seed(0)
     agent = make_agent(OBS, A, tiny_cfg(algorithm=algorithm), "cpu")
-    strat = agent.critic_gradient
+    strat = agent.algorithm
     obs, action, target = batch()
     views = strat.views(obs)
     assert views.shape[0] == strat.K == 4 and torch.equal(views[0], obs)
@@ -64,7 +64,7 @@ def test_per_loss_grads_equal_separate_backward(algorithm):
 
 
 def _grads_after(agent, obs, action, target, diagnostics):
-    out = agent.critic_gradient(agent.critic, agent.critic_params, obs, action, target, diagnostics=diagnostics)
+    out = agent.algorithm.critic_gradient(agent, obs, action, target, diagnostics=diagnostics)
     return [p.grad.clone() for p in agent.critic_params], out
 
 
@@ -76,7 +76,7 @@ def test_ac_mean_equals_diagnostic_path_and_cg2a_without_gas_sgs():
     cg.critic.load_state_dict(ac.critic.state_dict())
     # same augmentation draws: identical generator states
     def run(agent, diag):
-        agent.critic_gradient.generator.manual_seed(5)
+        agent.algorithm.generator.manual_seed(5)
         return _grads_after(agent, obs, action, target, diag)
     g_fast, out_fast = run(ac, False)
     g_diag, out_diag = run(ac, True)
@@ -94,7 +94,7 @@ def test_ac_mean_equals_diagnostic_path_and_cg2a_without_gas_sgs():
 def test_cg2a_full_changes_gradient_and_reports_gamma():
     torch.manual_seed(0)
     obs, action, target = batch()
-    cg = make_agent(OBS, A, tiny_cfg(algorithm="cg2a", gamma="const:0.2"), "cpu")
+    cg = make_agent(OBS, A, tiny_cfg(algorithm="cg2a", gamma=(0.2, 0.2)), "cpu")
     g, out = _grads_after(cg, obs, action, target, True)
     assert out.finite and abs(out.diagnostics["gamma"] - 0.2) < 1e-6
     assert abs(sum(out.diagnostics[f"weight_{i}"] for i in range(4))) <= 1 + 1e-5
@@ -104,11 +104,11 @@ def test_svea_loss_is_weighted_sum():
     torch.manual_seed(0)
     obs, action, target = batch()
     ag = make_agent(OBS, A, tiny_cfg(algorithm="svea"), "cpu")
-    strat = ag.critic_gradient
+    strat = ag.algorithm
     strat.generator.manual_seed(3)
-    out = strat(ag.critic, ag.critic_params, obs, action, target)
+    out = strat.critic_gradient(ag, obs, action, target)
     strat.generator.manual_seed(3)
-    aug = strat.augmentation(obs.clone(), generator=strat.generator)
+    aug = strat.augment(obs)
     with torch.no_grad():
         ref = 0.5 * critic_loss(ag.critic, obs, action, target) + 0.5 * critic_loss(ag.critic, aug, action, target)
     assert torch.allclose(out.loss, ref, rtol=1e-5)
@@ -187,23 +187,114 @@ def test_replay_memory_frame_once():
     assert rb.nbytes() < 11.0e9
 
 
-def test_config_cli_and_errors(tmp_path):
+def test_config_cli_and_errors(tmp_path, capsys):
     docs = field_docs()
     from dataclasses import fields
     assert all(docs.get(f.name) for f in fields(TrainConfig)), "every field needs a docstring"
-    help_text = build_parser().format_help()
-    assert "--gamma" in help_text and "drawn per update" in help_text
-    cfg = config_from_args(["--task", "finger_spin", "--device", "cpu"])
+    cfg = config_from_args(["--task", "finger_spin", "--device", "cpu", "--preset", "paper"])
     assert cfg.algorithm == "cg2a" and cfg.train_steps == 500_000 and cfg.batch_size == 128 and cfg.eval_freq == 10_000
-    cpu = config_from_args(["--task", "cartpole_balance", "--preset", "cpu", "--batch_size", "32", "--no-gas"])
+    cpu = config_from_args(["--task", "cartpole_balance", "--preset", "cpu", "--batch_size", "32", "--no-gas",
+                            "--gamma", "0.3", "0.3", "--augmentations", "overlay", "overlay_s"])
     assert cpu.num_conv_layers == 4 and cpu.batch_size == 32 and cpu.gas is False
-    assert parse_gamma("const:0.2") == (0.2, 0.2) and parse_gamma("uniform:0.1,0.3") == (0.1, 0.3)
-    for argv, msg in ([["--task", "nope"], "unknown task"], [["--algorithm", "ppo"], "unknown algorithm"],
-                      [["--gamma", "uniform:0.3"], "malformed gamma"], [["--gamma", "0.2"], "malformed gamma"],
-                      [["--mask", "x"], "unknown mask"], [["--augmentations", "conv,bogus"], "unknown augmentation"],
+    assert cpu.gamma == (0.3, 0.3) and cpu.augmentations == ("overlay", "overlay_s") and cpu.K == 3
+    # parse-level errors: the CLI library names the option and the valid choices
+    for argv, msg in ([["--algorithm", "ppo"], "invalid choice 'ppo'"], [["--gamma", "0.2"], "--gamma"],
+                      [["--mask", "x"], "invalid choice 'x'"], [["--augmentations", "conv", "bogus"], "bogus"]):
+        with pytest.raises(SystemExit):
+            config_from_args(argv + ["--device", "cpu"])
+        assert msg in capsys.readouterr().err
+    # semantic errors: ConfigError with the reason
+    for argv, msg in ([["--gamma", "0.4", "0.3"], "0 <= A <= B <= 1"], [["--batch_size", "0"], "must be positive"],
+                      [["--algorithm", "cg2a", "--augmentations"], "at least one augmentation"],
                       [["--resume", "--run_dir", str(tmp_path)], "no config.json"]):
         with pytest.raises(ConfigError, match=msg):
             config_from_args(argv + ["--device", "cpu"])
+    with pytest.raises(ConfigError, match="unknown preset"):
+        config_from_args(["--preset", "huge"])
+
+
+def test_config_validates_objects_built_in_code():
+    with pytest.raises(ConfigError, match="augmentations must be a tuple"):
+        TrainConfig(augmentations="conv,overlay").validate()
+    with pytest.raises(ConfigError, match="unknown algorithm"):
+        TrainConfig(algorithm="ppo").validate()
+    with pytest.raises(ConfigError, match="unknown eval mode 'nope'"):
+        TrainConfig(eval_modes=("train", "nope")).validate()
+
+
+def test_config_json_round_trip(tmp_path):
+    cfg = TrainConfig(task="walker_walk", augmentations=("overlay",), gamma=(0.1, 0.2), eval_modes=("train",))
+    cfg.save(tmp_path / "c.json")
+    assert TrainConfig.load(tmp_path / "c.json") == cfg
+    (tmp_path / "bad.json").write_text('{"task": "walker_walk", "no_such_option": 1}')
+    with pytest.raises(ConfigError, match="unknown config keys: no_such_option"):
+        TrainConfig.load(tmp_path / "bad.json")
+
+
+def test_parsing_options_imports_no_environment():
+    import subprocess
+    import sys
+    code = ("import sys; from cg2a_ext.rl.config import config_from_args; "
+            "config_from_args(['--task', 'walker_walk', '--preset', 'cpu']); "
+            "bad = [m for m in ('dm_control', 'mujoco', 'cg2a_ext.rl.envs') if m in sys.modules]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_registry_declares_every_algorithm():
+    from typing import get_args
+
+    from cg2a_ext.rl import algorithms
+    from cg2a_ext.rl.algorithms.base import Algorithm
+    from cg2a_ext.rl.config import AlgorithmName
+    assert set(get_args(AlgorithmName)) == set(algorithms.NAMES) >= {"sac", "drq", "svea", "ac", "cg2a"}
+    for name in algorithms.NAMES:
+        cls = algorithms.get(name)
+        assert issubclass(cls, Algorithm) and cls.name == name and cls.summary
+    assert TrainConfig(algorithm="svea").K == 2 and TrainConfig(algorithm="drq").K == 1
+    assert TrainConfig(algorithm="cg2a", augmentations=("conv", "overlay")).K == 3
+    with pytest.raises(KeyError, match="unknown algorithm 'ppo'"):
+        algorithms.get("ppo")
+
+
+def test_config_names_match_environments_and_augmentations():
+    from typing import get_args
+
+    from cg2a_ext.rl.augmentations import AUGMENTATIONS
+    from cg2a_ext.rl.config import AugmentationName, Mode
+    from cg2a_ext.rl.envs import MODES
+    assert get_args(Mode) == tuple(MODES)
+    assert set(get_args(AugmentationName)) == set(AUGMENTATIONS)
+
+
+def test_seed_streams_are_named_and_independent():
+    from cg2a_ext.rl.seeding import SeedStreams
+    a, b = SeedStreams(0), SeedStreams(1)
+    assert a.integer("replay") == SeedStreams(0).integer("replay")
+    assert len({a.integer("replay"), a.integer("augment"), b.integer("replay"), a.integer("episodes", 0),
+                a.integer("episodes", 1)}) == 5
+    g1, g2 = a.torch_generator("augment"), a.torch_generator("augment")
+    assert torch.equal(torch.rand(3, generator=g1), torch.rand(3, generator=g2))
+    assert 0 <= a.integer("episodes", 5, bits=31) < 2**31
+    with pytest.raises(ValueError, match="seed must be >= 0"):
+        SeedStreams(-1)
+
+
+def test_agent_and_replay_own_their_rng_state():
+    """Every generator of the agent (its algorithm's) and the buffer's sampler come back from their state dicts."""
+    cfg = tiny_cfg(algorithm="cg2a")
+    ag = make_agent(OBS, A, cfg, "cpu")
+    rb = _filled_replay()
+    ag.update(rb)
+    agent_state, replay_state = ag.state_dict(), rb.state_dict()
+    obs = torch.randint(0, 256, (4, *OBS), dtype=torch.uint8)
+    expected = (ag.algorithm.views(ag.preprocess(obs)), ag.algorithm.aggregator.draw_gamma(), rb.sample_indices(5))
+    ag2 = make_agent(OBS, A, cfg, "cpu")
+    rb2 = FrameReplayBuffer(OBS, A, 100, frame_stack=3, episode_steps=20, seed=99)
+    ag2.load_state_dict(agent_state)
+    rb2.load_state_dict(replay_state)
+    got = (ag2.algorithm.views(ag2.preprocess(obs)), ag2.algorithm.aggregator.draw_gamma(), rb2.sample_indices(5))
+    assert torch.equal(expected[0], got[0]) and expected[1] == got[1] and np.array_equal(expected[2], got[2])
 
 
 def test_trunk_layout_and_normalisation_match_plain_formula():
@@ -256,7 +347,7 @@ def test_cg2a_with_identity_copies_takes_drq_step():
     """The whole cg2a path (preprocess, K-view per-loss gradients, GAS, SGS, Adam) with a copy that is the
     clean batch itself must reduce to drq: equal gradients get w = 1/2 each and agree in sign everywhere."""
     drq = make_agent(OBS, A, tiny_cfg(algorithm="drq"), "cpu")
-    cg = make_agent(OBS, A, tiny_cfg(algorithm="cg2a", augmentations="identity"), "cpu")
+    cg = make_agent(OBS, A, tiny_cfg(algorithm="cg2a", augmentations=("identity",)), "cpu")
     for name in ("actor", "critic", "critic_target"):
         getattr(cg, name).load_state_dict(getattr(drq, name).state_dict())
     rb_drq, rb_cg = _filled_replay(), _filled_replay()

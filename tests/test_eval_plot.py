@@ -15,7 +15,7 @@ import train as train_script  # noqa: E402
 TINY = ["--task", "cartpole_balance", "--preset", "cpu", "--image_size", "32", "--episode_length", "40",
         "--num_conv_layers", "2", "--num_filters", "8", "--projection_dim", "16", "--hidden_dim", "32",
         "--batch_size", "8", "--seed_steps", "20", "--log_freq", "10", "--eval_episodes", "1", "--eval_freq", "20",
-        "--train_steps", "60", "--progress", "false", "--device", "cpu", "--algorithm", "cg2a"]
+        "--train_steps", "60", "--no-progress", "--device", "cpu", "--algorithm", "cg2a"]
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +83,10 @@ def test_run_label_separates_ablations_not_seeds(tmp_path):
 
     assert run_label(run("a", seed=0)) == run_label(run("b", seed=1)) == "cartpole_balance cg2a"
     assert run_label(run("c", gas=False)) == "cartpole_balance cg2a gas=False"
-    assert run_label(run("d", augmentations="overlay")) == "cartpole_balance cg2a augmentations=overlay"
+    assert run_label(run("d", augmentations=("overlay", "overlay_s"))) == \
+        "cartpole_balance cg2a augmentations=overlay,overlay_s"
     # drq ignores the combination options, so they do not split its curves
-    assert run_label(run("e", algorithm="drq", augmentations="overlay")) == "cartpole_balance drq"
+    assert run_label(run("e", algorithm="drq", augmentations=("overlay",))) == "cartpole_balance drq"
 
 
 def test_aggregate_shares_from_logged_norms_and_cosines():
@@ -93,7 +94,7 @@ def test_aggregate_shares_from_logged_norms_and_cosines():
     norms and cosines, equals the projection computed on the gradient vectors themselves."""
     import torch
 
-    from cg2a_ext.rl.agent.critic_gradient import gram_diagnostics
+    from cg2a_ext.rl.algorithms.gradient_diagnostics import gram_diagnostics
     from cg2a_ext.rl.plotting import aggregate_shares
 
     g = torch.randn(4, 300, dtype=torch.float64)

@@ -15,7 +15,7 @@ import train as train_script  # noqa: E402
 TINY = ["--task", "cartpole_balance", "--preset", "cpu", "--image_size", "32", "--episode_length", "80",
         "--num_conv_layers", "2", "--num_filters", "8", "--projection_dim", "16", "--hidden_dim", "32",
         "--batch_size", "8", "--seed_steps", "20", "--log_freq", "10", "--eval_episodes", "1",
-        "--progress", "false", "--device", "cpu"]
+        "--no-progress", "--device", "cpu"]
 
 
 def rows(path):
@@ -33,7 +33,7 @@ def run(tmp_path, name, *extra):
 def test_algorithm_end_to_end(tmp_path, algorithm):
     extra = ["--algorithm", algorithm, "--train_steps", "100", "--eval_freq", "50", "--checkpoint_freq", "50"]
     if algorithm == "cg2a":
-        extra += ["--eval_modes", "train,color_hard,video_hard", "--save_video"]
+        extra += ["--eval_modes", "train", "color_hard", "video_hard", "--save_video"]
     d = run(tmp_path, algorithm, *extra)
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["algorithm"] == algorithm and cfg["train_steps"] == 100
@@ -43,7 +43,7 @@ def test_algorithm_end_to_end(tmp_path, algorithm):
     assert [int(r["step"]) for r in upd] == list(range(10, 101, 10))
     assert upd[-1]["critic_loss"] not in ("", None) and float(upd[-1]["skipped_critic_steps"]) == 0
     ev = rows(d / "eval.csv")
-    modes = cfg["eval_modes"].split(",")
+    modes = cfg["eval_modes"]
     assert sorted({int(r["step"]) for r in ev}) == [0, 50, 100]
     assert {r["mode"] for r in ev} == set(modes) and all(r["data_source"] for r in ev)
     assert list((d / "tb").glob("events.out.tfevents.*"))
@@ -76,7 +76,7 @@ def test_resume_continues_with_saved_state(tmp_path):
     full = run(tmp_path, "full", *common, "--train_steps", "80")
     part = run(tmp_path, "part", *common, "--train_steps", "40")     # "killed" right after its step-40 checkpoint
     assert _state(part)["step"] == 40
-    train_script.build_and_train(["--resume", "--run_dir", str(part), "--train_steps", "80", "--progress", "false"])
+    train_script.build_and_train(["--resume", "--run_dir", str(part), "--train_steps", "80", "--no-progress"])
     a, b = _state(full), _state(part)
     assert b["step"] == 80 and a["agent"]["num_updates"] == b["agent"]["num_updates"] == 60
     for net in ("actor", "critic", "critic_target"):
@@ -108,7 +108,7 @@ def test_killed_run_resumes_mid_episode_from_last_checkpoint(tmp_path, monkeypat
     d = tmp_path / "killed"
     assert _state(d)["step"] == 30 and _state(d)["episode"] == 1          # mid-episode (20 steps per episode)
     assert [int(r["step"]) for r in rows(d / "update.csv")] == [10, 20, 30, 40]
-    train_script.build_and_train(["--resume", "--run_dir", str(d), "--progress", "false"])
+    train_script.build_and_train(["--resume", "--run_dir", str(d), "--no-progress"])
     st = _state(d)
     assert st["step"] == 60 and st["agent"]["num_updates"] == 40
     assert [int(r["step"]) for r in rows(d / "update.csv")] == [10, 20, 30, 40, 50, 60]
@@ -117,9 +117,10 @@ def test_killed_run_resumes_mid_episode_from_last_checkpoint(tmp_path, monkeypat
 
 @pytest.mark.parametrize("argv,msg", [
     (["--task", "no_such_task"], "unknown task"),
-    (["--algorithm", "ppo"], "unknown algorithm"),
-    (["--gamma", "uniform:0.5"], "malformed gamma"),
-    (["--gamma", "const:abc"], "malformed gamma"),
+    (["--algorithm", "ppo"], "invalid choice 'ppo'"),
+    (["--gamma", "0.5"], "--gamma"),
+    (["--gamma", "0.3", "0.2"], "need 0 <= A <= B <= 1"),
+    (["--augmentations", "conv", "bogus"], "invalid choice 'bogus'"),
 ])
 def test_bad_options_fail_at_start(tmp_path, capsys, argv, msg):
     with pytest.raises(SystemExit) as e:
@@ -144,11 +145,11 @@ def test_resume_without_checkpoint_fails_clearly(tmp_path, capsys):
 
 def test_default_command_is_paper_configuration():
     from cg2a_ext.rl.config import config_from_args
-    cfg = config_from_args(["--task", "finger_spin"])
+    cfg = config_from_args(["--task", "finger_spin", "--preset", "paper"])
     assert (cfg.algorithm, cfg.train_steps, cfg.eval_freq, cfg.batch_size, cfg.image_size, cfg.action_repeat) == \
         ("cg2a", 500_000, 10_000, 128, 84, 4)
-    assert cfg.eval_mode_list == ["train", "color_easy", "color_hard", "video_easy", "video_hard"]
-    assert cfg.device == "auto" and cfg.augmentation_list == ["conv", "overlay", "overlay_s"]
+    assert cfg.eval_modes == ("train", "color_easy", "color_hard", "video_easy", "video_hard")
+    assert cfg.device == "auto" and cfg.augmentations == ("conv", "overlay", "overlay_s")
 
 
 def test_help_lists_every_option(capsys):

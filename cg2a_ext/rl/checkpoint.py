@@ -75,7 +75,6 @@ def save_checkpoint(run_dir, step: int, state: dict, replay=None, keep_last: int
         buf = d / f"replay_{step:09d}.npz"
         atomic_npz_save(replay.state_dict(), buf)
         state["replay_file"] = buf.name
-        state["replay_rng"] = replay.rng_state()
     else:
         state["replay_file"] = None
     path = d / f"step_{step:09d}.pt"
@@ -109,6 +108,4 @@ def load_replay(state: dict, ckpt_path, replay) -> bool:
         raise CheckpointError(f"checkpoint {ckpt_path} refers to a missing replay file {p}")
     with np.load(p) as z:
         replay.load_state_dict({k: z[k] for k in z.files})
-    if state.get("replay_rng") is not None:
-        replay.set_rng_state(state["replay_rng"])
     return True

@@ -1,24 +1,34 @@
 """Typed training configuration: one dataclass, one docstring per field.
 
-Every field is a command-line option (``--field_name VALUE``; booleans also
-accept ``--field_name`` / ``--no-field_name``). ``--preset NAME`` first applies
-a named set of defaults (``paper`` = the dataclass defaults, the paper's
-configuration; ``cpu`` = a small encoder and batch that train in minutes on a
-CPU); options given explicitly override the preset.
+Every field is a command-line option (``--field_name VALUE``; booleans are ``--flag`` /
+``--no-flag``; tuples take several values, e.g. ``--augmentations overlay overlay_s``), parsed by
+tyro from the types and docstrings below. ``--preset NAME`` first applies a named set of defaults:
+``paper`` (the dataclass defaults, the paper's configuration), ``cpu`` (a small encoder that
+trains in minutes on a CPU) or ``auto`` (paper when CUDA is available, else cpu). Then the
+algorithm's own defaults apply (``Algorithm.config_defaults``), then the options given explicitly.
+
+Parsing imports no environment: task names are checked by :func:`check_task` at start.
 """
 from __future__ import annotations
 
-import argparse
-import ast
 import dataclasses
-import inspect
 import json
-import textwrap
-import typing
+import sys
 from dataclasses import dataclass, fields
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal, Sequence, get_args
 
-ALGORITHMS = ("sac", "drq", "svea", "ac", "cg2a")
+from cg2a_ext.rl import algorithms
+
+AlgorithmName = Literal[algorithms.NAMES]  # type: ignore[valid-type]
+Mode = Literal["train", "color_easy", "color_hard", "video_easy", "video_hard"]
+AugmentationName = Literal["identity", "shift", "conv", "overlay", "overlay_s"]
+PresetName = Literal["auto", "paper", "cpu"]
+
+# Options that may differ from the run's config when it is resumed (schedule, logging, machine).
+RESUMABLE = ("train_steps", "eval_freq", "eval_episodes", "log_freq", "checkpoint_freq", "progress", "device",
+             "num_threads", "tensorboard", "save_video", "resume", "run_dir", "runs_root",
+             "keep_freed_host_memory")
 
 
 class ConfigError(ValueError):
@@ -28,10 +38,14 @@ class ConfigError(ValueError):
 @dataclass
 class TrainConfig:
     # ---- task / environment
+    preset: PresetName = "auto"
+    """Named defaults applied before explicit options: paper (the paper's configuration, for a GPU), cpu
+    (48 px frames, a 4-layer 16-channel trunk, 20k steps: minutes on a CPU), auto (paper with CUDA, else cpu).
+    config.json records the preset that was applied."""
     task: str = "finger_spin"
     """DMC task name (``domain_task``), one of ``cg2a_ext.rl.envs.TASKS``."""
-    algorithm: str = "cg2a"
-    """How the critic gradient is formed: sac | drq | svea | ac | cg2a."""
+    algorithm: AlgorithmName = "cg2a"
+    """The algorithm (``cg2a_ext.rl.algorithms``): sac, drq, svea, ac (plain mean of augmented losses), cg2a."""
     seed: int = 0
     """Random seed (networks, replay sampling, augmentations, environment)."""
     image_size: int = 84
@@ -54,8 +68,8 @@ class TrainConfig:
     """Evaluate every this many agent steps (and at the end); 0 disables."""
     eval_episodes: int = 10
     """Episodes per mode at each periodic evaluation."""
-    eval_modes: str = "train,color_easy,color_hard,video_easy,video_hard"
-    """Comma-separated evaluation modes (subset of cg2a_ext.rl.envs.MODES)."""
+    eval_modes: tuple[Mode, ...] = ("train", "color_easy", "color_hard", "video_easy", "video_hard")
+    """Evaluation modes (train and the four DMC-GB test modes)."""
     log_freq: int = 1000
     """Log update metrics and gradient diagnostics every this many agent steps."""
     checkpoint_freq: int = 50_000
@@ -112,9 +126,9 @@ class TrainConfig:
     """Width of the two hidden layers of the actor and Q heads."""
 
     # ---- augmentation / gradient formation
-    augmentations: str = "conv,overlay,overlay_s"
-    """Augmentations combined by ac and cg2a (K = 1 + their number); names from AUGMENTATIONS."""
-    svea_augmentation: str = "overlay"
+    augmentations: tuple[AugmentationName, ...] = ("conv", "overlay", "overlay_s")
+    """Augmentations combined by ac and cg2a (K = 1 + their number)."""
+    svea_augmentation: Literal["overlay", "conv"] = "overlay"
     """The one augmentation of svea (overlay or conv)."""
     svea_alpha: float = 0.5
     """SVEA weight of the clean loss."""
@@ -126,12 +140,15 @@ class TrainConfig:
     """cg2a: Gradient Agreement Solver weights (off: w_i = 1/K)."""
     sgs: bool = True
     """cg2a: Soft Gradient Surgery mask (off: m = 1)."""
-    gamma: str = "uniform:0.22,0.28"
-    """cg2a: SGS gamma, ``uniform:A,B`` (drawn per update) or ``const:V``."""
-    mask: str = "agree"
-    """cg2a: SGS agreement test, ``agree`` (all same strict sign) or ``positive`` (all > 0, paper Eq. 9 literally)."""
-    nonfinite: str = "skip"
-    """On a non-finite gradient: ``skip`` (no optimizer step, counted in the logs) or ``raise``."""
+    gamma: tuple[float, float] = (0.22, 0.28)
+    """cg2a: SGS damping gamma ~ U(A, B), drawn per update; A = B for a constant (e.g. 0.3 0.3)."""
+    mask: Literal["agree", "positive"] = "agree"
+    """cg2a: SGS agreement test, agree (all K of one strict sign) or positive (all > 0, paper Eq. 9 literally)."""
+    nonfinite: Literal["skip", "raise"] = "skip"
+    """On a non-finite gradient (critic, actor, temperature, auxiliary): skip the optimizer step (counted in the
+    logs; the aggregator zeroes its output) or raise FloatingPointError."""
+    aux_update_freq: int = 2
+    """Run the algorithm's auxiliary update (SODA, SGQN, SMG) every this many updates."""
 
     # ---- run / machine
     device: str = "auto"
@@ -146,7 +163,8 @@ class TrainConfig:
     runs_root: str = "runs"
     """Parent folder of automatically named run folders."""
     resume: bool = False
-    """Continue the run in run_dir from its last checkpoint (its config.json wins)."""
+    """Continue the run in run_dir from its last checkpoint; options that conflict with its config.json are
+    refused, except the schedule, logging and machine options (RESUMABLE)."""
     tensorboard: bool = True
     """Write TensorBoard event files besides the CSV metrics."""
     progress: bool = True
@@ -156,30 +174,24 @@ class TrainConfig:
     @property
     def K(self) -> int:
         """Number of critic loss terms for the algorithm."""
-        return {"sac": 1, "drq": 1, "svea": 2}.get(self.algorithm, 1 + len(self.augmentation_list))
-
-    @property
-    def augmentation_list(self) -> list[str]:
-        return [a.strip() for a in self.augmentations.split(",") if a.strip()]
-
-    @property
-    def eval_mode_list(self) -> list[str]:
-        return [m.strip() for m in self.eval_modes.split(",") if m.strip()]
+        return algorithms.get(self.algorithm).num_losses(self)
 
     @property
     def capacity(self) -> int:
         return self.buffer_capacity or self.train_steps
-
-    def gamma_range(self) -> tuple[float, float]:
-        return parse_gamma(self.gamma)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        """From ``to_dict`` output (JSON lists become tuples; unknown keys are refused)."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**values)
 
     def save(self, path) -> None:
         with open(path, "w") as f:
@@ -191,35 +203,33 @@ class TrainConfig:
             return cls.from_dict(json.load(f))
 
     def validate(self) -> "TrainConfig":
-        """Check every option; raise ConfigError with a clear message."""
-        from cg2a_ext.rl.envs import MODES, TASKS
-        from cg2a_ext.rl.augmentations import AUGMENTATIONS
-
-        if self.task not in TASKS:
-            raise ConfigError(f"unknown task {self.task!r}; known tasks: {', '.join(sorted(TASKS))}")
-        if self.algorithm not in ALGORITHMS:
-            raise ConfigError(f"unknown algorithm {self.algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
-        parse_gamma(self.gamma)
-        if self.mask not in ("agree", "positive"):
-            raise ConfigError(f"unknown mask {self.mask!r}; choose agree or positive")
-        if self.nonfinite not in ("skip", "raise"):
-            raise ConfigError(f"unknown nonfinite policy {self.nonfinite!r}; choose skip or raise")
-        for m in self.eval_mode_list:
-            if m not in MODES:
-                raise ConfigError(f"unknown evaluation mode {m!r}; known modes: {', '.join(MODES)}")
-        augs = self.augmentation_list
-        if self.algorithm in ("ac", "cg2a") and not augs:
-            raise ConfigError("ac/cg2a need at least one augmentation in --augmentations")
-        for a in augs + [self.svea_augmentation]:
-            if a not in AUGMENTATIONS:
-                raise ConfigError(f"unknown augmentation {a!r}; known: {', '.join(sorted(AUGMENTATIONS))}")
+        """Check every option (types included: a TrainConfig can be built in code); raise ConfigError."""
+        choices = {"preset": get_args(PresetName), "algorithm": algorithms.NAMES, "mask": ("agree", "positive"),
+                   "nonfinite": ("skip", "raise"), "svea_augmentation": ("overlay", "conv")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+        for name, allowed in (("eval_modes", get_args(Mode)), ("augmentations", get_args(AugmentationName))):
+            value = getattr(self, name)
+            if not isinstance(value, tuple):
+                raise ConfigError(f"--{name} must be a tuple of names, got {value!r}")
+            for v in value:
+                if v not in allowed:
+                    raise ConfigError(f"unknown {name[:-1].replace('_', ' ')} {v!r} in --{name}; "
+                                      f"known: {', '.join(allowed)}")
+        if not (isinstance(self.gamma, tuple) and len(self.gamma) == 2):
+            raise ConfigError(f"--gamma takes two numbers A B (gamma ~ U(A, B)), got {self.gamma!r}")
+        lo, hi = self.gamma
+        if not (0.0 <= lo <= hi <= 1.0):
+            raise ConfigError(f"--gamma {lo} {hi}: need 0 <= A <= B <= 1")
         positive = ("image_size", "frame_stack", "action_repeat", "episode_length", "train_steps",
                     "batch_size", "eval_episodes", "log_freq", "num_conv_layers", "num_filters",
-                    "projection_dim", "hidden_dim", "actor_update_freq", "critic_target_update_freq")
+                    "projection_dim", "hidden_dim", "actor_update_freq", "critic_target_update_freq",
+                    "aux_update_freq")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name} must be positive, got {getattr(self, name)}")
-        for name in ("seed_steps", "eval_freq", "checkpoint_freq", "buffer_capacity", "num_threads"):
+        for name in ("seed", "seed_steps", "eval_freq", "checkpoint_freq", "buffer_capacity", "num_threads"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
         if not 1 <= self.num_stride2 <= self.num_conv_layers:
@@ -232,26 +242,17 @@ class TrainConfig:
                 raise ConfigError(f"--device {self.device} asked for but CUDA is not available")
         if self.resume and not self.run_dir:
             raise ConfigError("--resume needs --run_dir (the run folder to continue)")
+        algorithms.get(self.algorithm).check_config(self)
         return self
 
 
-def parse_gamma(spec: str) -> tuple[float, float]:
-    """``const:V`` -> (V, V); ``uniform:A,B`` -> (A, B) with 0 <= A <= B <= 1."""
-    try:
-        kind, _, rest = spec.partition(":")
-        if kind == "const":
-            v = float(rest)
-            lo, hi = v, v
-        elif kind == "uniform":
-            a, b = rest.split(",")
-            lo, hi = float(a), float(b)
-        else:
-            raise ValueError
-    except ValueError:
-        raise ConfigError(f"malformed gamma {spec!r}; expected 'const:V' or 'uniform:A,B' (e.g. uniform:0.22,0.28)") from None
-    if not (0.0 <= lo <= hi <= 1.0):
-        raise ConfigError(f"gamma {spec!r} must satisfy 0 <= A <= B <= 1")
-    return lo, hi
+def resolve_preset(name: str) -> str:
+    """``auto`` -> ``paper`` when CUDA is available, else ``cpu``."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "paper" if torch.cuda.is_available() else "cpu"
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -264,17 +265,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     # stayed at a random policy's return, where batch 128 learns (RESULTS.md).
     "cpu": dict(image_size=48, num_conv_layers=4, num_stride2=2, num_filters=16, projection_dim=50,
                 hidden_dim=256, batch_size=128, train_steps=20_000, seed_steps=1000, eval_freq=2000,
-                eval_episodes=5, eval_modes="train", log_freq=500, checkpoint_freq=5000, device="cpu"),
+                eval_episodes=5, eval_modes=("train",), log_freq=500, checkpoint_freq=5000, device="cpu"),
 }
 
 
-def field_docs(cls=TrainConfig) -> dict[str, str]:
-    """Attribute docstrings (the string literal right after each field)."""
-    try:
-        src = textwrap.dedent(inspect.getsource(cls))
-    except (OSError, TypeError):
-        return {}
-    tree = ast.parse(src)
+def field_docs(cls=None) -> dict[str, str]:
+    """Each field's docstring (the string literal right after it), whitespace collapsed."""
+    import ast
+    import inspect
+    import textwrap
+
+    cls = cls or TrainConfig
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     body = tree.body[0].body
     docs = {}
     for a, b in zip(body, body[1:]):
@@ -284,62 +286,87 @@ def field_docs(cls=TrainConfig) -> dict[str, str]:
     return docs
 
 
-def _str2bool(v: str) -> bool:
-    if v.lower() in ("1", "true", "yes", "on"):
-        return True
-    if v.lower() in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean, got {v!r}")
+def explicit_options(argv: Sequence[str]) -> set[str]:
+    """The config fields named on a command line (``--x``, ``--x=v``, ``--no-x``)."""
+    names = {f.name for f in fields(TrainConfig)}
+    found = set()
+    for token in argv:
+        if not token.startswith("--"):
+            continue
+        key = token[2:].split("=", 1)[0].replace("-", "_")
+        if key not in names and key.startswith("no_") and key[3:] in names:
+            key = key[3:]
+        if key in names:
+            found.add(key)
+    return found
 
 
-def build_parser(description: str = "Train a SAC agent (sac/drq/svea/ac/cg2a) on DMC-GB.") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.HelpFormatter)
-    parser.add_argument("--preset", default="paper", choices=sorted(PRESETS),
-                        help="named defaults applied before explicit options (cpu: " + ", ".join(
-                            f"{k}={v}" for k, v in PRESETS["cpu"].items()) + ")")
-    docs = field_docs()
-    hints = typing.get_type_hints(TrainConfig)
-    for f in fields(TrainConfig):
-        typ = hints[f.name]
-        help_ = docs.get(f.name, "").replace("%", "%%")   # argparse formats help with %
-        if typ is bool:
-            parser.add_argument(f"--{f.name}", nargs="?", const=True, default=None, type=_str2bool,
-                                metavar="BOOL", help=help_ + f" (default {f.default})")
-            parser.add_argument(f"--no-{f.name}", dest=f.name, action="store_const", const=False,
-                                help=argparse.SUPPRESS)
-        else:
-            parser.add_argument(f"--{f.name}", type=typ, default=None, help=help_ + f" (default {f.default!r})")
-    return parser
+def _parse(argv: Sequence[str], default: TrainConfig, prog: str | None) -> TrainConfig:
+    import tyro
+
+    return tyro.cli(TrainConfig, args=list(argv), default=default, use_underscores=True, prog=prog,
+                    description="Train a SAC agent (" + " / ".join(algorithms.NAMES) + ") on DMC-GB.")
 
 
-def config_from_args(argv=None) -> TrainConfig:
-    """Parse ``argv`` into a validated TrainConfig (preset, then explicit options).
+def config_from_args(argv: Sequence[str] | None = None, prog: str | None = None) -> TrainConfig:
+    """Parse ``argv`` into a validated TrainConfig: preset, then the algorithm's defaults, then explicit options.
 
-    With ``--resume``, the run folder's saved config is loaded and only
-    ``train_steps``, ``device``, ``num_threads``, ``progress`` and ``eval_freq``
-    may be overridden from the command line.
+    With ``--resume``, the run folder's config.json is the base; explicit options outside RESUMABLE
+    that differ from it raise ConfigError listing every conflict.
     """
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    explicit = {k: v for k, v in vars(args).items() if k != "preset" and v is not None}
-    if explicit.get("resume"):
-        from pathlib import Path
-        run_dir = explicit.get("run_dir", "")
-        if not run_dir:
-            raise ConfigError("--resume needs --run_dir (the run folder to continue)")
-        cfg_path = Path(run_dir) / "config.json"
-        if not cfg_path.is_file():
-            raise ConfigError(f"--resume: no config.json in {run_dir!r} (not a run folder?)")
-        cfg = TrainConfig.load(cfg_path)
-        if cfg.buffer_capacity == 0:          # the buffer keeps the capacity it was created with
-            cfg.buffer_capacity = cfg.train_steps
-        for k in ("train_steps", "device", "num_threads", "progress", "eval_freq"):
-            if k in explicit:
-                setattr(cfg, k, explicit[k])
-        cfg.resume = True
-        cfg.run_dir = run_dir
-        return cfg.validate()
-    values = dict(PRESETS[args.preset])
-    values.update(explicit)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    explicit = explicit_options(argv)
+    # the preset must be known before the defaults of every other option
+    preset = "auto"
+    for i, token in enumerate(argv):
+        if token == "--preset" and i + 1 < len(argv):
+            preset = argv[i + 1]
+        elif token.startswith("--preset="):
+            preset = token.split("=", 1)[1]
+    if preset not in get_args(PresetName):
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(get_args(PresetName))}")
+    resolved = resolve_preset(preset)
+    parsed = _parse(argv, TrainConfig(**{**PRESETS[resolved], "preset": resolved}), prog)
+    if parsed.resume:
+        return _resume_config(parsed, explicit)
+    values = parsed.to_dict()
+    values["preset"] = resolved
+    for key, value in algorithms.get(parsed.algorithm).config_defaults(parsed).items():
+        if key not in explicit:
+            values[key] = value
     return TrainConfig(**values).validate()
+
+
+def _resume_config(parsed: TrainConfig, explicit: set[str]) -> TrainConfig:
+    if not parsed.run_dir:
+        raise ConfigError("--resume needs --run_dir (the run folder to continue)")
+    cfg_path = Path(parsed.run_dir) / "config.json"
+    if not cfg_path.is_file():
+        raise ConfigError(f"--resume: no config.json in {parsed.run_dir!r} (not a run folder?)")
+    try:
+        saved = TrainConfig.load(cfg_path)
+    except (json.JSONDecodeError, TypeError) as e:
+        raise ConfigError(f"--resume: {cfg_path} is not a readable config ({e})") from None
+    if saved.buffer_capacity == 0:          # the buffer keeps the capacity it was created with
+        saved.buffer_capacity = saved.train_steps
+    conflicts = [f"--{k} {getattr(parsed, k)!r} (the run has {getattr(saved, k)!r})"
+                 for k in sorted(explicit - set(RESUMABLE) - {"preset"})
+                 if getattr(parsed, k) != getattr(saved, k)]
+    if "preset" in explicit and resolve_preset(parsed.preset) != saved.preset:
+        conflicts.append(f"--preset {parsed.preset!r} (the run has {saved.preset!r})")
+    if conflicts:
+        raise ConfigError("--resume: options conflict with the run's config.json: " + "; ".join(conflicts)
+                          + ". Only these may change on resume: " + ", ".join(RESUMABLE))
+    for k in explicit & set(RESUMABLE):
+        setattr(saved, k, getattr(parsed, k))
+    saved.resume = True
+    saved.run_dir = parsed.run_dir
+    return saved.validate()
+
+
+def check_task(cfg: TrainConfig) -> None:
+    """Raise ConfigError if ``cfg.task`` is not a dm_control task (imports the environments)."""
+    from cg2a_ext.rl.envs import TASKS
+
+    if cfg.task not in TASKS:
+        raise ConfigError(f"unknown task {cfg.task!r}; known tasks: {', '.join(sorted(TASKS))}")

@@ -7,14 +7,19 @@ from pathlib import Path
 
 import numpy as np
 
-EVAL_SEED_OFFSET = 10_000   # evaluation envs never share seeds with the training env
 
 
-def run_episodes(agent, env, episodes: int, seed: int | None = None, video_path=None, fps: int = 30) -> list[float]:
-    """Return per-episode returns with deterministic (mean) actions; record episode 0 if ``video_path``."""
+def run_episodes(agent, env, episodes: int, episode_seeds=None, video_path=None, fps: int = 30,
+                 on_episode=None) -> list[float]:
+    """Return per-episode returns with deterministic (mean) actions; record episode 0 if ``video_path``.
+
+    ``episode_seeds``: one reset seed per episode (None: the env's own sequence);
+    ``on_episode(e)`` is called before episode e starts."""
     returns = []
     for ep in range(episodes):
-        obs, _ = env.reset(seed=None if seed is None else seed + ep)
+        if on_episode is not None:
+            on_episode(ep)
+        obs, _ = env.reset(seed=None if episode_seeds is None else int(episode_seeds[ep]))
         frames = [env.render_frame()] if (video_path is not None and ep == 0) else None
         total, done = 0.0, False
         while not done:
@@ -36,20 +41,28 @@ def summarize(returns) -> dict:
             "std": float(r.std()) if len(r) else float("nan"), "episodes": int(len(r))}
 
 
-def make_eval_envs(cfg, modes, seed_offset: int = EVAL_SEED_OFFSET) -> dict:
+def make_eval_envs(cfg, modes, stream: str = "evaluation") -> dict:
+    """One environment per mode, seeded from the run's ``stream`` (never the training env's)."""
     from cg2a_ext.rl.envs import make_env
+    from cg2a_ext.rl.seeding import SeedStreams
 
+    seeds = SeedStreams(cfg.seed)
     envs = {}
     for i, mode in enumerate(modes):
-        envs[mode] = make_env(cfg.task, mode=mode, seed=cfg.seed + seed_offset + 1000 * i,
+        envs[mode] = make_env(cfg.task, mode=mode, seed=seeds.integer(f"{stream}_env", i, bits=31),
                               image_size=cfg.image_size, frame_stack=cfg.frame_stack,
                               action_repeat=cfg.action_repeat, episode_length=cfg.episode_length,
                               data_dir=cfg.data_dir or None)
     return envs
 
 
-def evaluate_modes(agent, envs: dict, episodes: int, video_dir=None, tag: str = "", seed: int | None = None) -> dict:
-    """{mode: {"returns", "mean", "std", "episodes", "data_source"}} for each env in ``envs``."""
+def evaluate_modes(agent, envs: dict, episodes: int, video_dir=None, tag: str = "", seeds=None,
+                   stream: str = "evaluation", index: int = 0, progress=None) -> dict:
+    """{mode: {"returns", "mean", "std", "episodes", "data_source"}} for each env in ``envs``.
+
+    Episode e of mode m is reset with ``seeds.integer(stream, index, m, e)`` (``seeds``: the run's
+    SeedStreams; None leaves the envs' own seeds). ``progress(mode, episode, episodes)`` is called
+    before each episode."""
     agent.train(False)
     out = {}
     try:
@@ -58,7 +71,9 @@ def evaluate_modes(agent, envs: dict, episodes: int, video_dir=None, tag: str = 
             if video_dir is not None:
                 Path(video_dir).mkdir(parents=True, exist_ok=True)
                 vp = Path(video_dir) / f"{tag}{mode}.mp4"
-            rets = run_episodes(agent, env, episodes, seed=None if seed is None else seed + 100_000 * i, video_path=vp)
+            ep_seeds = None if seeds is None else [seeds.integer(stream, index, i, e, bits=31) for e in range(episodes)]
+            report = None if progress is None else (lambda e, m=mode: progress(m, e, episodes))
+            rets = run_episodes(agent, env, episodes, episode_seeds=ep_seeds, video_path=vp, on_episode=report)
             out[mode] = {"returns": rets, **summarize(rets), "data_source": str(getattr(env, "data_source", mode))}
     finally:
         agent.train(True)

@@ -24,29 +24,26 @@ def _num(v):
         return float("nan")
 
 
-# Options that make a different method (an ablation), per algorithm: runs that differ in them are
-# not seeds of one curve, so they get their own label.
-_METHOD_OPTIONS = {
-    "svea": ("svea_augmentation", "svea_alpha", "svea_beta"),
-    "ac": ("augmentations",),
-    "cg2a": ("augmentations", "gas", "sgs", "gamma", "mask"),
-}
-
-
 def run_label(run_dir) -> str:
-    """``task algorithm`` plus every ablation option that differs from its default."""
+    """``task algorithm`` plus every option of the algorithm's ``method_options`` (runs that differ in
+    them are different methods, e.g. ablations, not seeds of one curve) that differs from its default."""
     cfg_path = Path(run_dir) / "config.json"
     if not cfg_path.is_file():
         return Path(run_dir).name
+    from . import algorithms
     from .config import TrainConfig
 
     cfg = json.loads(cfg_path.read_text())
     algo = cfg.get("algorithm", "?")
     label = f"{cfg.get('task', '?')} {algo}"
-    for name in _METHOD_OPTIONS.get(algo, ()):
-        default = getattr(TrainConfig, name, None)
-        if name in cfg and cfg[name] != default:
-            label += f" {name}={cfg[name]}"
+    options = algorithms.get(algo).method_options if algo in algorithms.NAMES else ()
+    defaults = TrainConfig()
+    for name in options:
+        value = cfg.get(name)
+        value = tuple(value) if isinstance(value, list) else value
+        if name in cfg and value != getattr(defaults, name, None):
+            shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+            label += f" {name}={shown}"
     return label
 
 

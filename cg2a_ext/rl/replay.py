@@ -18,12 +18,14 @@ buffer fills. The buffer only stores and samples; augmentations are elsewhere.
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 
 class FrameReplayBuffer:
     def __init__(self, obs_shape, action_dim: int, capacity: int, frame_stack: int = 3,
-                 episode_steps: int = 250, seed: int = 0):
+                 episode_steps: int = 250, seed: int | np.random.SeedSequence = 0):
         c, h, w = obs_shape
         assert c % frame_stack == 0, "channels must be a multiple of frame_stack"
         self.k = frame_stack
@@ -128,6 +130,8 @@ class FrameReplayBuffer:
             "num_frames": np.int64(self.num_frames), "num_transitions": np.int64(self.num_transitions),
             "episode_step": np.int64(self._episode_step), "frame_capacity": np.int64(self.frame_capacity),
             "capacity": np.int64(self.capacity),
+            # the sampler's RNG travels with the buffer (as JSON: loads without pickle)
+            "rng_state": np.array(json.dumps(self.rng.bit_generator.state)),
         }
 
     def load_state_dict(self, state) -> None:
@@ -140,9 +144,4 @@ class FrameReplayBuffer:
         self.num_frames = int(state["num_frames"])
         self.num_transitions = int(state["num_transitions"])
         self._episode_step = int(state["episode_step"])
-
-    def rng_state(self) -> dict:
-        return self.rng.bit_generator.state
-
-    def set_rng_state(self, state: dict) -> None:
-        self.rng.bit_generator.state = state
+        self.rng.bit_generator.state = json.loads(str(state["rng_state"]))

@@ -5,8 +5,12 @@ optimizers, temperature, update counters, every RNG, the replay buffer). A
 resumed run restores all of it and continues at step N with a fresh episode
 (the episode in progress when the checkpoint was written is not continued;
 its transitions up to step N are in the buffer). Every training episode is
-reset with a seed derived from (seed, episode index), so a resumed run meets
-the same episode seeds as an uninterrupted one.
+reset with a seed from the run's "episodes" stream indexed by the episode, so a
+resumed run meets the same episode seeds as an uninterrupted one.
+
+State has one owner: the agent saves its networks, optimizers and algorithm (with
+its generators), the replay buffer its arrays and sampler RNG; the trainer saves
+only its own action RNG and the process-global torch / Python RNGs.
 """
 from __future__ import annotations
 
@@ -18,11 +22,8 @@ import numpy as np
 import torch
 
 from .checkpoint import latest_checkpoint, load_checkpoint, load_replay, save_checkpoint
-from .evaluation import evaluate_modes, summarize
-
-
-def episode_seed(seed: int, episode: int) -> int:
-    return (seed * 1_000_003 + episode) % (2**31 - 1)
+from .evaluation import evaluate_modes
+from .seeding import SeedStreams
 
 
 class Trainer:
@@ -35,7 +36,8 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.eval_envs = eval_envs or {}
         self.progress = progress
-        self.rng = np.random.default_rng(cfg.seed + 3)
+        self.seeds = SeedStreams(cfg.seed)
+        self.rng = self.seeds.numpy("seed_actions")   # uniform actions of the seed steps
         self.step = 0
         self.episode = 0
         self.last_eval: dict = {}
@@ -45,15 +47,9 @@ class Trainer:
     # ------------------------------------------------------------------ state
     def rng_state(self) -> dict:
         st = {"torch": torch.get_rng_state(), "numpy": self.rng.bit_generator.state,
-              "python": random.getstate(), "numpy_global": None}
+              "python": random.getstate()}
         if torch.cuda.is_available():
             st["cuda"] = torch.cuda.get_rng_state_all()
-        g = self.agent.critic_gradient.generator
-        if g is not None:
-            st["aug_generator"] = g.get_state()
-        gg = getattr(self.agent, "gamma_generator", None)
-        if gg is not None:
-            st["gamma_generator"] = gg.get_state()
         return st
 
     def set_rng_state(self, st: dict) -> None:
@@ -63,11 +59,6 @@ class Trainer:
         random.setstate((py[0], tuple(py[1]), py[2]))
         if "cuda" in st and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in st["cuda"]])
-        if "aug_generator" in st and self.agent.critic_gradient.generator is not None:
-            self.agent.critic_gradient.generator.set_state(st["aug_generator"].cpu())
-        gg = getattr(self.agent, "gamma_generator", None)
-        if "gamma_generator" in st and gg is not None:
-            gg.set_state(st["gamma_generator"].cpu())
 
     def checkpoint(self) -> Path:
         state = {"agent": self.agent.state_dict(), "rng": self.rng_state(), "episode": self.episode,
@@ -95,7 +86,7 @@ class Trainer:
             return {}
         video_dir = self.run_dir / "videos" if self.cfg.save_video else None
         res = evaluate_modes(self.agent, self.eval_envs, self.cfg.eval_episodes, video_dir=video_dir,
-                             tag=f"step{self.step:09d}_", seed=self.cfg.seed + 7919 * (self.step + 1))
+                             tag=f"step{self.step:09d}_", seeds=self.seeds, stream="evaluation", index=self.step)
         for mode, r in res.items():
             self.logger.log("eval", {"step": self.step, "mode": mode, "mean_return": r["mean"],
                                      "std_return": r["std"], "episodes": r["episodes"],
@@ -107,7 +98,7 @@ class Trainer:
         return res
 
     def _reset(self):
-        obs, _ = self.env.reset(seed=episode_seed(self.cfg.seed, self.episode))
+        obs, _ = self.env.reset(seed=self.seeds.integer("episodes", self.episode, bits=31))
         self.replay.add_first(obs)
         return obs
 
@@ -127,8 +118,7 @@ class Trainer:
             else:
                 action = agent.act(obs, sample=True)
             if self.step >= cfg.seed_steps and len(self.replay) > 0:
-                diag = agent.critic_gradient.K > 1 and cfg.algorithm in ("ac", "cg2a") and \
-                    (self.step + 1) % cfg.log_freq == 0
+                diag = agent.algorithm.gradient_diagnostics and (self.step + 1) % cfg.log_freq == 0
                 m = agent.update(self.replay, diagnostics=diag)
                 d = {k[5:]: v for k, v in m.items() if k.startswith("diag/")}
                 if d:

@@ -65,7 +65,7 @@ def _time(fn, device, reps: int, warmup: int = 1) -> float:
 
 def critic_update_times(preset: str, reps: int) -> dict:
     from cg2a_ext.rl.agent import make_agent
-    from cg2a_ext.rl.agent.critic_gradient import critic_loss
+    from cg2a_ext.rl.algorithms.base import critic_loss
 
     cfg_cg = _cfg(preset, algorithm="cg2a")
     cfg_ac = _cfg(preset, algorithm="ac")
@@ -78,10 +78,10 @@ def critic_update_times(preset: str, reps: int) -> dict:
     obs = torch.randint(0, 256, (b, *obs_shape), device=device).float()
     action = torch.rand(b, 1, device=device) * 2 - 1
     target = torch.randn(b, 1, device=device)
-    K = cg.critic_gradient.K
+    K = cg.algorithm.K
 
     def k_backward():
-        strat = cg.critic_gradient
+        strat = cg.algorithm
         views = strat.views(obs)
         q1, q2 = cg.critic(views.reshape(K * b, *obs_shape), action.repeat(K, 1))
         q1, q2 = q1.view(K, b, 1), q2.view(K, b, 1)
@@ -96,7 +96,7 @@ def critic_update_times(preset: str, reps: int) -> dict:
         cg.critic_optimizer.step()
 
     def k_separate():
-        strat = cg.critic_gradient
+        strat = cg.algorithm
         views = strat.views(obs)
         grads = [[] for _ in cg.critic_params]
         for k in range(K):
@@ -110,7 +110,7 @@ def critic_update_times(preset: str, reps: int) -> dict:
 
     from cg2a_ext import per_group_grads
 
-    fixed_views = cg.critic_gradient.views(obs)   # same augmented batch for the gradient-only rows
+    fixed_views = cg.algorithm.views(obs)   # same augmented batch for the gradient-only rows
 
     def grads_per_group():
         per_group_grads(cg.critic, critic_loss, (fixed_views,), (action, target), params=cg.critic_params)

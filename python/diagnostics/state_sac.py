@@ -20,7 +20,9 @@ import torch
 import torch.nn as nn
 
 import cg2a_ext.rl.envs  # noqa: F401  (imports torch._dynamo before dm_control; see cg2a_ext/rl/envs)
-from cg2a_ext.rl.agent import SACAgent, make_critic_gradient
+from cg2a_ext.rl import algorithms
+from cg2a_ext.rl.agent import SACAgent
+from cg2a_ext.rl.seeding import SeedStreams
 from cg2a_ext.rl.agent.networks import Actor, Critic, Encoder, Projection
 from cg2a_ext.rl.config import config_from_args
 
@@ -81,7 +83,8 @@ def main(argv=None) -> None:
     spec = env.action_spec()
     ts = env.reset()
     s = flat(ts)
-    agent = SACAgent(s.shape, spec.shape[0], cfg, make_critic_gradient(cfg, "cpu"), "cpu",
+    algorithm = algorithms.get(cfg.algorithm)(cfg, torch.device("cpu"), SeedStreams(cfg.seed))
+    agent = SACAgent(s.shape, spec.shape[0], cfg, algorithm, "cpu",
                      networks=state_networks(s.size, spec.shape[0], cfg))
     replay = StateReplay(s.size, spec.shape[0], cfg.train_steps, cfg.seed)
     rng = np.random.default_rng(cfg.seed)

@@ -1,25 +1,25 @@
-"""SAC agent: networks, the SAC core and the critic-gradient strategies."""
-from .critic_gradient import (AugmentedMean, CG2AGradient, CriticGradient, CriticGradOutput, PlainLoss,
-                              SVEAGradient, critic_loss, make_critic_gradient)
+"""The SAC core and its networks; ``make_agent`` builds the agent of a config's algorithm."""
+from __future__ import annotations
+
 from .networks import Actor, Critic, Encoder, SharedCNN, build_networks
 from .sac import SACAgent
 
 
-def make_agent(obs_shape, action_dim, cfg, device="cpu"):
-    """Build the SAC agent for ``cfg`` (a TrainConfig) with its critic-gradient strategy and RNGs."""
+def make_agent(obs_shape, action_dim, cfg, device="cpu", seeds=None) -> SACAgent:
+    """The SAC agent for ``cfg`` (a TrainConfig) with its registered algorithm.
+
+    ``seeds``: the run's :class:`~cg2a_ext.rl.seeding.SeedStreams` (default: from ``cfg.seed``); the
+    algorithm draws its augmentation (and gamma) generators from it. Network initialisation uses
+    torch's global RNG, which the caller seeds.
+    """
     import torch
 
+    from cg2a_ext.rl import algorithms
+    from cg2a_ext.rl.seeding import SeedStreams
+
     device = torch.device(device)
-    gen = torch.Generator(device=device)
-    gen.manual_seed(cfg.seed + 1)
-    gamma_gen = torch.Generator()
-    gamma_gen.manual_seed(cfg.seed + 2)
-    strategy = make_critic_gradient(cfg, device, generator=gen, gamma_generator=gamma_gen)
-    agent = SACAgent(obs_shape, action_dim, cfg, strategy, device)
-    agent.gamma_generator = gamma_gen
-    return agent
+    algorithm = algorithms.get(cfg.algorithm)(cfg, device, seeds or SeedStreams(cfg.seed))
+    return SACAgent(obs_shape, action_dim, cfg, algorithm, device)
 
 
-__all__ = ["SACAgent", "make_agent", "make_critic_gradient", "CriticGradient", "CriticGradOutput", "PlainLoss",
-           "SVEAGradient", "AugmentedMean", "CG2AGradient", "critic_loss", "build_networks", "Actor", "Critic",
-           "Encoder", "SharedCNN"]
+__all__ = ["SACAgent", "make_agent", "build_networks", "Actor", "Critic", "Encoder", "SharedCNN"]

@@ -1,7 +1,8 @@
 """The one SAC core (DMC-GB architecture and hyper-parameters).
 
-Algorithms differ only in the ``CriticGradient`` strategy handed to the agent
-(``critic_gradient.py``); the actor, temperature and target updates are shared.
+Algorithms (``cg2a_ext.rl.algorithms``) differ in how the critic gradient is formed and in the
+auxiliary networks, losses and optimizers they add; the actor, temperature and target updates
+are shared and live here.
 """
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import math
 import numpy as np
 import torch
 
-from .critic_gradient import CriticGradient, _check_finite, critic_loss
+from cg2a_ext.rl.algorithms.base import Algorithm, Batch, check_finite
+
 from .networks import build_networks
 
 
@@ -24,16 +26,17 @@ def soft_update(net, target, tau: float) -> None:
 class SACAgent:
     """SAC from pixels. ``update(replay)`` does one critic update (and the actor,
     temperature and target updates every ``actor_update_freq`` /
-    ``critic_target_update_freq`` updates) and returns a metrics dict."""
+    ``critic_target_update_freq`` updates, the algorithm's auxiliary update every
+    ``aux_update_freq``) and returns a metrics dict."""
 
-    def __init__(self, obs_shape, action_dim: int, cfg, critic_gradient: CriticGradient,
+    def __init__(self, obs_shape, action_dim: int, cfg, algorithm: Algorithm,
                  device: torch.device | str = "cpu", networks: tuple | None = None):
         """``networks``: optional ``(actor, critic, critic_target)`` with the interfaces of
         ``networks.py`` (e.g. another trunk); by default the DMC-GB networks sized by ``cfg``."""
         self.cfg = cfg
         self.device = torch.device(device)
         self.action_dim = action_dim
-        self.critic_gradient = critic_gradient
+        self.algorithm = algorithm
         if networks is None:
             networks = build_networks(
                 obs_shape, action_dim, num_conv_layers=cfg.num_conv_layers, num_filters=cfg.num_filters,
@@ -54,10 +57,7 @@ class SACAgent:
         self.num_updates = 0
         self.skipped_critic_steps = 0
         self.skipped_actor_steps = 0
-        self._shift = None
-        if critic_gradient.shift:
-            from cg2a_ext.rl.augmentations import random_shift
-            self._shift = random_shift
+        algorithm.attach(self)
 
     # ------------------------------------------------------------------ acting
     @property
@@ -71,15 +71,15 @@ class SACAgent:
     @torch.no_grad()
     def act(self, obs: np.ndarray, sample: bool = False) -> np.ndarray:
         """Action for one observation: the mean (evaluation) or a sample (training)."""
-        x = torch.as_tensor(np.asarray(obs), device=self.device).float().unsqueeze(0)
+        x = self.algorithm.acting_view(torch.as_tensor(np.asarray(obs), device=self.device).float().unsqueeze(0))
         mu, pi, _, _ = self.actor(x, compute_pi=sample, compute_log_pi=False)
         a = pi if sample else mu
         return a[0].cpu().numpy().astype(np.float32)
 
     # ------------------------------------------------------------------ updates
     def preprocess(self, obs_u8: torch.Tensor) -> torch.Tensor:
-        if self._shift is not None:   # shift the uint8 frames: a quarter of the bytes to move
-            obs_u8 = self._shift(obs_u8, generator=self.critic_gradient.generator)
+        # augment the uint8 frames (shift, crop): a quarter of the bytes to move
+        obs_u8 = self.algorithm.augment_observations(obs_u8)
         # On CPU the trunk wants channels-last input; converting here, in the pass that makes the
         # floats anyway, saves the trunk a layout copy on every forward of this batch.
         fmt = torch.channels_last if obs_u8.device.type == "cpu" else torch.contiguous_format
@@ -93,8 +93,8 @@ class SACAgent:
         return reward + not_done * self.cfg.discount * target_v
 
     def update_critic(self, obs, action, target, diagnostics: bool = False) -> dict:
-        out = self.critic_gradient(self.critic, self.critic_params, obs, action, target, diagnostics=diagnostics)
-        metrics = {"critic_loss": out.loss}
+        out = self.algorithm.critic_gradient(self, obs, action, target, diagnostics=diagnostics)
+        metrics = {"critic_loss": out.loss, **out.metrics}
         if out.finite:
             self.critic_optimizer.step()
         else:
@@ -111,14 +111,14 @@ class SACAgent:
         for p in self.actor_params:
             p.grad = None
         actor_loss.backward()
-        if _check_finite(self.actor_params, self.cfg.nonfinite, "actor"):
+        if check_finite(self.actor_params, self.cfg.nonfinite, "actor"):
             self.actor_optimizer.step()
         else:
             self.skipped_actor_steps += 1
         alpha_loss = (self.alpha * (-log_pi - self.target_entropy).detach()).mean()
         self.log_alpha.grad = None
         alpha_loss.backward()
-        if _check_finite([self.log_alpha], self.cfg.nonfinite, "temperature"):
+        if check_finite([self.log_alpha], self.cfg.nonfinite, "temperature"):
             self.log_alpha_optimizer.step()
         # the actor's backward also reached the critic heads: clear them for the next critic update
         for p in self.critic_params:
@@ -142,6 +142,9 @@ class SACAgent:
             metrics.update(self.update_actor_and_alpha(obs))
         if self.num_updates % self.cfg.critic_target_update_freq == 0:
             self.update_targets()
+        if self.algorithm.has_auxiliary_update and self.num_updates % self.cfg.aux_update_freq == 0:
+            metrics.update(self.algorithm.auxiliary_update(self, Batch(obs, action, reward, next_obs, not_done), replay))
+            self.algorithm.num_aux_updates += 1
         metrics["alpha"] = self.alpha.detach()
         metrics["target_q"] = target.mean()
         metrics["skipped_critic_steps"] = self.skipped_critic_steps
@@ -158,6 +161,7 @@ class SACAgent:
             "log_alpha_optimizer": self.log_alpha_optimizer.state_dict(),
             "num_updates": self.num_updates, "skipped_critic_steps": self.skipped_critic_steps,
             "skipped_actor_steps": self.skipped_actor_steps,
+            "algorithm": self.algorithm.state_dict(),
         }
 
     def load_state_dict(self, state: dict, networks_only: bool = False) -> None:
@@ -174,3 +178,4 @@ class SACAgent:
         self.num_updates = int(state["num_updates"])
         self.skipped_critic_steps = int(state["skipped_critic_steps"])
         self.skipped_actor_steps = int(state["skipped_actor_steps"])
+        self.algorithm.load_state_dict(state["algorithm"])

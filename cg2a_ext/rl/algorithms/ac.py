@@ -1,0 +1,38 @@
+"""ac: the plain mean of the K augmented critic losses (the paper's "augmentation combination")."""
+from __future__ import annotations
+
+import torch
+
+from .base import CriticGradOutput, check_finite, critic_loss
+from .combination import AugmentationCombination
+from .gradient_diagnostics import conflict_fraction, gram_diagnostics, gram_of
+
+
+class AugmentedMean(AugmentationCombination):
+    """One backward on the K*B batch; at diagnostics steps the K gradients are formed per loss (same
+    result, their mean is written) to log norms, cosines and the conflict fraction."""
+
+    name = "ac"
+    summary = "AC: the plain mean of the clean and augmented critic losses"
+    method_options = ("augmentations",)
+
+    def critic_gradient(self, agent, obs, action, target, *, diagnostics=False) -> CriticGradOutput:
+        if not diagnostics:
+            v = self.views(obs)
+            k, b = v.shape[:2]
+            loss = critic_loss(agent.critic, v.reshape(k * b, *v.shape[2:]), action.repeat(k, 1),
+                               target.repeat(k, 1))
+            return self.backward_single(agent, loss)
+        params = agent.critic_params
+        grads, losses = self.per_loss_grads(agent, obs, action, target)
+        for p, g in zip(params, grads):
+            p.grad = g.mean(0)
+        finite = check_finite(params, self.nonfinite, "critic")
+        diag = gram_diagnostics(gram_of(grads), weights=torch.full((self.K,), 1.0 / self.K),
+                                conflict_fraction=conflict_fraction(grads), gamma=1.0)
+        for i, l in enumerate(losses.tolist()):
+            diag[f"loss_{i}"] = l
+        return CriticGradOutput(losses.mean(), finite, diag)
+
+
+ALGORITHM = AugmentedMean

@@ -1,0 +1,170 @@
+"""What an algorithm is to the SAC core: the ``Algorithm`` interface and the critic loss.
+
+The SAC core (``cg2a_ext.rl.agent.sac``) owns the actor, the critic, their targets, the
+temperature and their optimizers, and runs one update as
+
+    batch    = replay.sample(); obs, next_obs = algorithm.augment_observations(...)
+    y        = TD target on the clean next observation
+    critic   : algorithm.critic_gradient(agent, obs, action, y) writes the critic's .grad,
+               then the core's critic optimizer steps
+    actor    : every actor_update_freq updates (SAC, encoder detached)
+    targets  : every critic_target_update_freq updates
+    auxiliary: algorithm.auxiliary_update(agent, batch, replay) every aux_update_freq updates,
+               with the algorithm's own networks and optimizers (built in ``attach``)
+
+An algorithm owns its random generators and auxiliary state and saves them in ``state_dict``.
+Non-finite gradients are never written into the model silently: with ``nonfinite="skip"`` the
+gradient is zeroed and the step skipped (counted); with ``"raise"`` FloatingPointError is raised.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cg2a_ext.rl.seeding import SeedStreams
+
+if TYPE_CHECKING:
+    from cg2a_ext.rl.agent.sac import SACAgent
+    from cg2a_ext.rl.config import TrainConfig
+
+
+class Batch(NamedTuple):
+    """One sampled batch after preprocessing: float observations, [B, 1] reward and not_done."""
+
+    obs: torch.Tensor
+    action: torch.Tensor
+    reward: torch.Tensor
+    next_obs: torch.Tensor
+    not_done: torch.Tensor
+
+
+@dataclass
+class CriticGradOutput:
+    loss: torch.Tensor                       # scalar, detached: the loss whose gradient was formed
+    finite: bool = True                      # False: the gradient was non-finite and zeroed (skip the step)
+    diagnostics: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)   # extra scalars to log every update (e.g. auxiliary terms)
+
+
+def critic_loss(model, obs, action, target):
+    """(Q1 - y)^2 + (Q2 - y)^2 averaged over the batch (DMC-GB's critic loss)."""
+    q1, q2 = model(obs, action)
+    return F.mse_loss(q1, target) + F.mse_loss(q2, target)
+
+
+def grads_finite(params) -> bool:
+    gs = [p.grad for p in params if p.grad is not None]
+    if not gs:
+        return True
+    return bool(torch.stack([torch.isfinite(g).all() for g in gs]).all().item())
+
+
+def check_finite(params, policy: str, what: str) -> bool:
+    """True if every .grad of ``params`` is finite; else raise (policy "raise") or zero them and return False."""
+    if grads_finite(params):
+        return True
+    if policy == "raise":
+        raise FloatingPointError(f"non-finite {what} gradient")
+    for p in params:
+        if p.grad is not None:
+            p.grad.zero_()
+    return False
+
+
+class Algorithm(abc.ABC):
+    """One algorithm of the trainer. Subclasses set the class attributes and implement ``critic_gradient``.
+
+    Class attributes:
+        name: the registry name (``--algorithm``).
+        summary: one line for ``--help`` and reports.
+        shift: random-shift (DrQ) the training observations before every use.
+        gradient_diagnostics: the algorithm forms K per-loss gradients and can log their Gram
+            diagnostics (norms, cosines, weights, conflicts) at log steps.
+        has_auxiliary_update: ``auxiliary_update`` does something (called every aux_update_freq updates).
+        logged_metrics: names of the extra scalars it logs besides the SAC core's.
+        method_options: config fields that make a different method (ablations, protocol options):
+            plots and reports keep runs that differ in them apart.
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    shift: ClassVar[bool] = True
+    gradient_diagnostics: ClassVar[bool] = False
+    has_auxiliary_update: ClassVar[bool] = False
+    logged_metrics: ClassVar[tuple[str, ...]] = ()
+    method_options: ClassVar[tuple[str, ...]] = ()
+
+    # ------------------------------------------------------------------ configuration
+    @classmethod
+    def num_losses(cls, cfg: "TrainConfig") -> int:
+        """K: the number of critic loss terms (per-loss gradients) the algorithm forms."""
+        return 1
+
+    @classmethod
+    def config_defaults(cls, cfg: "TrainConfig") -> dict[str, Any]:
+        """The method's own defaults where they differ from the SAC core's (options given explicitly win)."""
+        return {}
+
+    @classmethod
+    def check_config(cls, cfg: "TrainConfig") -> None:
+        """Raise ``ConfigError`` for option values this algorithm cannot run with."""
+
+    # ------------------------------------------------------------------ construction
+    def __init__(self, cfg: "TrainConfig", device: torch.device, seeds: SeedStreams) -> None:
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.nonfinite = cfg.nonfinite
+        self.K = self.num_losses(cfg)
+        # augmentation draws (shift, crops, augmented copies) on the device that holds the batch
+        self.generator = seeds.torch_generator("augment", self.device)
+        self.num_aux_updates = 0
+
+    def attach(self, agent: "SACAgent") -> None:
+        """Build auxiliary networks and optimizers once the agent's networks exist (default: none)."""
+
+    # ------------------------------------------------------------------ the update
+    def augment_observations(self, obs_u8: torch.Tensor) -> torch.Tensor:
+        """The training view of a uint8 batch (obs and next_obs): DrQ's random shift, or the batch itself."""
+        if not self.shift:
+            return obs_u8
+        from cg2a_ext.rl.augmentations import random_shift
+
+        return random_shift(obs_u8, generator=self.generator)
+
+    def acting_view(self, obs: torch.Tensor) -> torch.Tensor:
+        """The view of a float observation the policy acts on (training and evaluation); default: itself."""
+        return obs
+
+    @abc.abstractmethod
+    def critic_gradient(self, agent: "SACAgent", obs, action, target, *, diagnostics: bool = False) -> CriticGradOutput:
+        """Write the critic gradient into ``agent.critic_params``' .grad; return the loss and diagnostics."""
+
+    def auxiliary_update(self, agent: "SACAgent", batch: Batch, replay) -> dict[str, Any]:
+        """The method's own losses and optimizer steps after the SAC updates; returns metrics to log."""
+        return {}
+
+    def evaluation_images(self, agent: "SACAgent", obs: torch.Tensor) -> dict[str, np.ndarray]:
+        """Images worth looking at for a few evaluation frames (masks, reconstructions): name -> [N, H, W, 3] uint8."""
+        return {}
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state(), "num_aux_updates": self.num_aux_updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"].cpu())
+        self.num_aux_updates = int(state.get("num_aux_updates", 0))
+
+    # ------------------------------------------------------------------ helpers for subclasses
+    def backward_single(self, agent: "SACAgent", loss: torch.Tensor) -> CriticGradOutput:
+        """The critic gradient of one scalar loss."""
+        params = agent.critic_params
+        for p in params:
+            p.grad = None
+        loss.backward()
+        return CriticGradOutput(loss.detach(), check_finite(params, self.nonfinite, "critic"))
