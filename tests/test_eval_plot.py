@@ -1,4 +1,4 @@
-"""eval.py and plot.py on a tiny trained run."""
+"""cg2a-eval and cg2a-plot (eval_main, plot_main) on a tiny trained run."""
 import json
 import sys
 from pathlib import Path
@@ -8,9 +8,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
 
-import eval as eval_script  # noqa: E402
-import plot as plot_script  # noqa: E402
 import train as train_script  # noqa: E402
+
+from cg2a_ext.rl import eval_main as eval_script  # noqa: E402
+from cg2a_ext.rl import plot_main as plot_script  # noqa: E402
 
 TINY = ["--task", "cartpole_balance", "--preset", "cpu", "--image_size", "32", "--episode_length", "40",
         "--num_conv_layers", "2", "--num_filters", "8", "--projection_dim", "16", "--hidden_dim", "32",
@@ -30,15 +31,15 @@ def runs(tmp_path_factory):
 
 
 def test_eval_one_and_several_runs(runs, tmp_path):
-    modes = "train,color_easy,video_easy"
-    doc = eval_script.main(["--run", str(runs[0]), "--modes", modes, "--episodes", "2", "--device", "cpu"])
+    modes = ["train", "color_easy", "video_easy"]
+    doc = eval_script.main(["--run", str(runs[0]), "--modes", *modes, "--episodes", "2", "--device", "cpu"])
     js = json.loads((runs[0] / "zero_shot.json").read_text())
     md = (runs[0] / "zero_shot.md").read_text()
     assert js["episodes"] == 2 and len(js["runs"]) == 1
     res = js["runs"][0]["results"]
     assert set(res) == {"train", "color_easy", "video_easy"} and all(len(r["returns"]) == 2 for r in res.values())
     assert "| cartpole_balance | cg2a | 1 |" in md and "video_easy" in md and "Data used by each mode" in md
-    assert all(f"`{m}`" in md for m in modes.split(","))
+    assert all(f"`{m}`" in md for m in modes)
     out = tmp_path / "both"
     eval_script.main(["--run", *map(str, runs), "--modes", "train", "--episodes", "2", "--out", str(out),
                       "--device", "cpu"])
@@ -56,8 +57,8 @@ def test_eval_bad_inputs(runs, tmp_path, capsys):
         eval_script.main(["--run", str(runs[0]), "--checkpoint", "step_000000999.pt", "--episodes", "1"])
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        eval_script.main(["--run", str(runs[0]), "--modes", "train,foggy", "--episodes", "1"])
-    assert "unknown mode" in capsys.readouterr().err
+        eval_script.main(["--run", str(runs[0]), "--modes", "train", "foggy", "--episodes", "1"])
+    assert "invalid choice: 'foggy'" in capsys.readouterr().err
 
 
 def test_plot(runs, tmp_path):
