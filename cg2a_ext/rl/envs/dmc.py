@@ -195,6 +195,26 @@ class DMCEnv(gym.Env):
         self._mode_rng = np.random.default_rng([seed, 0x0C2A])
         self._first_episode = True
 
+    def rng_state(self) -> dict[str, Any]:
+        """What decides the next unseeded episodes: the task's and the mode's RNGs and the video clip.
+
+        Mid-episode physics is not included: a checkpoint taken between episodes restores exactly."""
+        state: dict[str, Any] = {
+            "task_random": self._env.task._random.get_state(legacy=False),
+            "mode_rng": self._mode_rng.bit_generator.state,
+            "first_episode": self._first_episode,
+        }
+        if self._video is not None:
+            state["video_clip"] = self._video.index
+        return state
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        self._env.task._random.set_state(state["task_random"])
+        self._mode_rng.bit_generator.state = state["mode_rng"]
+        self._first_episode = bool(state["first_episode"])
+        if self._video is not None and state.get("video_clip", -1) >= 0:
+            self._video.next_clip(int(state["video_clip"]))
+
     def _render(self) -> np.ndarray:
         frame = self._env.physics.render(height=self.image_size, width=self.image_size, camera_id=0)
         if self._video is not None:
