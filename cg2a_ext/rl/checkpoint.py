@@ -98,6 +98,14 @@ def _write_error(e: OSError, folder: Path, need: int, what: str) -> CheckpointWr
     return CheckpointWriteError(msg)
 
 
+def _remove(path: Path) -> None:
+    """Best-effort removal of a temporary (on a read-only file system even a missing file fails)."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 def _write_atomic(path: Path, write: Callable, need: int, what: str) -> None:
     """``write(file)`` into a temporary beside ``path``, fsync, move into place; clean up on failure."""
     tmp = temporary_path(path)
@@ -108,10 +116,10 @@ def _write_atomic(path: Path, write: Callable, need: int, what: str) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise _write_error(e, path.parent, need, what) from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise
 
 
@@ -155,7 +163,7 @@ def save_checkpoint(run_dir, step: int, state: dict, replay=None, keep_last: int
         _write_atomic(path, lambda f: f.write(data), need, what)
     except BaseException:
         if replay_state is not None and not path.exists():
-            buf.unlink(missing_ok=True)      # a buffer without its checkpoint is of no use
+            _remove(buf)      # a buffer without its checkpoint is of no use
         raise
     prune_checkpoints(run_dir, keep_last)
     return path

@@ -181,7 +181,7 @@ def build_and_train(argv=None, prog: str = "train.py", command: str = "python -m
     (the previous checkpoint kept); 128 + signal number when stopped by Ctrl-C / SIGTERM after a
     checkpoint. ``command`` starts the resume hints (``<command> --resume --run_dir DIR``)."""
     from cg2a_ext.rl import run_dir as rd
-    from cg2a_ext.rl.checkpoint import CheckpointError, CheckpointWriteError, load_resumable
+    from cg2a_ext.rl.checkpoint import CheckpointError, CheckpointWriteError, list_checkpoints, load_resumable
     from cg2a_ext.rl.config import ConfigError, check_task, config_from_args
 
     try:
@@ -216,6 +216,9 @@ def build_and_train(argv=None, prog: str = "train.py", command: str = "python -m
                     return run_dir
                 print(f"extending the finished run {run_dir} from step {finished['final_step']} to "
                       f"{cfg.train_steps}", flush=True)
+            if not list_checkpoints(run_dir):      # before building anything
+                raise _error(prog, f"--resume: no checkpoint in {run_dir / rd.CHECKPOINTS} (the run stopped before "
+                                   "its first one); start it anew with --overwrite")
         else:
             cfg.run_dir = str(run_dir)
             saved = type(cfg).from_dict({**cfg.to_dict(), "overwrite": False})   # an instruction, not a property
@@ -228,8 +231,6 @@ def build_and_train(argv=None, prog: str = "train.py", command: str = "python -m
             raise _error(prog, f"{e}. The previous checkpoint is kept; once this is fixed, resume with:\n  "
                                f"{_resume_hint(command, run_dir)}", 1) from None
         except KeyboardInterrupt:
-            from cg2a_ext.rl.checkpoint import list_checkpoints
-
             cks = list_checkpoints(run_dir)
             last = f"its last checkpoint ({cks[-1][1].name})" if cks else "nothing (no checkpoint was written yet)"
             raise _error(prog, f"interrupted without a new checkpoint; {run_dir} keeps {last}. Resume with:\n  "

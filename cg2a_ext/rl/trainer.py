@@ -47,7 +47,6 @@ from .run_dir import IMAGES, VIDEOS, write_finished
 from .seeding import SeedStreams
 
 EVALUATION_IMAGE_FRAMES = 4       # observations handed to Algorithm.evaluation_images
-EVALUATION_IMAGE_STRIDE = 10      # agent steps between them
 
 
 class TrainingStopped(Exception):
@@ -237,8 +236,9 @@ class Trainer:
 
     def evaluation_observations(self, n: int = EVALUATION_IMAGE_FRAMES) -> torch.Tensor:
         """``n`` observations of the first evaluation mode, float [n, C, H, W] on the agent's device as the
-        policy sees them (``acting_view``): one every EVALUATION_IMAGE_STRIDE steps of a seeded episode."""
+        policy sees them (``acting_view``), spread over the first part of a seeded episode."""
         env = next(iter(self.eval_envs.values()))
+        stride = max(1, math.ceil(self.cfg.episode_length / self.cfg.action_repeat) // n)
         obs, _ = env.reset(seed=self.seeds.integer("evaluation_images", self.step, bits=31))
         frames = [obs]
         self.agent.train(False)
@@ -250,7 +250,7 @@ class Trainer:
                 if terminated or truncated:
                     frames.append(obs)
                     break
-                if t % EVALUATION_IMAGE_STRIDE == 0:
+                if t % stride == 0:
                     frames.append(obs)
         finally:
             self.agent.train(True)
