@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
 
 import train as train_script  # noqa: E402
+from cg2a_ext.rl.checkpoint import list_checkpoints  # noqa: E402
 from cg2a_ext.rl.run_dir import RunDirError, RunLock, run_status  # noqa: E402
 
 # 10 agent steps per episode (40 simulator steps, action repeat 4), 20 seed steps
@@ -136,6 +137,14 @@ def test_new_run_refuses_an_earlier_runs_logs_unless_overwrite(tmp_path, capsys)
     assert [(r["step"], r["episode"]) for r in rows(d / "train.csv")] == [("10", "0")]
     assert json.loads((d / "config.json").read_text())["overwrite"] is False
     assert run_status(d) == "finished"
+
+
+def test_wall_clock_checkpoints(tmp_path):
+    # a tiny interval: due after every step, taken at every episode end (10 steps); the last two are kept
+    d = run(tmp_path / "run", "--algorithm", "drq", "--train_steps", "30", "--eval_freq", "0",
+            "--checkpoint_freq", "0", "--checkpoint_minutes", "1e-6")
+    assert [s for s, _ in list_checkpoints(d)] == [20, 30]
+    assert json.loads((d / "plan.json").read_text())["checkpoints"]["every_minutes"] == 1e-6
 
 
 def test_run_status(tmp_path, reference):

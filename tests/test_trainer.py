@@ -51,8 +51,8 @@ def test_algorithm_end_to_end(tmp_path, algorithm):
     # due at 50, taken at the next episode end (60); the last two are kept
     assert [p.name for p in ck] == ["step_000000060.pt", "step_000000100.pt"]
     state = torch.load(ck[-1], weights_only=True)
-    assert state["step"] == 100 and set(state["agent"]) >= {"actor", "critic", "critic_target", "log_alpha",
-                                                            "actor_optimizer", "critic_optimizer", "log_alpha_optimizer"}
+    assert state["step"] == 100 and set(state["agent"]) >= {
+        "actor", "critic", "critic_target", "log_alpha", "actor_optimizer", "critic_optimizer", "log_alpha_optimizer"}
     assert (d / "checkpoints" / state["replay_file"]).is_file()
     assert sorted(p.name for p in (d / "checkpoints").glob("replay_*.npz")) == \
         ["replay_000000060.npz", "replay_000000100.npz"]
@@ -81,6 +81,7 @@ def _state(d):
 
 
 def test_resume_continues_with_saved_state(tmp_path):
+    # the 40-step run finishes; resuming it with a larger --train_steps extends it, bit-identically
     common = ["--algorithm", "cg2a", "--eval_freq", "0", "--checkpoint_freq", "40", "--buffer_capacity", "100"]
     full = run(tmp_path, "full", *common, "--train_steps", "80")
     part = run(tmp_path, "part", *common, "--train_steps", "40")     # "killed" right after its step-40 checkpoint
@@ -141,6 +142,7 @@ def test_killed_run_resumes_mid_episode_from_last_checkpoint(tmp_path, monkeypat
     (["--gamma", "0.5"], "--gamma"),
     (["--gamma", "0.3", "0.2"], "need 0 <= A <= B <= 1"),
     (["--augmentations", "conv", "bogus"], "invalid choice 'bogus'"),
+    (["--checkpoint_minutes", "-1"], "--checkpoint_minutes must be >= 0"),
 ])
 def test_bad_options_fail_at_start(tmp_path, capsys, argv, msg):
     with pytest.raises(SystemExit) as e:

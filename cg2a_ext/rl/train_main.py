@@ -143,12 +143,16 @@ def describe(p: dict) -> str:
                      "(--preset paper) needs a GPU.")
     elif p["preset"] == "paper" and p["device"] == "cpu":
         lines.append("  the paper's configuration on a CPU: expect days or weeks (the cpu preset suits a CPU)")
-    start = f" from step {p['start_step']}" if p["start_step"] else ""
-    lines.append(f"  {p['train_steps']} agent steps{start}: {p['seed_steps']} seed steps (random actions), "
-                 "then one update per step")
+    start, seed = p["start_step"], p["seed_steps"]
+    if start == 0:
+        lines.append(f"  {p['train_steps']} agent steps: {seed} seed steps (random actions), then one update per step")
+    else:
+        seeds_left = f"{seed - start} seed steps (random actions), then " if start < seed else ""
+        lines.append(f"  agent steps {start} to {p['train_steps']} (resumed): {seeds_left}one update per step")
     ev = p["evaluation"]
     if ev["every_steps"] > 0:
-        lines.append(f"  evaluation: {ev['episodes']} episodes of {', '.join(ev['modes'])} at step 0, every "
+        first = "at step 0, " if start == 0 else ""
+        lines.append(f"  evaluation: {ev['episodes']} episodes of {', '.join(ev['modes'])} {first}every "
                      f"{ev['every_steps']} steps and at the end")
     else:
         lines.append("  evaluation: none (--eval_freq 0)")

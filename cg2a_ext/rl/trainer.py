@@ -194,7 +194,8 @@ class Trainer:
         self._last_ckpt_step = self.step
 
     def checkpoint(self) -> Path:
-        path = save_checkpoint(self.run_dir, self.step, self.state_dict(), self.replay if self.cfg.save_buffer else None)
+        replay = self.replay if self.cfg.save_buffer else None
+        path = save_checkpoint(self.run_dir, self.step, self.state_dict(), replay)
         self._last_ckpt_step, self._last_ckpt_path = self.step, path
         self._last_ckpt_time = time.monotonic()
         self._checkpoint_due = False
