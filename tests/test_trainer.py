@@ -87,6 +87,8 @@ def test_resume_continues_with_saved_state(tmp_path):
     part = run(tmp_path, "part", *common, "--train_steps", "40")     # "killed" right after its step-40 checkpoint
     assert _state(part)["step"] == 40
     train_script.build_and_train(["--resume", "--run_dir", str(part), "--train_steps", "80", "--no-progress"])
+    assert json.loads((part / "config.json").read_text())["train_steps"] == 80     # the run's options as resumed
+    assert json.loads((part / "finished.json").read_text())["final_step"] == 80
     a, b = _state(full), _state(part)
     assert b["step"] == 80 and a["agent"]["num_updates"] == b["agent"]["num_updates"] == 60
     for net in ("actor", "critic", "critic_target"):

@@ -169,6 +169,14 @@ def describe(p: dict) -> str:
     return "\n".join(lines)
 
 
+def save_config(cfg, run_dir: Path) -> None:
+    """config.json: the run's options (resume and overwrite are instructions to one command, not options
+    of the run)."""
+    from cg2a_ext.rl import run_dir as rd
+
+    rd.write_json_atomic(run_dir / rd.CONFIG, {**cfg.to_dict(), "resume": False, "overwrite": False})
+
+
 def _error(prog: str, msg: str, code: int = 2):
     print(f"{prog}: error: {msg}", file=sys.stderr, flush=True)
     return SystemExit(code)
@@ -225,8 +233,7 @@ def build_and_train(argv=None, prog: str = "train.py", command: str = "python -m
                                    "its first one); start it anew with --overwrite")
         else:
             cfg.run_dir = str(run_dir)
-            saved = type(cfg).from_dict({**cfg.to_dict(), "overwrite": False})   # an instruction, not a property
-            saved.save(run_dir / rd.CONFIG)
+            save_config(cfg, run_dir)
         try:
             return _train(cfg, run_dir, prog, command, rd, load_resumable)
         except CheckpointError as e:
@@ -291,6 +298,8 @@ def _train(cfg, run_dir: Path, prog: str, command: str, rd, load_resumable) -> P
                 raise _error(prog, f"--resume: the run's checkpoint is at step {state['step']}, past --train_steps "
                                    f"{cfg.train_steps}")
             rd.truncate_media(run_dir, int(state["step"]))
+            (run_dir / rd.FINISHED).unlink(missing_ok=True)    # here only when a finished run is extended
+            save_config(cfg, run_dir)                           # with the options changed on resume
         start = int(state["step"]) if state else 0
         logger = RunLogger(run_dir, tensorboard=cfg.tensorboard, resume_step=start if state else None)
 
