@@ -186,6 +186,17 @@ def _resume_hint(command: str, run_dir: Path) -> str:
     return f"{command} --resume --run_dir {shlex.quote(str(run_dir))}"
 
 
+def _how_to_continue(command: str, run_dir: Path) -> str:
+    from cg2a_ext.rl.checkpoint import list_checkpoints
+
+    cks = list_checkpoints(run_dir)
+    if not cks:
+        return (f"{run_dir} has no checkpoint yet; once this is fixed, start it again with:\n  "
+                f"{command} --overwrite --run_dir {shlex.quote(str(run_dir))} <the same options>")
+    return (f"{run_dir} keeps its checkpoint {cks[-1][1].name}; once this is fixed, resume with:\n  "
+            f"{_resume_hint(command, run_dir)}")
+
+
 def build_and_train(argv=None, prog: str = "train.py", command: str = "python -m cg2a_ext.rl.train_main") -> Path:
     """Parse ``argv``, check, open the run folder, train; return the run folder.
 
@@ -239,19 +250,15 @@ def build_and_train(argv=None, prog: str = "train.py", command: str = "python -m
         except CheckpointError as e:
             raise _error(prog, f"--resume: {e}") from None
         except CheckpointWriteError as e:
-            raise _error(prog, f"{e}. The previous checkpoint is kept; once this is fixed, resume with:\n  "
-                               f"{_resume_hint(command, run_dir)}", 1) from None
+            raise _error(prog, f"{e}. {_how_to_continue(command, run_dir)}", 1) from None
         except KeyboardInterrupt:
-            cks = list_checkpoints(run_dir)
-            last = f"its last checkpoint ({cks[-1][1].name})" if cks else "nothing (no checkpoint was written yet)"
-            raise _error(prog, f"interrupted without a new checkpoint; {run_dir} keeps {last}. Resume with:\n  "
-                               f"{_resume_hint(command, run_dir)}", 130) from None
+            raise _error(prog, f"interrupted without a new checkpoint. {_how_to_continue(command, run_dir)}",
+                         130) from None
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
                 where = e.filename or run_dir
                 what = "no space left on" if e.errno != errno.EROFS else "read-only file system at"
-                raise _error(prog, f"{what} {where}. The last checkpoint is kept; once this is fixed, resume "
-                                   f"with:\n  {_resume_hint(command, run_dir)}", 1) from None
+                raise _error(prog, f"{what} {where}. {_how_to_continue(command, run_dir)}", 1) from None
             raise
 
 
