@@ -48,11 +48,20 @@ def test_algorithm_end_to_end(tmp_path, algorithm):
     assert {r["mode"] for r in ev} == set(modes) and all(r["data_source"] for r in ev)
     assert list((d / "tb").glob("events.out.tfevents.*"))
     ck = sorted((d / "checkpoints").glob("step_*.pt"))
-    assert [p.name for p in ck] == ["step_000000100.pt"]
-    state = torch.load(ck[0], weights_only=True)
-    assert state["step"] == 100 and set(state["agent"]) >= {"actor", "critic", "critic_target", "log_alpha",
-                                                            "actor_optimizer", "critic_optimizer", "log_alpha_optimizer"}
+    # due at 50, taken at the next episode end (60); the last two are kept
+    assert [p.name for p in ck] == ["step_000000060.pt", "step_000000100.pt"]
+    state = torch.load(ck[-1], weights_only=True)
+    assert state["step"] == 100 and set(state["agent"]) >= {
+        "actor", "critic", "critic_target", "log_alpha", "actor_optimizer", "critic_optimizer", "log_alpha_optimizer"}
     assert (d / "checkpoints" / state["replay_file"]).is_file()
+    assert sorted(p.name for p in (d / "checkpoints").glob("replay_*.npz")) == \
+        ["replay_000000060.npz", "replay_000000100.npz"]
+    finished = json.loads((d / "finished.json").read_text())
+    assert finished["final_step"] == 100 and finished["wall_time_s"] > 0
+    assert finished["final_evaluation"] == {r["mode"]: pytest.approx(float(r["mean_return"]))
+                                            for r in ev if r["step"] == "100"}
+    plan = json.loads((d / "plan.json").read_text())
+    assert plan["algorithm"] == algorithm and plan["K"] >= 1 and plan["estimated_seconds"] > 0
     diag = d / "diagnostics.csv"
     if algorithm in ("ac", "cg2a"):
         dr = rows(diag)
@@ -72,11 +81,14 @@ def _state(d):
 
 
 def test_resume_continues_with_saved_state(tmp_path):
+    # the 40-step run finishes; resuming it with a larger --train_steps extends it, bit-identically
     common = ["--algorithm", "cg2a", "--eval_freq", "0", "--checkpoint_freq", "40", "--buffer_capacity", "100"]
     full = run(tmp_path, "full", *common, "--train_steps", "80")
     part = run(tmp_path, "part", *common, "--train_steps", "40")     # "killed" right after its step-40 checkpoint
     assert _state(part)["step"] == 40
     train_script.build_and_train(["--resume", "--run_dir", str(part), "--train_steps", "80", "--no-progress"])
+    assert json.loads((part / "config.json").read_text())["train_steps"] == 80     # the run's options as resumed
+    assert json.loads((part / "finished.json").read_text())["final_step"] == 80
     a, b = _state(full), _state(part)
     assert b["step"] == 80 and a["agent"]["num_updates"] == b["agent"]["num_updates"] == 60
     for net in ("actor", "critic", "critic_target"):
@@ -90,23 +102,34 @@ def test_resume_continues_with_saved_state(tmp_path):
         [r["episode_return"] for r in rows(part / "train.csv")]
 
 
-def test_killed_run_resumes_mid_episode_from_last_checkpoint(tmp_path, monkeypatch):
+class Killed(BaseException):
+    """A hard kill: nothing in the program handles it (unlike Ctrl-C)."""
+
+
+def kill_at_transition(monkeypatch, n, capacity):
+    """Storing transition ``n`` in the run's buffer (not the speed measurement's scratch one) raises Killed."""
     from cg2a_ext.rl.replay import FrameReplayBuffer
 
     orig_add = FrameReplayBuffer.add
 
     def add_then_die(self, *a, **k):
         orig_add(self, *a, **k)
-        if self.num_transitions == 45:
-            raise KeyboardInterrupt("killed")
+        if self.num_transitions == n and self.capacity == capacity:
+            raise Killed
 
     monkeypatch.setattr(FrameReplayBuffer, "add", add_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    return lambda: monkeypatch.setattr(FrameReplayBuffer, "add", orig_add)
+
+
+def test_killed_run_resumes_mid_episode_from_last_checkpoint(tmp_path, monkeypatch):
+    revive = kill_at_transition(monkeypatch, 45, capacity=60)
+    with pytest.raises(Killed):
         run(tmp_path, "killed", "--algorithm", "drq", "--train_steps", "60", "--eval_freq", "0",
-            "--checkpoint_freq", "30")
-    monkeypatch.setattr(FrameReplayBuffer, "add", orig_add)
+            "--checkpoint_freq", "30", "--no-checkpoint_at_episode_end")
+    revive()
     d = tmp_path / "killed"
     assert _state(d)["step"] == 30 and _state(d)["episode"] == 1          # mid-episode (20 steps per episode)
+    assert _state(d)["episode_in_progress"]
     assert [int(r["step"]) for r in rows(d / "update.csv")] == [10, 20, 30, 40]
     train_script.build_and_train(["--resume", "--run_dir", str(d), "--no-progress"])
     st = _state(d)
@@ -121,6 +144,7 @@ def test_killed_run_resumes_mid_episode_from_last_checkpoint(tmp_path, monkeypat
     (["--gamma", "0.5"], "--gamma"),
     (["--gamma", "0.3", "0.2"], "need 0 <= A <= B <= 1"),
     (["--augmentations", "conv", "bogus"], "invalid choice 'bogus'"),
+    (["--checkpoint_minutes", "-1"], "--checkpoint_minutes must be >= 0"),
 ])
 def test_bad_options_fail_at_start(tmp_path, capsys, argv, msg):
     with pytest.raises(SystemExit) as e:
@@ -141,6 +165,16 @@ def test_resume_without_checkpoint_fails_clearly(tmp_path, capsys):
     with pytest.raises(SystemExit):
         train_script.build_and_train(["--resume", "--run_dir", str(d), "--device", "cpu"])
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_auto_preset_suits_the_machine():
+    from cg2a_ext.rl.config import PRESETS, config_from_args
+    cfg = config_from_args(["--task", "finger_spin"])
+    if torch.cuda.is_available():
+        assert cfg.preset == "paper" and cfg.device == "auto"
+    else:
+        assert cfg.preset == "cpu" and cfg.device == "cpu"
+        assert cfg.image_size == PRESETS["cpu"]["image_size"] and cfg.train_steps == PRESETS["cpu"]["train_steps"]
 
 
 def test_default_command_is_paper_configuration():

@@ -28,7 +28,7 @@ PresetName = Literal["auto", "paper", "cpu"]
 # Options that may differ from the run's config when it is resumed (schedule, logging, machine).
 RESUMABLE = ("train_steps", "eval_freq", "eval_episodes", "log_freq", "checkpoint_freq", "progress", "device",
              "num_threads", "tensorboard", "save_video", "resume", "run_dir", "runs_root",
-             "keep_freed_host_memory")
+             "keep_freed_host_memory", "checkpoint_minutes", "checkpoint_at_episode_end", "overwrite")
 
 
 class ConfigError(ValueError):
@@ -74,6 +74,12 @@ class TrainConfig:
     """Log update metrics and gradient diagnostics every this many agent steps."""
     checkpoint_freq: int = 50_000
     """Write a checkpoint every this many agent steps (and at the end); 0 = only at the end."""
+    checkpoint_minutes: float = 10.0
+    """Also write a checkpoint when this many minutes have passed since the last one (so a run stopped
+    early can resume); 0 disables the wall-clock interval."""
+    checkpoint_at_episode_end: bool = True
+    """Take periodic checkpoints at the first episode end after they fall due, so that a resumed run is
+    bit-identical to an uninterrupted one; off: at once (a resumed run then restarts that episode)."""
     save_buffer: bool = True
     """Include the replay buffer in checkpoints (needed for an exact --resume)."""
     save_video: bool = False
@@ -162,6 +168,8 @@ class TrainConfig:
     """Run folder; "" = <runs_root>/<task>/<algorithm>/seed<seed>-<timestamp>."""
     runs_root: str = "runs"
     """Parent folder of automatically named run folders."""
+    overwrite: bool = False
+    """Start a new run in a run_dir that holds an earlier run, deleting that run's files (without it, refused)."""
     resume: bool = False
     """Continue the run in run_dir from its last checkpoint; options that conflict with its config.json are
     refused, except the schedule, logging and machine options (RESUMABLE)."""

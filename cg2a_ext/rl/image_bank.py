@@ -141,13 +141,17 @@ class FolderImageBank(ImageBank):
 
         out = torch.empty(len(self.files), 3, height, width, dtype=torch.uint8)
         for i, path in enumerate(self.files):
-            with Image.open(path) as im:
-                im = im.convert("RGB")
-                w, h = im.size
-                side = min(w, h)
-                left, top = (w - side) // 2, (h - side) // 2
-                im = im.crop((left, top, left + side, top + side))
-                x = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)[None].float()
+            try:
+                with Image.open(path) as im:
+                    im = im.convert("RGB")
+                    w, h = im.size
+                    side = min(w, h)
+                    left, top = (w - side) // 2, (h - side) // 2
+                    im = im.crop((left, top, left + side, top + side))
+                    x = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)[None].float()
+            except (OSError, ValueError, SyntaxError) as exc:   # PIL's errors for unreadable or truncated files
+                raise ValueError(f"overlay image {str(path)!r} cannot be decoded ({exc}); remove it from "
+                                 f"{str(self.root)!r} or name another image folder") from None
             x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
             out[i] = x[0].round_().clamp_(0, 255).to(torch.uint8)
         return out

@@ -22,6 +22,8 @@ __all__ = [
     "resolve_data_dir",
     "load_color_entries",
     "find_clips",
+    "check_clip",
+    "check_data_dir",
 ]
 
 DATA_ENV_VAR = "CG2A_DMCGB_DATA"
@@ -118,3 +120,34 @@ def find_clips(data_dir: Path, mode: str) -> list[Path]:
             "data_dir to use the procedural clips"
         )
     return [p for _, p in sorted(clips)]
+
+
+def check_clip(path: Path) -> None:
+    """Raise ValueError naming ``path`` if it does not open as a video with a decodable first frame."""
+    import av  # PyAV; imported here so that the module loads without it
+
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError("no video stream")
+            next(container.decode(container.streams.video[0]))
+    except (av.FFmpegError, StopIteration, ValueError, OSError) as exc:
+        raise ValueError(f"video clip {str(path)!r} cannot be decoded ({exc or 'no frame'})") from None
+
+
+def check_data_dir(data_dir: str | os.PathLike | None, modes) -> Path | None:
+    """Check the DMC-GB data of ``modes`` before a run starts: the folder (``data_dir`` or
+    ``CG2A_DMCGB_DATA``), each colour mode's JSON and each video mode's clips (their first frame).
+
+    Returns the folder (None: the procedural sets). Raises FileNotFoundError / ValueError naming the
+    missing or damaged file."""
+    path = resolve_data_dir(data_dir)
+    if path is None:
+        return None
+    for mode in modes:
+        if mode.startswith("color"):
+            load_color_entries(path, mode)
+        elif mode.startswith("video"):
+            for clip in find_clips(path, mode):
+                check_clip(clip)
+    return path
