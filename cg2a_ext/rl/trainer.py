@@ -177,11 +177,14 @@ class Trainer:
                 "config": self.cfg.to_dict(), "last_return": self.last_return,
                 "log_accumulator": {k: [float(v) for v in vs] for k, vs in self._log_acc.items()},
                 "elapsed_s": self.elapsed(), "episode_in_progress": self._in_episode,
-                "evaluate_first": self._evaluate_first, "final_evaluation": self.final_evaluation}
+                "evaluate_first": self._evaluate_first, "final_evaluation": self.final_evaluation,
+                "env": self.env.rng_state()}
 
     def _load_state(self, state: dict) -> None:
         self.agent.load_state_dict(state["agent"])
         self.set_rng_state(state["rng"])
+        if "env" in state:
+            self.env.set_rng_state(state["env"])
         self.step = int(state["step"])
         self.episode = int(state["episode"])
         self.last_return = float(state.get("last_return", float("nan")))

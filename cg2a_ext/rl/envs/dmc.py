@@ -199,8 +199,11 @@ class DMCEnv(gym.Env):
         """What decides the next unseeded episodes: the task's and the mode's RNGs and the video clip.
 
         Mid-episode physics is not included: a checkpoint taken between episodes restores exactly."""
+        task_random = self._env.task._random.get_state(legacy=False)
+        # plain Python values only, so checkpoints load with torch.load(weights_only=True)
+        task_random["state"] = {"key": task_random["state"]["key"].tolist(), "pos": int(task_random["state"]["pos"])}
         state: dict[str, Any] = {
-            "task_random": self._env.task._random.get_state(legacy=False),
+            "task_random": task_random,
             "mode_rng": self._mode_rng.bit_generator.state,
             "first_episode": self._first_episode,
         }
@@ -209,7 +212,10 @@ class DMCEnv(gym.Env):
         return state
 
     def set_rng_state(self, state: dict[str, Any]) -> None:
-        self._env.task._random.set_state(state["task_random"])
+        task_random = dict(state["task_random"])
+        task_random["state"] = {"key": np.asarray(task_random["state"]["key"], dtype=np.uint32),
+                                "pos": int(task_random["state"]["pos"])}
+        self._env.task._random.set_state(task_random)
         self._mode_rng.bit_generator.state = state["mode_rng"]
         self._first_episode = bool(state["first_episode"])
         if self._video is not None and state.get("video_clip", -1) >= 0:
