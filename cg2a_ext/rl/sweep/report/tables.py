@@ -37,17 +37,15 @@ def _paper(table: str, mode: str, task: str, method: str) -> str:
 def mode_table(summary: Summary, mode: str) -> str:
     table = MODE_TABLE.get(mode)
     headers, columns = ["task"], []
-    algorithms_seen = []
-    for method in summary.methods:
+    for i, method in enumerate(summary.methods):
         algorithm = summary.algorithm_of[method]
         columns.append(("ours", method))
         headers.append(method)
-        last_of_algorithm = all(summary.algorithm_of[m] != algorithm for m in summary.methods[summary.methods.index(method) + 1:])
-        if table and last_of_algorithm and algorithm not in algorithms_seen and any(
-                paper_numbers.lookup(table, mode, t, algorithm) for t in summary.tasks):
+        # the paper's column after the last of this algorithm's methods
+        last_of_algorithm = all(summary.algorithm_of[m] != algorithm for m in summary.methods[i + 1:])
+        if table and last_of_algorithm and any(paper_numbers.lookup(table, mode, t, algorithm) for t in summary.tasks):
             columns.append(("paper", algorithm))
             headers.append(f"{algorithm} (paper, Table {table})")
-        algorithms_seen.append(algorithm)
     rows = []
     for task in summary.tasks:
         row = [task]
