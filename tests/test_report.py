@@ -13,7 +13,7 @@ from cg2a_ext.rl.sweep.grid import build_spec
 from cg2a_ext.rl.sweep.report import stats, tables
 from cg2a_ext.rl.sweep.report.collect import RunInfo
 from cg2a_ext.rl.sweep.report.main import main as report_main
-from cg2a_ext.rl.sweep.report.summary import add_statistics, build_cells
+from cg2a_ext.rl.sweep.report.summary import build_cells
 from cg2a_ext.rl.sweep.report.zero_shot import CACHE_FILE
 
 TINY = ["preset=cpu", "image_size=32", "episode_length=80", "num_conv_layers=2", "num_filters=8",

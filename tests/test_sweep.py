@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cg2a_ext.rl.sweep import grid, manifest
+from cg2a_ext.rl.sweep import manifest
 from cg2a_ext.rl.sweep.grid import GridError, RunSpec, build_spec
 from cg2a_ext.rl.sweep.progress import RUNNING, Row, render, sweep_eta
 from cg2a_ext.rl.sweep.run_state import FINISHED, PARTIAL, checkpoint_steps, run_status, snapshot

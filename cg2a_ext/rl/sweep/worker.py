@@ -21,7 +21,6 @@ import contextlib
 import importlib.util
 import io
 import shutil
-import sys
 import traceback
 from pathlib import Path
 
