@@ -1,0 +1,123 @@
+"""The live table of a sweep: one row per run (state, step, steps/s, latest evaluation, ETA).
+
+Numbers come from the run folders (``run_state.snapshot``), states from the driver. On a terminal
+the table is redrawn in place; otherwise (a log file, CI) it is printed as plain text with a time
+stamp each time. The sweep's ETA assumes the runs still to do go at the speed of the runs going
+now (the sum of their steps/s), which holds while the sweep keeps as many runs going as now.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from .run_state import Snapshot, snapshot
+
+# Driver-side states of a run.
+QUEUED, RUNNING, RETRYING, FINISHED, SKIPPED, FAILED, STOPPED = (
+    "queued", "running", "retrying", "finished", "skipped", "failed", "stopped")
+DONE = (FINISHED, SKIPPED)
+_MODE_SHORT = {"train": "train", "color_easy": "c_easy", "color_hard": "c_hard", "video_easy": "v_easy",
+               "video_hard": "v_hard"}
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds == float("inf"):
+        return "?"
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+@dataclass
+class Row:
+    name: str
+    state: str
+    attempt: int
+    snap: Snapshot
+    total: int | None
+
+
+def sweep_eta(rows: list[Row]) -> float | None:
+    """Seconds until every unfinished run is done at the current total speed; None if unknown."""
+    remaining = sum(max(0, (r.total or 0) - r.snap.step) for r in rows if r.state not in DONE + (FAILED,))
+    if remaining == 0:
+        return 0.0
+    rate = sum(r.snap.steps_per_s or 0.0 for r in rows if r.state == RUNNING)
+    return remaining / rate if rate > 0 else None
+
+
+def render(rows: list[Row], now: float | None = None) -> str:
+    headers = ["run", "state", "step", "steps/s", "latest evaluation", "run ETA"]
+    body = []
+    for r in rows:
+        total = r.total or r.snap.train_steps
+        step = f"{r.snap.step}/{total}" if total else str(r.snap.step)
+        speed = f"{r.snap.steps_per_s:.1f}" if r.snap.steps_per_s is not None and r.state == RUNNING else ""
+        evaluation = " ".join(f"{_MODE_SHORT.get(m, m)}={v:.0f}" for m, v in r.snap.evaluation.items())
+        if evaluation:
+            evaluation += f" @{r.snap.eval_step}"
+        eta = ""
+        if r.state == RUNNING and r.snap.steps_per_s and total:
+            eta = format_duration(max(0, total - r.snap.step) / r.snap.steps_per_s)
+        state = r.state + (f" #{r.attempt}" if r.attempt > 1 and r.state in (RUNNING, RETRYING, QUEUED) else "")
+        body.append([r.name, state, step, speed, evaluation, eta])
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+    out = [line(headers), line(["-" * w for w in widths])] + [line(b) for b in body]
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.state] = counts.get(r.state, 0) + 1
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items())
+    out.append(f"{len(rows)} runs: {summary}; sweep ETA {format_duration(sweep_eta(rows))}")
+    return "\n".join(out)
+
+
+class ProgressTable:
+    """Redraws the table (terminal) or prints it (plain text) at most every ``interval`` seconds."""
+
+    def __init__(self, root, stream: TextIO | None = None, interval: float | None = None,
+                 tty: bool | None = None) -> None:
+        self.root = Path(root)
+        self.stream = stream or sys.stdout
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.interval = interval if interval is not None else (5.0 if self.tty else 30.0)
+        self._drawn_lines = 0
+        self._last = 0.0
+        self._cache: dict[str, tuple[str, Snapshot]] = {}
+
+    def rows(self, states: dict[str, tuple[str, int, int | None]]) -> list[Row]:
+        """``states``: run name -> (state, attempt, train_steps)."""
+        out = []
+        for name, (state, attempt, total) in states.items():
+            # a run that is done does not change: read it once in that state
+            cached = self._cache.get(name)
+            if state not in (FINISHED, SKIPPED, FAILED) or cached is None or cached[0] != state:
+                cached = self._cache[name] = (state, snapshot(self.root / name))
+            out.append(Row(name, state, attempt, cached[1], total))
+        return out
+
+    def message(self, text: str) -> None:
+        """A line above the table (run finished, retried, failed...)."""
+        self._clear()
+        print(f"[{time.strftime('%H:%M:%S')}] {text}", file=self.stream, flush=True)
+
+    def show(self, states, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self.interval:
+            return
+        self._last = now
+        text = render(self.rows(states))
+        self._clear()
+        if not self.tty:
+            text = f"--- sweep progress {time.strftime('%Y-%m-%d %H:%M:%S')}\n{text}"
+        print(text, file=self.stream, flush=True)
+        self._drawn_lines = text.count("\n") + 1 if self.tty else 0
+
+    def _clear(self) -> None:
+        if self.tty and self._drawn_lines:
+            self.stream.write(f"\x1b[{self._drawn_lines}F\x1b[J")   # cursor up N lines, clear below
+            self._drawn_lines = 0

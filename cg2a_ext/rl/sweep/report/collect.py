@@ -1,0 +1,91 @@
+"""The runs of a sweep root, as the report sees them: identity, method, status, steps, evaluations.
+
+Runs come from ``sweep.json`` (a run that never got a folder is listed as new); without it, every
+folder under the root that holds a ``config.json``. A run's *method* is its algorithm plus the
+sweep's named options (``cg2a augmentations=overlay,overlay_s``); without a manifest, plotting's
+label (the algorithm's method options that differ from their defaults). Runs of one task and
+method differ only by seed, and are the samples of one table cell.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import manifest
+from ..run_state import FINISHED, NEW, checkpoint_steps, read_rows, run_status
+
+
+@dataclass
+class RunInfo:
+    name: str
+    dir: Path
+    task: str
+    algorithm: str
+    seed: int
+    method: str
+    status: str
+    config: dict = field(default_factory=dict)
+    step: int = 0                                             # newest checkpoint
+    zero_shot: dict = field(default_factory=dict)             # mode -> result (report.zero_shot)
+    zero_shot_error: str | None = None
+    eval_sources: dict = field(default_factory=dict)          # mode -> data sources seen in eval.csv
+
+    @property
+    def train_steps(self) -> int | None:
+        return self.config.get("train_steps")
+
+    @property
+    def finished(self) -> bool:
+        return self.status == FINISHED
+
+    @property
+    def ablation(self) -> str | None:
+        """The row of the CG2A paper's Table 4 this run's configuration is (None if none)."""
+        if self.algorithm in ("sac", "ac"):
+            return self.algorithm
+        if self.algorithm == "cg2a":
+            gas, sgs = bool(self.config.get("gas", True)), bool(self.config.get("sgs", True))
+            return {(True, True): "cg2a", (True, False): "ac+gas", (False, True): "ac+sgs", (False, False): "ac"}[gas, sgs]
+        return None
+
+
+def _method_without_manifest(run_dir: Path, task: str) -> str:
+    from cg2a_ext.rl.plotting import run_label
+
+    label = run_label(run_dir)
+    return label[len(task) + 1:] if label.startswith(task + " ") else label
+
+
+def _eval_sources(run_dir: Path) -> dict:
+    out: dict[str, set] = {}
+    for row in read_rows(run_dir / "eval.csv"):
+        if row.get("mode") and row.get("data_source"):
+            out.setdefault(row["mode"], set()).add(row["data_source"])
+    return {m: sorted(s) for m, s in out.items()}
+
+
+def collect(root) -> list[RunInfo]:
+    root = Path(root)
+    specs = manifest.manifest_runs(root)
+    if specs:
+        entries = [(s.name, s.task, s.algorithm, s.seed, s.method) for s in specs]
+    else:
+        entries = []
+        for cfg_path in sorted(root.glob("*/config.json")) + sorted(root.glob("*/*/*/config.json")):
+            d = cfg_path.parent
+            cfg = json.loads(cfg_path.read_text())
+            name = str(d.relative_to(root))
+            entries.append((name, cfg["task"], cfg["algorithm"], int(cfg["seed"]),
+                            _method_without_manifest(d, cfg["task"])))
+    runs = []
+    for name, task, algorithm, seed, method in entries:
+        d = root / name
+        cfg = {}
+        if (d / "config.json").is_file():
+            cfg = json.loads((d / "config.json").read_text())
+        status = run_status(d) if d.is_dir() else NEW
+        steps = checkpoint_steps(d)
+        runs.append(RunInfo(name, d, task, algorithm, seed, method, status, cfg, steps[-1] if steps else 0,
+                             eval_sources=_eval_sources(d)))
+    return runs

@@ -1,0 +1,133 @@
+"""The numbers of the report, from the runs' zero-shot evaluations: cells, aggregates, comparisons.
+
+A *cell* is one task, method and mode: the mean over its runs (seeds) of each run's mean episode
+return, and the standard deviation over runs (population, as the paper's "mean +- std over seeds").
+Only finished runs with a zero-shot result enter a cell.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import stats
+from .collect import RunInfo
+
+TEST_MODES = ("color_easy", "color_hard", "video_easy", "video_hard")
+
+
+@dataclass
+class Cell:
+    task: str
+    method: str
+    algorithm: str
+    mode: str
+    runs: list[str]
+    seeds: list[int]
+    steps: list[int]
+    episodes: list[int]
+    run_means: list[float]
+    data_sources: list[str]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.run_means))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.run_means))
+
+    def to_dict(self) -> dict:
+        return {"task": self.task, "method": self.method, "algorithm": self.algorithm, "mode": self.mode,
+                "runs": self.runs, "seeds": self.seeds, "steps": self.steps, "episodes": self.episodes,
+                "run_means": self.run_means, "mean": self.mean, "std": self.std, "data_sources": self.data_sources}
+
+
+@dataclass
+class Summary:
+    modes: list[str]
+    tasks: list[str]
+    methods: list[str]                                   # in first-seen order
+    algorithm_of: dict[str, str]
+    cells: dict[tuple[str, str, str], Cell]              # (task, method, mode)
+    aggregates: dict = field(default_factory=dict)       # mode -> method -> {"iqm": Estimate, "mean": Estimate, "tasks"}
+    improvement: dict = field(default_factory=dict)      # mode -> (x, y) -> Estimate
+    retention: dict = field(default_factory=dict)        # (task, method, mode) -> list of per-run ratios
+
+    def to_dict(self) -> dict:
+        return {
+            "modes": self.modes, "tasks": self.tasks, "methods": self.methods,
+            "cells": [c.to_dict() for c in self.cells.values()],
+            "aggregates": {m: {meth: {k: (v.to_dict() if isinstance(v, stats.Estimate) else v) for k, v in d.items()}
+                               for meth, d in per.items()} for m, per in self.aggregates.items()},
+            "probability_of_improvement": {m: [{"x": x, "y": y, **e.to_dict()} for (x, y), e in per.items()]
+                                           for m, per in self.improvement.items()},
+            "retention": [{"task": t, "method": meth, "mode": m, "ratios": r} for (t, meth, m), r in self.retention.items()],
+        }
+
+
+def build_cells(runs: list[RunInfo], modes) -> Summary:
+    methods: list[str] = []
+    tasks: list[str] = []
+    algorithm_of: dict[str, str] = {}
+    for r in runs:
+        if r.method not in methods:
+            methods.append(r.method)
+            algorithm_of[r.method] = r.algorithm
+        if r.task not in tasks:
+            tasks.append(r.task)
+    cells: dict = {}
+    for r in sorted((r for r in runs if r.finished and r.zero_shot), key=lambda r: r.seed):
+        for mode in modes:
+            z = r.zero_shot.get(mode)
+            if not z:
+                continue
+            cell = cells.setdefault((r.task, r.method, mode), Cell(r.task, r.method, r.algorithm, mode,
+                                                                   [], [], [], [], [], []))
+            cell.runs.append(r.name)
+            cell.seeds.append(r.seed)
+            cell.steps.append(int(z.get("checkpoint_step", r.step)))
+            cell.episodes.append(int(z["episodes"]))
+            cell.run_means.append(float(z["mean"]))
+            if z.get("data_source") and z["data_source"] not in cell.data_sources:
+                cell.data_sources.append(z["data_source"])
+    return Summary(list(modes), tasks, methods, algorithm_of, cells)
+
+
+def add_statistics(summary: Summary, runs: list[RunInfo], reps: int = 2000, seed: int = 0) -> Summary:
+    """Aggregates per mode and method, probability of improvement of each cg2a method over each
+    method of another algorithm, and each run's return under a test mode relative to its train mode."""
+    for mode in summary.modes:
+        per_method = {}
+        for method in summary.methods:
+            per_task = {t: summary.cells[(t, method, mode)].run_means for t in summary.tasks
+                        if (t, method, mode) in summary.cells}
+            if not per_task:
+                continue
+            matrix, tasks = stats.score_matrix(per_task)
+            per_method[method] = {"iqm": stats.aggregate(matrix, "iqm", reps, seed),
+                                  "mean": stats.aggregate(matrix, "mean", reps, seed), "tasks": tasks}
+        summary.aggregates[mode] = per_method
+        pairs = {}
+        for x in summary.methods:
+            if summary.algorithm_of[x] != "cg2a":
+                continue
+            for y in summary.methods:
+                if summary.algorithm_of[y] == "cg2a":
+                    continue
+                common = [t for t in summary.tasks if (t, x, mode) in summary.cells and (t, y, mode) in summary.cells]
+                if not common:
+                    continue
+                mx, _ = stats.score_matrix({t: summary.cells[(t, x, mode)].run_means for t in common})
+                my, _ = stats.score_matrix({t: summary.cells[(t, y, mode)].run_means for t in common})
+                pairs[(x, y)] = stats.probability_of_improvement(mx, my, reps, seed)
+        summary.improvement[mode] = pairs
+    for r in runs:
+        train = r.zero_shot.get("train") if r.finished else None
+        if not train or not train["mean"]:
+            continue
+        for mode in summary.modes:
+            z = r.zero_shot.get(mode)
+            if mode != "train" and z:
+                summary.retention.setdefault((r.task, r.method, mode), []).append(z["mean"] / train["mean"])
+    return summary

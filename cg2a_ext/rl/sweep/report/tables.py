@@ -1,0 +1,152 @@
+"""Markdown tables of the report, in the CG2A paper's layouts.
+
+- Table 1 (``color_hard``, the paper's "Random Colors") and Table 2 (``video_easy``, ``video_hard``):
+  one row per task, one column per method, "mean +- std (n)" over seeds; after an algorithm's own
+  columns, the paper's number for it where the paper has that task and mode, labelled as the paper's.
+- The same layout for the modes the paper does not report (train, color_easy).
+- Table 4 (ablations on ``video_hard``): one row per ablation the sweep holds (sac, ac, cg2a without
+  GAS or SGS, cg2a), tasks as columns, the paper's figure beside ours.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import paper_numbers
+from .collect import RunInfo
+from .summary import Summary
+
+MODE_TABLE = {"color_hard": "1", "video_easy": "2", "video_hard": "2"}
+ABLATION_ORDER = ("sac", "ac", "ac+gas", "ac+sgs", "cg2a")
+
+
+def _md(headers: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "| " + " | ".join("---" for _ in headers) + " |"]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def _pm(mean: float, std: float | None) -> str:
+    return f"{mean:.0f} ± {std:.0f}" if std is not None else f"{mean:.0f}"
+
+
+def _paper(table: str, mode: str, task: str, method: str) -> str:
+    found = paper_numbers.lookup(table, mode, task, method)
+    return _pm(found[0].mean, found[0].std) if found else ""
+
+
+def mode_table(summary: Summary, mode: str) -> str:
+    table = MODE_TABLE.get(mode)
+    headers, columns = ["task"], []
+    for i, method in enumerate(summary.methods):
+        algorithm = summary.algorithm_of[method]
+        columns.append(("ours", method))
+        headers.append(method)
+        # the paper's column after the last of this algorithm's methods
+        last_of_algorithm = all(summary.algorithm_of[m] != algorithm for m in summary.methods[i + 1:])
+        if table and last_of_algorithm and any(paper_numbers.lookup(table, mode, t, algorithm) for t in summary.tasks):
+            columns.append(("paper", algorithm))
+            headers.append(f"{algorithm} (paper, Table {table})")
+    rows = []
+    for task in summary.tasks:
+        row = [task]
+        for kind, key in columns:
+            if kind == "paper":
+                row.append(_paper(table, mode, task, key))
+                continue
+            cell = summary.cells.get((task, key, mode))
+            row.append(f"{_pm(cell.mean, cell.std)} (n={len(cell.run_means)})" if cell else "")
+        rows.append(row)
+    return _md(headers, rows)
+
+
+def ablation_table(summary: Summary, runs: list[RunInfo], mode: str = "video_hard") -> str | None:
+    """Table 4 layout, or None when the sweep holds fewer than two ablation rows."""
+    ablation_of = {}
+    for r in runs:
+        if r.ablation is not None and r.finished:
+            ablation_of.setdefault(r.method, r.ablation)
+    if len(set(ablation_of.values())) < 2:
+        return None
+    methods = sorted(ablation_of, key=lambda m: (ABLATION_ORDER.index(ablation_of[m]), m))
+    headers = ["method", "paper's row"]
+    for task in summary.tasks:
+        headers += [task, f"{task} (paper, Table 4)"]
+    rows = []
+    for method in methods:
+        row = [method, ablation_of[method]]
+        for task in summary.tasks:
+            cell = summary.cells.get((task, method, mode))
+            row.append(f"{_pm(cell.mean, cell.std)} (n={len(cell.run_means)})" if cell else "")
+            row.append(_paper("4", mode, task, ablation_of[method]))
+        rows.append(row)
+    return _md(headers, rows)
+
+
+def runs_table(runs: list[RunInfo], modes) -> str:
+    rows = []
+    for r in runs:
+        steps = f"{r.step}/{r.train_steps}" if r.train_steps else str(r.step)
+        zs = ", ".join(f"{m} {r.zero_shot[m]['mean']:.0f} ({r.zero_shot[m]['episodes']} ep)"
+                       for m in modes if r.zero_shot.get(m)) or (r.zero_shot_error or "")
+        rows.append([r.name, r.task, r.method, str(r.seed), r.status, steps, zs])
+    return _md(["run", "task", "method", "seed", "status", "steps", "zero-shot return (episodes)"], rows)
+
+
+def basis_table(summary: Summary) -> str:
+    """How many runs, seeds, steps and episodes each (task, method) rests on."""
+    rows = []
+    for task in summary.tasks:
+        for method in summary.methods:
+            cells = [summary.cells[(task, method, m)] for m in summary.modes if (task, method, m) in summary.cells]
+            if not cells:
+                continue
+            c = max(cells, key=lambda c: len(c.runs))
+            steps = sorted(set(c.steps))
+            eps = sorted({e for c_ in cells for e in c_.episodes})
+            rows.append([task, method, str(len(c.runs)), " ".join(map(str, c.seeds)),
+                         str(steps[0]) if len(steps) == 1 else f"{steps[0]}-{steps[-1]}",
+                         ", ".join(map(str, eps)), ", ".join(c_.mode for c_ in cells)])
+    return _md(["task", "method", "runs", "seeds", "agent steps", "episodes per run and mode", "modes"], rows)
+
+
+def aggregate_table(summary: Summary) -> str:
+    rows = []
+    for mode, per in summary.aggregates.items():
+        for method, d in per.items():
+            rows.append([mode, method, str(len(d["tasks"])), str(d["iqm"].runs_per_task), d["iqm"].text(),
+                         d["mean"].text()])
+    return _md(["mode", "method", "tasks", "runs per task", "IQM [95% CI]", "mean [95% CI]"], rows)
+
+
+def improvement_table(summary: Summary) -> str:
+    rows = [[mode, x, y, str(e.tasks), str(e.runs_per_task), e.text(2)]
+            for mode, per in summary.improvement.items() for (x, y), e in per.items()]
+    return _md(["mode", "X", "Y", "tasks", "runs per task", "P(X > Y) [95% CI]"], rows)
+
+
+def retention_table(summary: Summary) -> str:
+    test_modes = [m for m in summary.modes if m != "train"]
+    rows = []
+    for task in summary.tasks:
+        for method in summary.methods:
+            train = summary.cells.get((task, method, "train"))
+            if train is None:
+                continue
+            row = [task, method, _pm(train.mean, train.std)]
+            for m in test_modes:
+                r = summary.retention.get((task, method, m))
+                row.append(f"{np.mean(r):.2f} ± {np.std(r):.2f}" if r else "")
+            rows.append(row)
+    return _md(["task", "method", "train return"] + [f"{m} / train" for m in test_modes], rows)
+
+
+def data_sources(summary: Summary, runs: list[RunInfo]) -> str:
+    lines = []
+    for mode in summary.modes:
+        zs = sorted({s for c in summary.cells.values() if c.mode == mode for s in c.data_sources})
+        tr = sorted({s for r in runs for s in r.eval_sources.get(mode, [])})
+        text = f"- `{mode}`: zero-shot: {'; '.join(zs) or 'not evaluated'}"
+        if tr:
+            text += f"; evaluations during training: {'; '.join(tr)}"
+        lines.append(text)
+    return "\n".join(lines) + "\n"

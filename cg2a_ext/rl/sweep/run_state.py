@@ -1,0 +1,123 @@
+"""What a run folder holds: its status (new / partial / finished) and its latest numbers.
+
+``run_status`` is ``cg2a_ext.rl.run_dir.run_status`` where that module exists; until then the same
+rule is applied here: finished <=> ``finished.json`` exists; partial <=> a ``checkpoints/step_*.pt``
+exists; otherwise new. A run made by a trainer that does not write ``finished.json`` yet counts as
+finished when its newest checkpoint is at its ``train_steps`` (the trainer writes that one last).
+
+``snapshot`` reads the latest step, speed and evaluation from the run's CSV logs (update.csv:
+step, steps_per_s; eval.csv: step, mode, mean_return). The logs may be half-written while the run
+is going: unreadable rows are skipped.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+NEW, PARTIAL, FINISHED = "new", "partial", "finished"
+FINISHED_FILE = "finished.json"
+_STEP_PT = re.compile(r"^step_(\d+)\.pt$")
+
+
+def checkpoint_steps(run_dir) -> list[int]:
+    d = Path(run_dir) / "checkpoints"
+    if not d.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in d.iterdir() if (m := _STEP_PT.match(p.name)))
+
+
+def _train_steps(run_dir) -> int | None:
+    try:
+        return int(json.loads((Path(run_dir) / "config.json").read_text())["train_steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _local_run_status(run_dir) -> str:
+    run_dir = Path(run_dir)
+    if (run_dir / FINISHED_FILE).is_file():
+        return FINISHED
+    steps = checkpoint_steps(run_dir)
+    if not steps:
+        return NEW
+    total = _train_steps(run_dir)
+    return FINISHED if total is not None and steps[-1] >= total else PARTIAL
+
+
+def run_status(run_dir) -> str:
+    """``"new"``, ``"partial"`` or ``"finished"``."""
+    try:
+        from cg2a_ext.rl.run_dir import run_status as owner
+    except ImportError:
+        return _local_run_status(run_dir)
+    return owner(run_dir)
+
+
+def mark_finished(run_dir, step: int) -> None:
+    """Write finished.json for a run whose trainer does not write it (yet); never overwrites."""
+    path = Path(run_dir) / FINISHED_FILE
+    if not path.exists():
+        tmp = path.with_name(f".{FINISHED_FILE}.tmp")
+        tmp.write_text(json.dumps({"step": int(step), "written_by": "cg2a_ext.rl.sweep"}))
+        tmp.replace(path)
+
+
+def read_rows(path) -> list[dict]:
+    path = Path(path)
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except (OSError, csv.Error):
+        return []
+
+
+def _int(v) -> int | None:
+    try:
+        return int(float(v))
+    except (TypeError, ValueError):
+        return None
+
+
+def _float(v) -> float | None:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass
+class Snapshot:
+    """The latest numbers of one run, from its logs."""
+
+    status: str = NEW
+    step: int = 0
+    train_steps: int | None = None
+    steps_per_s: float | None = None
+    eval_step: int | None = None
+    evaluation: dict[str, float] = field(default_factory=dict)   # mode -> mean return at eval_step
+
+
+def snapshot(run_dir) -> Snapshot:
+    run_dir = Path(run_dir)
+    snap = Snapshot(status=run_status(run_dir), train_steps=_train_steps(run_dir))
+    for row in reversed(read_rows(run_dir / "update.csv")):
+        step, speed = _int(row.get("step")), _float(row.get("steps_per_s"))
+        if step is not None and speed is not None:
+            snap.step, snap.steps_per_s = step, speed
+            break
+    ckpt = checkpoint_steps(run_dir)
+    if ckpt:
+        snap.step = max(snap.step, ckpt[-1])
+    evals = [(s, row) for row in read_rows(run_dir / "eval.csv") if (s := _int(row.get("step"))) is not None]
+    if evals:
+        last = max(s for s, _ in evals)
+        snap.eval_step = last
+        snap.evaluation = {row["mode"]: v for s, row in evals
+                           if s == last and row.get("mode") and (v := _float(row.get("mean_return"))) is not None}
+        snap.step = max(snap.step, last)
+    if snap.status == FINISHED and snap.train_steps:
+        snap.step = max(snap.step, snap.train_steps)
+    return snap

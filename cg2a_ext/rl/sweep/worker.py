@@ -1,0 +1,135 @@
+"""One run of a sweep, executed inside a Ray worker (or any process): start it, resume it or skip it.
+
+``execute_run`` looks at the run folder first, so a retried or relaunched run continues where it
+stopped: finished -> nothing to do; partial (a checkpoint exists) -> ``--resume --run_dir``;
+new -> a fresh start (leftovers of an attempt that died before its first checkpoint are removed:
+there is nothing in them to resume, and the CSV logs would otherwise get that attempt's rows twice).
+
+Errors come back as a result, sorted by whether retrying can help:
+
+- permanent (``"failed"``): the configuration is refused (ConfigError, ``SystemExit`` with a non-zero
+  code, as train.py exits 2 on a bad option), a file is missing (FileNotFoundError: DMC-GB data, a
+  checkpoint), or the code cannot be imported. The same attempt would fail again.
+- transient (``"error"``): any other exception; the driver retries it while it has retries left.
+
+A worker that dies (killed, out of memory, node lost) returns nothing; the driver sees Ray's error
+and retries. KeyboardInterrupt (``ray.cancel`` on Ctrl-C) is let through.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import shutil
+import traceback
+from pathlib import Path
+
+from cg2a_ext.rl.config import ConfigError
+
+from . import manifest
+from .grid import RunSpec
+from .run_state import FINISHED, FINISHED_FILE, PARTIAL, _local_run_status, checkpoint_steps, mark_finished, run_status
+
+PERMANENT_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, ImportError)
+
+
+def load_build_and_train():
+    """``build_and_train(argv) -> run_dir`` from ``cg2a_ext.rl.train_main``, or from python/train.py
+    while that module does not exist yet."""
+    try:
+        from cg2a_ext.rl.train_main import build_and_train
+        return build_and_train
+    except ModuleNotFoundError as e:
+        if e.name != "cg2a_ext.rl.train_main":
+            raise
+    # Transitional: the training entry still lives in the repository's python/train.py.
+    path = Path(__file__).resolve().parents[3] / "python" / "train.py"
+    spec = importlib.util.spec_from_file_location("cg2a_train_script", path)
+    if spec is None or not path.is_file():
+        raise ImportError(f"no cg2a_ext.rl.train_main and no {path}: cannot start a training run")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build_and_train
+
+
+class _Tee(io.TextIOBase):
+    """Write to a log file and keep the last characters for the error report."""
+
+    def __init__(self, file, keep: int = 4000) -> None:
+        self.file = file
+        self.keep = keep
+        self.tail = ""
+
+    def write(self, s: str) -> int:
+        self.file.write(s)
+        self.file.flush()
+        self.tail = (self.tail + s)[-self.keep:]
+        return len(s)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def _last_lines(text: str, n: int = 6) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return "\n".join(lines[-n:])
+
+
+def run_argv(run: RunSpec, run_dir: Path, resume: bool, threads: int) -> list[str]:
+    argv = run.argv()
+    options = {**run.fixed, **run.named}
+    if "progress" not in options:
+        argv.append("--no-progress")         # the sweep shows its own table; tqdm bars would fill the log
+    if "num_threads" not in options and threads > 0:
+        argv += ["--num_threads", str(threads)]
+    return argv + (["--resume"] if resume else []) + ["--run_dir", str(run_dir)]
+
+
+def execute_run(root: str, run: dict, attempt: int, threads: int = 1, launch: str = "") -> dict:
+    """Run (or resume, or skip) one run of the sweep in this process; see the module docstring."""
+    spec = RunSpec.from_dict(run)
+    root_path = Path(root)
+    run_dir = root_path / spec.name
+    status = run_status(run_dir)
+    if status == FINISHED:
+        return {"status": "finished", "action": "skipped", "step": (checkpoint_steps(run_dir) or [0])[-1]}
+    resume = status == PARTIAL
+    resumed_from = checkpoint_steps(run_dir)[-1] if resume else None
+    if not resume and run_dir.exists():
+        shutil.rmtree(run_dir)
+    action = "resumed" if resume else "started"
+    manifest.write_worker_record(root_path, spec.name, attempt, action, launch)
+    if threads > 0:
+        import torch
+        torch.set_num_threads(threads)
+    log = manifest.log_path(root_path, spec.name)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    argv = run_argv(spec, run_dir, resume, threads)
+    result = {"action": action, "resumed_from": resumed_from}
+    with open(log, "a") as f:
+        tee = _Tee(f)
+        f.write(f"==== attempt {attempt}: {action}: train {' '.join(argv)}\n")
+        f.flush()
+        try:
+            with contextlib.redirect_stdout(tee), contextlib.redirect_stderr(tee):
+                build_and_train = load_build_and_train()
+                build_and_train(argv)
+        except SystemExit as e:
+            if e.code not in (0, None):
+                return {**result, "status": "failed", "permanent": True,
+                        "error": _last_lines(tee.tail) or f"exited with code {e.code}"}
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:                                          # noqa: BLE001 - sorted below
+            text = "".join(traceback.format_exception_only(type(e), e)).strip()
+            f.write(traceback.format_exc())
+            permanent = isinstance(e, PERMANENT_ERRORS)
+            return {**result, "status": "failed" if permanent else "error", "permanent": permanent, "error": text}
+    steps = checkpoint_steps(run_dir)
+    step = steps[-1] if steps else 0
+    if not (run_dir / FINISHED_FILE).is_file():
+        if _local_run_status(run_dir) != FINISHED:
+            # build_and_train returned before train_steps (stopped by a signal): keep it partial
+            return {**result, "status": "incomplete", "step": step}
+        mark_finished(run_dir, step)
+    return {**result, "status": "finished", "step": step}

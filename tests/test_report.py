@@ -1,0 +1,156 @@
+"""The sweep report: zero-shot evaluation with its cache, tables that add up to the run folders'
+evaluations, every run listed, the paper's numbers beside ours, aggregate statistics against plain
+float64 references."""
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cg2a_ext.rl.sweep import manifest
+from cg2a_ext.rl.sweep.grid import build_spec
+from cg2a_ext.rl.sweep.report import stats, tables
+from cg2a_ext.rl.sweep.report.collect import RunInfo
+from cg2a_ext.rl.sweep.report.main import main as report_main
+from cg2a_ext.rl.sweep.report.summary import build_cells
+from cg2a_ext.rl.sweep.report.zero_shot import CACHE_FILE
+
+TINY = ["preset=cpu", "image_size=32", "episode_length=80", "num_conv_layers=2", "num_filters=8",
+        "projection_dim=16", "hidden_dim=32", "batch_size=8", "seed_steps=20", "log_freq=10", "eval_episodes=1",
+        "device=cpu", "eval_modes=train", "train_steps=40", "eval_freq=20", "checkpoint_freq=20"]
+MODES = ["train", "color_hard"]
+
+
+@pytest.fixture(scope="module")
+def sweep_root(tmp_path_factory):
+    """A sweep root with 2 methods x 2 seeds finished (run in this process through the sweep's worker
+    function) and one run listed in sweep.json that never started."""
+    from cg2a_ext.rl.sweep.worker import execute_run
+
+    root = tmp_path_factory.mktemp("report") / "sweep"
+    runs = build_spec(None, ["cartpole_balance"], ["drq", "cg2a"], [0, 1], TINY).runs()
+    never = build_spec(None, ["cartpole_balance"], ["drq"], [7], TINY).runs()
+    manifest.write_manifest(root, runs + never, spec={"fixed": {}}, resources={})
+    for run in runs:
+        assert execute_run(str(root), run.to_dict(), attempt=1)["status"] == "finished"
+    return root, runs, never[0]
+
+
+def test_report_lists_every_run_and_its_tables_add_up_to_the_run_folders(sweep_root, capsys):
+    root, runs, never = sweep_root
+    assert report_main([str(root), "--episodes", "2", "--modes", *MODES, "--bootstrap_reps", "200"]) == 0
+    out = root / "report"
+    data = json.loads((out / "report.json").read_text())
+    page = (out / "report.md").read_text()
+    assert [r["name"] for r in data["runs"]] == [r.name for r in runs] + [never.name]
+    assert {r["name"]: r["status"] for r in data["runs"]}[never.name] == "new"
+    for name in [r.name for r in runs] + [never.name]:
+        assert f"| {name} |" in page
+    # every cell is the mean / std over seeds of the runs' own cached zero-shot means
+    cells = {(c["method"], c["mode"]): c for c in data["cells"]}
+    assert set(cells) == {(m, mode) for m in ("drq", "cg2a") for mode in MODES}
+    for run in runs:
+        cache = json.loads((root / run.name / CACHE_FILE).read_text())
+        for mode in MODES:
+            z = cache["modes"][mode]
+            assert len(z["returns"]) == 2 and z["checkpoint_step"] == 40
+            assert z["mean"] == pytest.approx(np.mean(z["returns"]))
+            c = cells[(run.method, mode)]
+            assert c["run_means"][c["runs"].index(run.name)] == pytest.approx(z["mean"])
+    for (method, mode), c in cells.items():
+        means = [json.loads((root / n / CACHE_FILE).read_text())["modes"][mode]["mean"] for n in c["runs"]]
+        assert sorted(c["runs"]) == sorted(r.name for r in runs if r.method == method)
+        assert c["mean"] == pytest.approx(np.mean(means)) and c["std"] == pytest.approx(np.std(means))
+        assert c["steps"] == [40, 40] and c["episodes"] == [2, 2] and c["seeds"] == [0, 1]
+        assert f"{c['mean']:.0f} ± {c['std']:.0f} (n=2)" in page
+    # aggregates: the normalised cell means (one task: the mean over runs)
+    agg = data["aggregates"]["train"]["drq"]["mean"]
+    assert agg["value"] == pytest.approx(cells[("drq", "train")]["mean"] / 1000)
+    assert agg["low"] <= agg["value"] <= agg["high"]
+    assert any(p["x"] == "cg2a" and p["y"] == "drq" for p in data["probability_of_improvement"]["train"])
+    # the data each mode used, and the figures
+    assert "- `train`: zero-shot: train" in page and re.search(r"- `color_hard`: zero-shot: \S", page)
+    for png in ("curves_cartpole_balance.png", "aggregates.png", "diagnostics_cartpole_balance_cg2a.png"):
+        assert (out / png).stat().st_size > 0 and f"({png})" in page
+
+
+def test_report_rerun_evaluates_nothing_new_and_fewer_episodes_reuse_the_cache(sweep_root, monkeypatch):
+    root, runs, _ = sweep_root
+    if not (root / runs[0].name / CACHE_FILE).exists():
+        assert report_main([str(root), "--episodes", "2", "--modes", *MODES, "--bootstrap_reps", "200"]) == 0
+    stamps = {r.name: (root / r.name / CACHE_FILE).stat().st_mtime_ns for r in runs}
+    import cg2a_ext.rl.evaluation as evaluation
+
+    def no_episodes(*a, **k):
+        raise AssertionError("the report evaluated again what its cache holds")
+
+    monkeypatch.setattr(evaluation, "run_episodes", no_episodes)
+    assert report_main([str(root), "--episodes", "1", "--modes", *MODES, "--bootstrap_reps", "200"]) == 0
+    assert stamps == {r.name: (root / r.name / CACHE_FILE).stat().st_mtime_ns for r in runs}
+    data = json.loads((root / "report" / "report.json").read_text())
+    for c in data["cells"]:
+        firsts = [json.loads((root / n / CACHE_FILE).read_text())["modes"][c["mode"]]["returns"][0] for n in c["runs"]]
+        assert c["run_means"] == pytest.approx(firsts) and c["episodes"] == [1, 1]
+
+
+def _run(task, method, algorithm, seed, zero_shot, **config):
+    return RunInfo(f"{task}-{method}-{seed}", Path("."), task, algorithm, seed, method, "finished",
+                   {"train_steps": 100, **config}, 100,
+                   zero_shot={m: {"mean": v, "episodes": 1, "data_source": "x", "checkpoint_step": 100}
+                              for m, v in zero_shot.items()})
+
+
+def test_tables_put_the_papers_numbers_beside_ours_where_task_and_mode_match():
+    runs = [_run("walker_walk", "cg2a", "cg2a", s, {"color_hard": 880 + s, "video_hard": 600.0}) for s in (0, 1)]
+    runs += [_run("walker_walk", "cg2a gas=false", "cg2a", 0, {"video_hard": 500.0}, gas=False)]
+    runs += [_run("cartpole_balance", "cg2a", "cg2a", 0, {"color_hard": 700.0})]
+    summary = build_cells(runs, ["color_hard", "video_hard"])
+    t1 = tables.mode_table(summary, "color_hard")
+    header, _, *body = t1.strip().splitlines()
+    assert "cg2a (paper, Table 1)" in header
+    walker = next(r for r in body if r.startswith("| walker_walk"))
+    assert "880 ± 0 (n=2)" in walker and "902 ± 46" in walker
+    cartpole = next(r for r in body if r.startswith("| cartpole_balance"))
+    assert "700 ± 0 (n=1)" in cartpole and "±" not in cartpole.split("|")[-2]   # no paper number for it
+    t2 = tables.mode_table(summary, "video_hard")
+    assert "687 ± 18" in t2
+    t4 = tables.ablation_table(summary, runs)
+    assert "| cg2a gas=false | ac+sgs | 500 ± 0 (n=1) | 619 |" in t4
+    assert "| cg2a | cg2a | 600 ± 0 (n=2) | 687 |" in t4
+
+
+def _iqm_reference(matrix):
+    x = np.sort(matrix.ravel().astype(np.float64))
+    k = len(x) // 4                       # len divisible by 4 here: the middle half
+    return x[k:len(x) - k].mean()
+
+
+def _bootstrap_reference(matrix, statistic, reps, rng):
+    """Stratified bootstrap in plain numpy: resample the runs of each task independently."""
+    n, t = matrix.shape
+    values = []
+    for _ in range(reps):
+        idx = rng.integers(0, n, size=(n, t))
+        values.append(statistic(np.take_along_axis(matrix, idx, axis=0)))
+    return np.percentile(values, [2.5, 97.5])
+
+
+def test_aggregates_match_plain_float64_references():
+    rng = np.random.default_rng(1)
+    matrix = rng.uniform(0, 1, size=(4, 3))
+    iqm = stats.aggregate(matrix, "iqm", reps=3000, seed=2)
+    assert iqm.value == pytest.approx(_iqm_reference(matrix), rel=1e-12)
+    low, high = _bootstrap_reference(matrix, _iqm_reference, 3000, np.random.default_rng(3))
+    assert iqm.low == pytest.approx(low, abs=0.03) and iqm.high == pytest.approx(high, abs=0.03)
+    mean = stats.aggregate(matrix, "mean", reps=3000, seed=2)
+    assert mean.value == pytest.approx(matrix.mean(), rel=1e-12)
+    y = rng.uniform(0, 1, size=(3, 3)) * 0.8
+    poi = stats.probability_of_improvement(matrix, y, reps=500, seed=0)
+    pairs = [float(a > b) + 0.5 * float(a == b) for j in range(3) for a in matrix[:, j] for b in y[:, j]]
+    assert poi.value == pytest.approx(np.mean(pairs), rel=1e-12)
+    assert 0 <= poi.low <= poi.value <= poi.high <= 1
+    one = stats.aggregate(matrix[:1], "iqm")
+    assert one.low is None and "no interval" in one.text()
+    per_task, tasks = stats.score_matrix({"b": [100.0, 300.0, 500.0], "a": [200.0, 400.0]})
+    assert tasks == ["a", "b"] and per_task.tolist() == [[0.2, 0.1], [0.4, 0.3]]

@@ -1,0 +1,258 @@
+"""Sweeps: the grid and its run names, a local Ray sweep, retry and resume of a killed worker,
+skip on relaunch, stop and resume, a bad option failing once, the progress table.
+
+The Ray tests share one Ray session (module fixture): starting Ray takes many seconds on 2 cores.
+"""
+import csv
+import io
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cg2a_ext.rl.sweep import manifest
+from cg2a_ext.rl.sweep.grid import GridError, RunSpec, build_spec
+from cg2a_ext.rl.sweep.progress import RUNNING, Row, render, sweep_eta
+from cg2a_ext.rl.sweep.run_state import FINISHED, PARTIAL, checkpoint_steps, run_status, snapshot
+
+# The tiny configuration of tests/test_trainer.py, as sweep options (20 agent steps per episode).
+TINY = ["preset=cpu", "image_size=32", "episode_length=80", "num_conv_layers=2", "num_filters=8",
+        "projection_dim=16", "hidden_dim=32", "batch_size=8", "seed_steps=20", "log_freq=10", "eval_episodes=1",
+        "device=cpu", "eval_modes=train"]
+
+
+def tiny_runs(algorithms=("drq",), seeds=(0,), tasks=("cartpole_balance",), extra=()):
+    return build_spec(None, tasks, algorithms, seeds, TINY + list(extra)).runs()
+
+
+def rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def events(root, event=None):
+    return [e for e in manifest.read_events(root) if event is None or e["event"] == event]
+
+
+# --------------------------------------------------------------------------- grid (no Ray)
+def test_grid_names_runs_by_their_named_options_and_gives_method_options_to_their_owners():
+    spec = build_spec(None, ["cartpole_balance"], ["drq", "cg2a"], [0, 1], ["preset=cpu", "action_repeat=8"],
+                      ["augmentations=overlay overlay_s|conv overlay overlay_s"])
+    runs = spec.runs()
+    names = [r.name for r in runs]
+    # augmentations is a method option of cg2a (and ac), not of drq: drq runs once per seed
+    assert names == ["cartpole_balance--drq--seed0", "cartpole_balance--drq--seed1",
+                     "cartpole_balance--cg2a--augmentations=overlay+overlay_s--seed0",
+                     "cartpole_balance--cg2a--augmentations=overlay+overlay_s--seed1",
+                     "cartpole_balance--cg2a--augmentations=conv+overlay+overlay_s--seed0",
+                     "cartpole_balance--cg2a--augmentations=conv+overlay+overlay_s--seed1"]
+    cg2a = runs[2]
+    assert cg2a.method == "cg2a augmentations=overlay,overlay_s"
+    assert cg2a.argv() == ["--task", "cartpole_balance", "--algorithm", "cg2a", "--seed", "0", "--preset", "cpu",
+                           "--action_repeat", "8", "--augmentations", "overlay", "overlay_s"]
+    assert "--augmentations" not in runs[0].argv()
+    # the argv parses into the configuration the name says
+    from cg2a_ext.rl.config import config_from_args
+    cfg = config_from_args(cg2a.argv())
+    assert (cfg.algorithm, cfg.seed, cfg.action_repeat, cfg.augmentations) == ("cg2a", 0, 8, ("overlay", "overlay_s"))
+    assert RunSpec.from_dict(json.loads(json.dumps(cg2a.to_dict()))) == cg2a
+
+
+def test_grid_toml_gives_the_same_runs_as_the_command_line(tmp_path):
+    toml = tmp_path / "sweep.toml"
+    toml.write_text('tasks = ["cartpole_balance"]\nalgorithms = ["drq", "cg2a"]\nseeds = [0, 1]\n'
+                    '[set]\npreset = "cpu"\naction_repeat = 8\n'
+                    '[vary]\naugmentations = [["overlay", "overlay_s"], "conv overlay overlay_s"]\n')
+    cli = build_spec(None, ["cartpole_balance"], ["drq", "cg2a"], [0, 1], ["preset=cpu", "action_repeat=8"],
+                     ["augmentations=overlay overlay_s|conv overlay overlay_s"]).runs()
+    assert [r.to_dict() for r in build_spec(str(toml)).runs()] == [r.to_dict() for r in cli]
+    # [[grid]] blocks: the block's `set` names its runs; booleans become --flag / --no-flag
+    toml.write_text('tasks = ["cartpole_balance"]\nseeds = [3]\n[[grid]]\nalgorithms = ["drq"]\n'
+                    '[[grid]]\nalgorithms = ["cg2a"]\nset = { gas = false }\n')
+    runs = build_spec(str(toml)).runs()
+    assert [r.name for r in runs] == ["cartpole_balance--drq--seed3", "cartpole_balance--cg2a--gas=false--seed3"]
+    assert runs[1].argv()[-1] == "--no-gas"
+
+
+@pytest.mark.parametrize("set_items,vary_items,message", [
+    (["batch_sise=3"], [], "did you mean batch_size"),
+    (["seed=3"], [], "set by --seeds"),
+    (["gas=maybe"], [], "is a boolean"),
+    (["preset=cpu"], ["preset=cpu|paper"], "both fixed"),
+    ([], ["action_repeat=4|4"], "repeats a value"),
+    (["action_repeat"], [], "expects KEY=VALUE"),
+])
+def test_grid_refuses_bad_options_before_any_run(set_items, vary_items, message):
+    with pytest.raises(GridError, match=message):
+        build_spec(None, ["cartpole_balance"], ["drq"], [0], set_items, vary_items).runs()
+
+
+def test_sweep_without_ray_says_how_to_install_it(monkeypatch, capsys, tmp_path):
+    from cg2a_ext.rl.sweep.main import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)       # import ray -> ImportError
+    code = main(["--root", str(tmp_path), "--tasks", "cartpole_balance", "--algorithms", "drq", "--seeds", "0"])
+    assert code == 2
+    assert 'pip install ".[sweep]"' in capsys.readouterr().err
+    assert not (tmp_path / "sweep.json").exists()
+
+
+def test_progress_reads_the_run_csvs_and_estimates_the_sweep(tmp_path):
+    d = tmp_path / "run"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"train_steps": 1000}))
+    (d / "update.csv").write_text("step,steps_per_s,critic_loss\n100,5.0,1\n200,4.0,1\n30")   # last row half-written
+    (d / "eval.csv").write_text("step,mode,mean_return,data_source\n0,train,10,train\n200,train,250,train\n"
+                                "200,video_hard,120,procedural\n")
+    snap = snapshot(d)
+    assert (snap.status, snap.step, snap.steps_per_s, snap.eval_step) == ("new", 200, 4.0, 200)
+    assert snap.evaluation == {"train": 250.0, "video_hard": 120.0}
+    rows_ = [Row("a", RUNNING, 1, snap, 1000), Row("b", "queued", 1, snapshot(tmp_path / "none"), 1000)]
+    # 800 + 1000 steps left at the 4 steps/s of the one running run
+    assert sweep_eta(rows_) == pytest.approx(1800 / 4.0)
+    text = render(rows_)
+    assert "200/1000" in text and "train=250 v_hard=120 @200" in text and "sweep ETA 7:30" in text
+
+
+# --------------------------------------------------------------------------- Ray
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def make_runner(runs, root, **kw):
+    from cg2a_ext.rl.sweep.runner import RunnerOptions, SweepRunner
+
+    opts = RunnerOptions(root=Path(root), cpus_per_run=1, retries=kw.pop("retries", 2), refresh=3600,
+                         stop_timeout=kw.pop("stop_timeout", 60))
+    return SweepRunner(runs, opts, stream=io.StringIO(), tty=False, **kw)
+
+
+def in_thread(runner):
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("code", runner.run()), daemon=True)
+    t.start()
+    return t, out
+
+
+def wait_for(predicate, timeout=300, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_local_ray_sweep_then_relaunch_skips_finished_runs(ray_session, tmp_path):
+    runs = tiny_runs(("drq", "cg2a"), (0, 1), extra=["train_steps=40", "eval_freq=20", "checkpoint_freq=20"])
+    root = tmp_path / "sweep"
+    assert make_runner(runs, root).run() == 0
+    doc = json.loads((root / "sweep.json").read_text())
+    assert [r["name"] for r in doc["runs"]] == [r.name for r in runs]
+    for run in runs:
+        d = root / run.name
+        cfg = json.loads((d / "config.json").read_text())
+        assert (cfg["algorithm"], cfg["seed"], cfg["train_steps"], cfg["num_threads"]) == \
+            (run.algorithm, run.seed, 40, 1)
+        assert run_status(d) == FINISHED and (d / "finished.json").is_file()
+        assert [int(r["step"]) for r in rows(d / "eval.csv")] == [0, 20, 40]
+    assert sorted(e["run"] for e in events(root, "finished")) == sorted(r.name for r in runs)
+    assert all(e["attempt"] == 1 for e in events(root))
+    stamps = {r.name: (root / r.name / "checkpoints").stat().st_mtime_ns for r in runs}
+    n_events = len(events(root))
+
+    runner = make_runner(runs, root)
+    assert runner.run() == 0
+    new = manifest.read_events(root)[n_events:]
+    assert sorted(e["run"] for e in new if e["event"] == "skipped") == sorted(r.name for r in runs)
+    assert not [e for e in new if e["event"] != "skipped"]
+    assert stamps == {r.name: (root / r.name / "checkpoints").stat().st_mtime_ns for r in runs}
+
+
+def _final_state(d):
+    return torch.load(sorted((d / "checkpoints").glob("step_*.pt"))[-1], weights_only=True)
+
+
+def test_killed_worker_is_retried_and_ends_like_an_uninterrupted_run(ray_session, tmp_path):
+    from cg2a_ext.rl.sweep.worker import execute_run
+
+    (run,) = tiny_runs(("drq",), (0,), extra=["train_steps=100", "eval_freq=50", "checkpoint_freq=20"])
+    root = tmp_path / "killed"
+    runner = make_runner([run], root)
+    thread, out = in_thread(runner)
+    d = root / run.name
+    wait_for(lambda: checkpoint_steps(d), what="the run's first checkpoint")
+    record = manifest.read_worker_record(root, run.name)
+    assert record["attempt"] == 1 and record["pid"] != os.getpid()
+    assert not (d / "finished.json").exists()
+    os.kill(record["pid"], signal.SIGKILL)
+    thread.join(timeout=600)
+    assert out["code"] == 0
+    retry, = events(root, "retry")
+    assert retry["reason"] == "lost" and retry["attempt"] == 1
+    done, = events(root, "finished")
+    assert done["attempt"] == 2 and done["action"] == "resumed" and done["resumed_from"] >= 20
+
+    # the same run, never interrupted (in this process, through the same worker function)
+    ref_root = tmp_path / "reference"
+    assert execute_run(str(ref_root), run.to_dict(), attempt=1)["status"] == "finished"
+    ref = ref_root / run.name
+    a, b = _final_state(ref), _final_state(d)
+    assert a["step"] == b["step"] == 100
+    for net in ("actor", "critic", "critic_target"):
+        for k in a["agent"][net]:
+            assert torch.equal(a["agent"][net][k], b["agent"][net][k]), (net, k)
+    for name, column in (("eval.csv", "mean_return"), ("update.csv", "critic_loss"), ("train.csv", "episode_return")):
+        assert [(r["step"], r[column]) for r in rows(ref / name)] == [(r["step"], r[column]) for r in rows(d / name)]
+
+
+def test_stopped_sweep_keeps_checkpoints_and_resumes_on_relaunch(ray_session, tmp_path):
+    (run,) = tiny_runs(("drq",), (1,), extra=["train_steps=100", "eval_freq=0", "checkpoint_freq=20"])
+    root = tmp_path / "stopped"
+    runner = make_runner([run], root)
+    thread, out = in_thread(runner)
+    d = root / run.name
+    wait_for(lambda: checkpoint_steps(d), what="the run's first checkpoint")
+    runner.stop()                                   # what Ctrl-C does
+    thread.join(timeout=300)
+    assert out["code"] == 130
+    stopped, = events(root, "stopped")
+    assert run_status(d) == PARTIAL and stopped["step"] == checkpoint_steps(d)[-1] >= 20
+    assert make_runner([run], root).run() == 0
+    launched = events(root, "launched")[-1]
+    assert launched["resume_from"] == stopped["step"]
+    done, = events(root, "finished")
+    assert done["action"] == "resumed" and done["resumed_from"] == stopped["step"] and done["step"] == 100
+
+
+def test_bad_options_fail_once_and_are_not_retried(ray_session, tmp_path):
+    unknown_task = tiny_runs(("drq",), (0,), tasks=("no_such_task",), extra=["train_steps=40"])
+    bad_gamma = tiny_runs(("cg2a",), (0,), extra=["train_steps=40", "gamma=0.3 0.2"])
+    root = tmp_path / "bad"
+    runner = make_runner(unknown_task + bad_gamma, root, retries=3)
+    assert runner.run() == 1
+    # the unknown task is found by the worker (train.py exits 2): launched once, failed once
+    name = unknown_task[0].name
+    assert [e["event"] for e in events(root) if e["run"] == name] == ["launched", "failed"]
+    failed = events(root, "failed")
+    by_run = {e["run"]: e for e in failed}
+    assert by_run[name]["permanent"] and "unknown task 'no_such_task'" in by_run[name]["error"]
+    # the refused gamma is found before launching: never started
+    other = bad_gamma[0].name
+    assert [e["event"] for e in events(root) if e["run"] == other] == ["failed"]
+    assert "need 0 <= A <= B <= 1" in by_run[other]["error"]
+    assert not (root / other).exists()
+    assert "unknown task 'no_such_task'" in manifest.log_path(root, name).read_text()
