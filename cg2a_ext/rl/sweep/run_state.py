@@ -1,9 +1,6 @@
 """What a run folder holds: its status (new / partial / finished) and its latest numbers.
 
-``run_status`` is ``cg2a_ext.rl.run_dir.run_status`` where that module exists; until then the same
-rule is applied here: finished <=> ``finished.json`` exists; partial <=> a ``checkpoints/step_*.pt``
-exists; otherwise new. A run made by a trainer that does not write ``finished.json`` yet counts as
-finished when its newest checkpoint is at its ``train_steps`` (the trainer writes that one last).
+``run_status`` is the run folder's own rule (``cg2a_ext.rl.run_dir.run_status``).
 
 ``snapshot`` reads the latest step, speed and evaluation from the run's CSV logs (update.csv:
 step, steps_per_s; eval.csv: step, mode, mean_return). The logs may be half-written while the run
@@ -36,33 +33,11 @@ def _train_steps(run_dir) -> int | None:
         return None
 
 
-def _local_run_status(run_dir) -> str:
-    run_dir = Path(run_dir)
-    if (run_dir / FINISHED_FILE).is_file():
-        return FINISHED
-    steps = checkpoint_steps(run_dir)
-    if not steps:
-        return NEW
-    total = _train_steps(run_dir)
-    return FINISHED if total is not None and steps[-1] >= total else PARTIAL
-
-
 def run_status(run_dir) -> str:
     """``"new"``, ``"partial"`` or ``"finished"``."""
-    try:
-        from cg2a_ext.rl.run_dir import run_status as owner
-    except ImportError:
-        return _local_run_status(run_dir)
+    from cg2a_ext.rl.run_dir import run_status as owner
+
     return owner(run_dir)
-
-
-def mark_finished(run_dir, step: int) -> None:
-    """Write finished.json for a run whose trainer does not write it (yet); never overwrites."""
-    path = Path(run_dir) / FINISHED_FILE
-    if not path.exists():
-        tmp = path.with_name(f".{FINISHED_FILE}.tmp")
-        tmp.write_text(json.dumps({"step": int(step), "written_by": "cg2a_ext.rl.sweep"}))
-        tmp.replace(path)
 
 
 def read_rows(path) -> list[dict]:

@@ -18,9 +18,9 @@ and retries. KeyboardInterrupt (``ray.cancel`` on Ctrl-C) is let through.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import shutil
+import signal
 import traceback
 from pathlib import Path
 
@@ -28,28 +28,13 @@ from cg2a_ext.rl.config import ConfigError
 
 from . import manifest
 from .grid import RunSpec
-from .run_state import FINISHED, FINISHED_FILE, PARTIAL, _local_run_status, checkpoint_steps, mark_finished, run_status
+from .run_state import FINISHED, FINISHED_FILE, PARTIAL, checkpoint_steps, run_status
 
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, ImportError)
 
 
-def load_build_and_train():
-    """``build_and_train(argv) -> run_dir`` from ``cg2a_ext.rl.train_main``, or from python/train.py
-    while that module does not exist yet."""
-    try:
-        from cg2a_ext.rl.train_main import build_and_train
-        return build_and_train
-    except ModuleNotFoundError as e:
-        if e.name != "cg2a_ext.rl.train_main":
-            raise
-    # Transitional: the training entry still lives in the repository's python/train.py.
-    path = Path(__file__).resolve().parents[3] / "python" / "train.py"
-    spec = importlib.util.spec_from_file_location("cg2a_train_script", path)
-    if spec is None or not path.is_file():
-        raise ImportError(f"no cg2a_ext.rl.train_main and no {path}: cannot start a training run")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.build_and_train
+# train_main exits with 128 + the signal number after checkpointing on SIGINT / SIGTERM
+STOPPED_EXIT_CODES = (128 + signal.SIGINT, 128 + signal.SIGTERM)
 
 
 class _Tee(io.TextIOBase):
@@ -112,9 +97,13 @@ def execute_run(root: str, run: dict, attempt: int, threads: int = 1, launch: st
         f.flush()
         try:
             with contextlib.redirect_stdout(tee), contextlib.redirect_stderr(tee):
-                build_and_train = load_build_and_train()
+                from cg2a_ext.rl.train_main import build_and_train
+
                 build_and_train(argv)
         except SystemExit as e:
+            if e.code in STOPPED_EXIT_CODES:    # stopped by a signal after writing a checkpoint
+                steps = checkpoint_steps(run_dir)
+                return {**result, "status": "incomplete", "step": steps[-1] if steps else 0}
             if e.code not in (0, None):
                 return {**result, "status": "failed", "permanent": True,
                         "error": _last_lines(tee.tail) or f"exited with code {e.code}"}
@@ -128,8 +117,5 @@ def execute_run(root: str, run: dict, attempt: int, threads: int = 1, launch: st
     steps = checkpoint_steps(run_dir)
     step = steps[-1] if steps else 0
     if not (run_dir / FINISHED_FILE).is_file():
-        if _local_run_status(run_dir) != FINISHED:
-            # build_and_train returned before train_steps (stopped by a signal): keep it partial
-            return {**result, "status": "incomplete", "step": step}
-        mark_finished(run_dir, step)
+        return {**result, "status": "incomplete", "step": step}
     return {**result, "status": "finished", "step": step}
