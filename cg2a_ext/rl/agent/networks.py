@@ -100,7 +100,10 @@ class Projection(nn.Module):
         self.apply(weight_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.projection(x.flatten(1))
+        linear, norm, tanh = self.projection
+        # LayerNorm in float32 also under bf16 autocast (the statistics want it, and its vmap backward
+        # fails on a bfloat16 input with float32 weights); a no-op on the float32 path
+        return tanh(norm(_as_float32(linear(x.flatten(1)))))
 
 
 class Encoder(nn.Module):
