@@ -27,6 +27,7 @@ gathered into pinned memory and copied without blocking the host.
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import torch
@@ -88,6 +89,12 @@ class TorchFrames:
         shape = (num_frames, *frame_shape)
         self.tensor = torch.from_numpy(np.zeros(shape, dtype=np.uint8)) if self.device.type == "cpu" else \
             torch.zeros(shape, dtype=torch.uint8, device=self.device)
+        # the frames as rows of the widest words that divide them: index_select copies 8-byte words
+        # about 50x faster than single bytes on the CPU
+        frame_bytes = math.prod(frame_shape)
+        word = next(dt for dt in (torch.int64, torch.int32, torch.int16, torch.uint8)
+                    if frame_bytes % dt.itemsize == 0)
+        self._rows = self.tensor.view(num_frames, frame_bytes).view(word)
 
     def __len__(self) -> int:
         return self.tensor.shape[0]
@@ -103,7 +110,8 @@ class TorchFrames:
         self.tensor[i].copy_(src, non_blocking=True)
 
     def gather(self, g: np.ndarray, device) -> torch.Tensor:
-        out = self.tensor[_to_device(g, self.device)]
+        idx = _to_device(g.reshape(-1), self.device)
+        out = torch.index_select(self._rows, 0, idx).view(torch.uint8).view(*g.shape, *self.frame_shape)
         return out if device is None else out.to(device, non_blocking=True)
 
     def read(self, n: int) -> np.ndarray:
