@@ -378,12 +378,33 @@ def gil_overlap(preset: str, reps: int) -> dict:
         th.join()
         return time.perf_counter() - t
 
+    def probe_stalls(fn):
+        """Fraction of ``fn``'s wall time during which a spinning Python thread did not run for > 1 ms. A busy
+        machine stalls it as well, whatever holds the GIL: compare with a GIL-releasing and a GIL-holding fn."""
+        stop, stamps = threading.Event(), []
+
+        def spin():
+            while not stop.is_set():
+                stamps.append(time.perf_counter())
+
+        th = threading.Thread(target=spin)
+        th.start()
+        t = time.perf_counter()
+        fn()
+        wall = time.perf_counter() - t
+        stop.set()
+        th.join()
+        gaps = np.diff(np.asarray(stamps))
+        return float(gaps[gaps > 1e-3].sum()) / wall
+
     env_steps()   # warm-up
     prev = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         res = {"env": alone(env_steps), "torch": alone(torch_ops), "python": alone(python_loop),
-               "env+torch": together(torch_ops), "env+python": together(python_loop)}
+               "env+torch": together(torch_ops), "env+python": together(python_loop),
+               "probe stalled by env": probe_stalls(env_steps), "probe stalled by torch": probe_stalls(torch_ops),
+               "probe stalled by python": probe_stalls(python_loop)}
     finally:
         torch.set_num_threads(prev)
         env.close()
@@ -450,7 +471,7 @@ def speed_rows(quick: bool = False, presets: list[str] | None = None) -> list[di
             rows.append(_row(f"env_overlap / inline [{tag}]", overlap / serial, "x"))
     g = gil_overlap("cpu", 10 if quick else 30)
     for k, v in g.items():
-        rows.append(_row(f"GIL: {k} [cpu preset env, 1 torch thread]", v, "s"))
+        rows.append(_row(f"GIL: {k} [cpu preset env, 1 torch thread]", v, "fraction" if "probe" in k else "s"))
     rows.append(_row("GIL: env+torch / max(env, torch)", g["env+torch"] / max(g["env"], g["torch"]), "x"))
     rows.append(_row("GIL: env+torch / (env + torch)", g["env+torch"] / (g["env"] + g["torch"]), "x"))
     rows.append(_row("GIL: env+python / max(env, python)", g["env+python"] / max(g["env"], g["python"]), "x"))
