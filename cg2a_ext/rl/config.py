@@ -24,11 +24,17 @@ AlgorithmName = Literal[algorithms.NAMES]  # type: ignore[valid-type]
 Mode = Literal["train", "color_easy", "color_hard", "video_easy", "video_hard"]
 AugmentationName = Literal["identity", "shift", "conv", "overlay", "overlay_s"]
 PresetName = Literal["auto", "paper", "cpu"]
+PrecisionName = Literal["auto", "fp32", "tf32", "bf16"]
+CompileName = Literal["auto", "on", "off"]
+ReplayDeviceName = Literal["auto", "cpu", "cuda"]
 
 # Options that may differ from the run's config when it is resumed (schedule, logging, machine).
 RESUMABLE = ("train_steps", "eval_freq", "eval_episodes", "log_freq", "checkpoint_freq", "progress", "device",
              "num_threads", "tensorboard", "save_video", "resume", "run_dir", "runs_root",
-             "keep_freed_host_memory", "checkpoint_minutes", "checkpoint_at_episode_end", "overwrite")
+             "keep_freed_host_memory", "checkpoint_minutes", "checkpoint_at_episode_end", "overwrite",
+             # speed options: the same algorithm up to float rounding, chosen per machine (a run moved
+             # between a GPU and a CPU must be able to change them)
+             "precision", "channels_last", "compile", "replay_device", "env_overlap")
 
 
 class ConfigError(ValueError):
@@ -178,6 +184,24 @@ class TrainConfig:
     progress: bool = True
     """Show a progress bar (steps/s, ETA, latest returns)."""
 
+    # ---- speed (each only changes how fast the same updates run, up to float rounding)
+    precision: PrecisionName = "auto"
+    """Network arithmetic: fp32, tf32 (CUDA TF32 matmuls and convolutions; fp32 on a CPU), bf16 (bfloat16 autocast of
+    the network forwards; parameters, gradients, aggregation and optimizer state stay float32), auto (tf32 on CUDA,
+    fp32 on a CPU)."""
+    channels_last: bool = True
+    """Run the convolutional trunks channels-last (NHWC weights and inputs): fewer layout conversions on CUDA
+    (cuDNN) and CPU (oneDNN)."""
+    compile: CompileName = "auto"
+    """torch.compile the networks' building blocks (trunk, projections, heads; forward and backward): on, off, or
+    auto (on for CUDA; off on a CPU, where compiling costs more than a short run gains: BENCHMARKS.md)."""
+    replay_device: ReplayDeviceName = "auto"
+    """Where the replay frames live: cuda (sampled on the GPU), cpu (batches staged in pinned memory when training on
+    CUDA), auto (cuda when the frame ring fits comfortably in free GPU memory, else cpu)."""
+    env_overlap: bool = True
+    """Step the environment in a worker thread while the update of the same agent step runs (the transitions and
+    updates are the same as stepping in series: the update samples before the new transition is stored)."""
+
     # ------------------------------------------------------------------ helpers
     @property
     def K(self) -> int:
@@ -213,7 +237,9 @@ class TrainConfig:
     def validate(self) -> "TrainConfig":
         """Check every option (types included: a TrainConfig can be built in code); raise ConfigError."""
         choices = {"preset": get_args(PresetName), "algorithm": algorithms.NAMES, "mask": ("agree", "positive"),
-                   "nonfinite": ("skip", "raise"), "svea_augmentation": ("overlay", "conv")}
+                   "nonfinite": ("skip", "raise"), "svea_augmentation": ("overlay", "conv"),
+                   "precision": get_args(PrecisionName), "compile": get_args(CompileName),
+                   "replay_device": get_args(ReplayDeviceName)}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
@@ -248,6 +274,12 @@ class TrainConfig:
             import torch
             if not torch.cuda.is_available():
                 raise ConfigError(f"--device {self.device} asked for but CUDA is not available")
+        if self.replay_device == "cuda" and not (self.device.startswith("cuda") or self.device == "auto"):
+            raise ConfigError(f"--replay_device cuda needs a CUDA --device, got --device {self.device}")
+        if self.replay_device == "cuda":
+            import torch
+            if not torch.cuda.is_available():
+                raise ConfigError("--replay_device cuda asked for but CUDA is not available")
         if self.resume and not self.run_dir:
             raise ConfigError("--resume needs --run_dir (the run folder to continue)")
         algorithms.get(self.algorithm).check_config(self)

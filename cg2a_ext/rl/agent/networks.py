@@ -10,6 +10,7 @@ orthogonal init, convolutions delta-orthogonal init (as in DMC-GB / SAC-AE).
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 
 import torch
 import torch.nn as nn
@@ -32,12 +33,36 @@ def weight_init(m: nn.Module) -> None:
         nn.init.orthogonal_(m.weight.data[:, :, mid, mid], gain)
 
 
-def _is_vmapped(x: torch.Tensor) -> bool:
-    """True inside torch.func.vmap, where memory formats other than contiguous are unsupported."""
-    return torch._C._functorch.is_batchedtensor(x)
+class AutocastForward:
+    """Networks whose ``forward`` may run under autocast (``--precision bf16``).
+
+    ``autocast_dtype`` None (the default) runs the plain float path, op for op. A dtype runs the
+    forward under ``torch.autocast`` with it, and the outputs come back as float32 when this
+    forward opened the autocast region (parameters, gradients and the losses stay float32).
+    """
+
+    autocast_dtype: torch.dtype | None = None
+
+    def _autocast(self, x: torch.Tensor):
+        """(context, opened): the autocast context for this forward, and whether it opens a region."""
+        if self.autocast_dtype is None or torch.is_autocast_enabled(x.device.type):
+            return nullcontext(), False
+        return torch.autocast(x.device.type, dtype=self.autocast_dtype), True
 
 
-class SharedCNN(nn.Module):
+def _as_float32(x: torch.Tensor) -> torch.Tensor:
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
+def set_autocast(modules, dtype: torch.dtype | None) -> None:
+    """Set ``autocast_dtype`` on every :class:`AutocastForward` submodule of ``modules``."""
+    for module in modules:
+        for m in module.modules():
+            if isinstance(m, AutocastForward):
+                m.autocast_dtype = dtype
+
+
+class SharedCNN(AutocastForward, nn.Module):
     """Convolutional trunk: pixels in [0, 255] -> feature map."""
 
     def __init__(self, obs_shape, num_layers: int = 11, num_filters: int = 32, num_stride2: int = 1):
@@ -55,10 +80,12 @@ class SharedCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # x / 255 - 0.5 in one pass over the batch (it is the largest tensor the trunk reads)
         x = torch.add(x.new_tensor(-0.5), x, alpha=1.0 / 255.0)
-        if x.device.type == "cpu" and x.dim() == 4 and not _is_vmapped(x):
-            # oneDNN's convolutions run 1.3-1.7x faster forward+backward on channels-last input
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.layers(x)
+        # No layout conversion here (a memory-format copy is unsupported inside vmap): the convolutions
+        # run channels-last when their weights are (SACAgent converts them), whatever the input's layout.
+        context, opened = self._autocast(x)
+        with context:
+            y = self.layers(x)
+        return _as_float32(y) if opened else y
 
 
 class Projection(nn.Module):
@@ -73,7 +100,10 @@ class Projection(nn.Module):
         self.apply(weight_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.projection(x.flatten(1))
+        linear, norm, tanh = self.projection
+        # LayerNorm in float32 also under bf16 autocast (the statistics want it, and its vmap backward
+        # fails on a bfloat16 input with float32 weights); a no-op on the float32 path
+        return tanh(norm(_as_float32(linear(x.flatten(1)))))
 
 
 class Encoder(nn.Module):
@@ -109,7 +139,7 @@ def _gaussian_logprob(noise: torch.Tensor, log_std: torch.Tensor) -> torch.Tenso
     return residual - 0.5 * math.log(2 * math.pi) * noise.size(-1)
 
 
-class Actor(nn.Module):
+class Actor(AutocastForward, nn.Module):
     """Squashed-Gaussian policy on the (detached-trunk) encoder features."""
 
     def __init__(self, encoder: Encoder, action_dim: int, hidden_dim: int,
@@ -127,8 +157,12 @@ class Actor(nn.Module):
 
     def forward(self, obs, compute_pi: bool = True, compute_log_pi: bool = True,
                 detach: bool = True, generator: torch.Generator | None = None, trunk: torch.Tensor | None = None):
-        h = self.encoder(obs, detach=detach, trunk=trunk)
-        mu, log_std = self.mlp(h).chunk(2, dim=-1)
+        context, opened = self._autocast(obs)
+        with context:
+            out = self.mlp(self.encoder(obs, detach=detach, trunk=trunk))
+        if opened:   # the Gaussian's sampling and log-probabilities stay in float32
+            out = _as_float32(out)
+        mu, log_std = out.chunk(2, dim=-1)
         log_std = torch.tanh(log_std)
         log_std = self.log_std_min + 0.5 * (self.log_std_max - self.log_std_min) * (log_std + 1)
         pi = log_pi = None
@@ -155,7 +189,7 @@ class QFunction(nn.Module):
         return self.trunk(torch.cat([h, action], dim=-1))
 
 
-class Critic(nn.Module):
+class Critic(AutocastForward, nn.Module):
     """Encoder (owns the trunk) + twin Q heads: ``forward(obs, action) -> (q1, q2)``."""
 
     def __init__(self, encoder: Encoder, action_dim: int, hidden_dim: int):
@@ -165,8 +199,27 @@ class Critic(nn.Module):
         self.Q2 = QFunction(encoder.out_dim, action_dim, hidden_dim)
 
     def forward(self, obs, action, detach: bool = False, trunk: torch.Tensor | None = None):
-        h = self.encoder(obs, detach=detach, trunk=trunk)
-        return self.Q1(h, action), self.Q2(h, action)
+        context, opened = self._autocast(obs)
+        with context:
+            h = self.encoder(obs, detach=detach, trunk=trunk)
+            q1, q2 = self.Q1(h, action), self.Q2(h, action)
+        return (_as_float32(q1), _as_float32(q2)) if opened else (q1, q2)
+
+
+def compile_blocks(modules, **compile_options) -> None:
+    """``torch.compile`` in place (``nn.Module.compile``: parameter names and state dicts unchanged) every
+    building block of ``modules``: trunks, projections, Q heads and the actor's MLP, each forward and
+    backward. Blocks only: the actor's sampling noise stays in eager code, so the compiled networks draw
+    the same random numbers as the eager ones."""
+    done: set[int] = set()
+    for module in modules:
+        for m in module.modules():
+            blocks = [m] if isinstance(m, (SharedCNN, Projection, QFunction)) else \
+                [m.mlp] if isinstance(m, Actor) else []
+            for block in blocks:
+                if id(block) not in done:
+                    block.compile(**compile_options)
+                    done.add(id(block))
 
 
 def build_networks(obs_shape, action_dim: int, *, num_conv_layers: int = 11, num_filters: int = 32,

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 
 from cg2a_ext.rl.algorithms.base import Algorithm, Batch, check_finite
+from cg2a_ext.rl.precision import autocast_dtype, matmul_precision, resolve_precision
 
-from .networks import build_networks
+from .networks import build_networks, compile_blocks, set_autocast
 
 
 def soft_update(net, target, tau: float) -> None:
@@ -23,11 +24,24 @@ def soft_update(net, target, tau: float) -> None:
         torch._foreach_lerp_(dst, src, tau)
 
 
+def resolve_compile(compile: str, device: torch.device | str) -> bool:
+    """``--compile``: on, off, or auto (on for CUDA devices, off on a CPU)."""
+    if compile not in ("auto", "on", "off"):
+        raise ValueError(f"unknown compile setting {compile!r}; choose auto, on or off")
+    return compile == "on" or (compile == "auto" and torch.device(device).type == "cuda")
+
+
 class SACAgent:
     """SAC from pixels. ``update(replay)`` does one critic update (and the actor,
     temperature and target updates every ``actor_update_freq`` /
     ``critic_target_update_freq`` updates, the algorithm's auxiliary update every
-    ``aux_update_freq``) and returns a metrics dict."""
+    ``aux_update_freq``) and returns a metrics dict.
+
+    Speed options of ``cfg`` (none changes the algorithm; see ``TrainConfig``): ``precision``
+    (``cg2a_ext.rl.precision``), ``channels_last`` (the convolution weights, and so the trunk's
+    activations, in NHWC; the batches are converted in ``preprocess``), ``compile`` (the networks'
+    building blocks through torch.compile, ``networks.compile_blocks``).
+    """
 
     def __init__(self, obs_shape, action_dim: int, cfg, algorithm: Algorithm,
                  device: torch.device | str = "cpu", networks: tuple | None = None):
@@ -43,8 +57,16 @@ class SACAgent:
                 num_stride2=cfg.num_stride2, projection_dim=cfg.projection_dim, hidden_dim=cfg.hidden_dim,
                 log_std_min=cfg.actor_log_std_min, log_std_max=cfg.actor_log_std_max)
         self.actor, self.critic, self.critic_target = networks
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.channels_last = bool(cfg.channels_last)
+        self.compiled = resolve_compile(cfg.compile, self.device)
         for m in (self.actor, self.critic, self.critic_target):
             m.to(self.device)
+            if self.channels_last:   # 4-d parameters only: the convolution weights
+                m.to(memory_format=torch.channels_last)
+        set_autocast((self.actor, self.critic, self.critic_target), autocast_dtype(self.precision))
+        if self.compiled:
+            compile_blocks((self.actor, self.critic, self.critic_target))
         self.log_alpha = torch.tensor(math.log(cfg.init_temperature), device=self.device, requires_grad=True)
         self.target_entropy = -float(action_dim)
         self.actor_params = self.actor.own_parameters()
@@ -72,7 +94,8 @@ class SACAgent:
     def act(self, obs: np.ndarray, sample: bool = False) -> np.ndarray:
         """Action for one observation: the mean (evaluation) or a sample (training)."""
         x = self.algorithm.acting_view(torch.as_tensor(np.asarray(obs), device=self.device).float().unsqueeze(0))
-        mu, pi, _, _ = self.actor(x, compute_pi=sample, compute_log_pi=False)
+        with matmul_precision(self.precision, self.device):
+            mu, pi, _, _ = self.actor(x, compute_pi=sample, compute_log_pi=False)
         a = pi if sample else mu
         return a[0].cpu().numpy().astype(np.float32)
 
@@ -80,9 +103,9 @@ class SACAgent:
     def preprocess(self, obs_u8: torch.Tensor) -> torch.Tensor:
         # augment the uint8 frames (shift, crop): a quarter of the bytes to move
         obs_u8 = self.algorithm.augment_observations(obs_u8)
-        # On CPU the trunk wants channels-last input; converting here, in the pass that makes the
-        # floats anyway, saves the trunk a layout copy on every forward of this batch.
-        fmt = torch.channels_last if obs_u8.device.type == "cpu" else torch.contiguous_format
+        # Channels-last trunks want channels-last input; converting here, in the pass that makes the
+        # floats anyway, saves the first convolution a layout copy on every forward of this batch.
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         return obs_u8.to(torch.float32, memory_format=fmt)
 
     @torch.no_grad()
@@ -132,6 +155,10 @@ class SACAgent:
         soft_update(self.critic.encoder, self.critic_target.encoder, self.cfg.encoder_tau)
 
     def update(self, replay, diagnostics: bool = False) -> dict:
+        with matmul_precision(self.precision, self.device):
+            return self._update(replay, diagnostics)
+
+    def _update(self, replay, diagnostics: bool) -> dict:
         obs, action, reward, next_obs, not_done = replay.sample(self.cfg.batch_size, device=self.device)
         obs = self.preprocess(obs)
         next_obs = self.preprocess(next_obs)

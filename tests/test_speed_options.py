@@ -1,0 +1,420 @@
+"""The trainer's speed options (issue 11): each leaves the algorithm as it is.
+
+precision (fp32 adds nothing to the plain float path; bf16 autocast keeps float32 gradients close to
+fp32's), channels_last (equal in float64 to the contiguous layout, also under vmap), replay frames
+in a numpy or torch ring (the same batches for a seed, state dicts interchangeable), compiled
+network blocks (equal to eager within float tolerance) and the environment stepped in a worker
+thread (the same transitions as stepping inline).
+"""
+import copy
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from cg2a_ext import per_group_grads
+from cg2a_ext.rl.agent import make_agent
+from cg2a_ext.rl.agent.networks import build_networks
+from cg2a_ext.rl.algorithms.base import critic_loss
+from cg2a_ext.rl.config import ConfigError, TrainConfig, config_from_args
+from cg2a_ext.rl.env_stepper import EnvStepper
+from cg2a_ext.rl.precision import autocast_dtype, matmul_precision, resolve_precision
+from cg2a_ext.rl.replay import FrameReplayBuffer, NumpyFrames, TorchFrames, frames_device_for
+
+OBS = (9, 32, 32)
+A = 2
+
+
+def tiny_cfg(**kw) -> TrainConfig:
+    base = dict(task="cartpole_balance", image_size=32, num_conv_layers=2, num_filters=8, projection_dim=16,
+                hidden_dim=32, batch_size=8, device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def filled_replay(frames_device=None, steps=40, capacity=100, episode_steps=20, seed=0, done_every=0, obs_shape=OBS):
+    rb = FrameReplayBuffer(obs_shape, A, capacity, frame_stack=3, episode_steps=episode_steps, seed=seed,
+                           frames_device=frames_device)
+    rng = np.random.default_rng(seed)
+    rb.add_first(rng.integers(0, 256, obs_shape, dtype=np.uint8))
+    for t in range(1, steps + 1):
+        done = bool(done_every) and t % done_every == 0
+        rb.add(rng.uniform(-1, 1, A), rng.uniform(0, 1), rng.integers(0, 256, obs_shape, dtype=np.uint8), done)
+        if done:
+            rb.add_first(rng.integers(0, 256, obs_shape, dtype=np.uint8))
+    return rb
+
+
+def twin_agents(algorithm, first: dict, second: dict):
+    """Two agents with the same initial networks, differing in the options ``first`` / ``second``."""
+    torch.manual_seed(0)
+    a = make_agent(OBS, A, tiny_cfg(algorithm=algorithm, **first), "cpu")
+    torch.manual_seed(0)
+    b = make_agent(OBS, A, tiny_cfg(algorithm=algorithm, **second), "cpu")
+    for name in ("actor", "critic", "critic_target"):
+        getattr(b, name).load_state_dict(getattr(a, name).state_dict())
+    return a, b
+
+
+def float_batch(b=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.randint(0, 256, (b, *OBS), generator=g).float()
+    return obs, torch.rand(b, A, generator=g) * 2 - 1, torch.randn(b, 1, generator=g)
+
+
+# ---------------------------------------------------------------------------------------- precision
+def test_precision_names_resolve_per_device():
+    assert resolve_precision("auto", "cpu") == "fp32"
+    assert resolve_precision("auto", "cuda") == "tf32"   # resolution only: no CUDA call for auto/tf32
+    assert [resolve_precision(p, "cpu") for p in ("fp32", "tf32", "bf16")] == ["fp32", "tf32", "bf16"]
+    assert autocast_dtype("bf16") is torch.bfloat16 and autocast_dtype("tf32") is None
+    with pytest.raises(ValueError, match="unknown precision 'fp16'"):
+        resolve_precision("fp16", "cpu")
+    with pytest.raises(ConfigError, match="unknown precision 'half'"):
+        tiny_cfg(precision="half").validate()
+    # the CUDA switches are left alone on a CPU device
+    before = torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+    with matmul_precision("tf32", "cpu"):
+        assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == before
+
+
+def test_matmul_precision_sets_and_restores_cuda_switches():
+    """The TF32 switches are process-wide: the block sets them and puts the previous values back, even on error."""
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    before = matmul.fp32_precision, conv.fp32_precision
+    with matmul_precision("tf32", torch.device("cuda")):
+        assert (matmul.fp32_precision, conv.fp32_precision) == ("tf32", "tf32")
+    with pytest.raises(KeyError):
+        with matmul_precision("fp32", torch.device("cuda")):
+            assert (matmul.fp32_precision, conv.fp32_precision) == ("ieee", "ieee")
+            raise KeyError
+    assert (matmul.fp32_precision, conv.fp32_precision) == before
+
+
+@pytest.mark.parametrize("algorithm", ["drq", "cg2a"])
+def test_fp32_critic_gradient_is_the_plain_float_path(algorithm):
+    """precision fp32 (the CPU default) adds nothing: the critic gradient equals plain autograd bit for bit."""
+    torch.manual_seed(0)
+    agent = make_agent(OBS, A, tiny_cfg(algorithm=algorithm, precision="fp32"), "cpu")
+    assert agent.precision == "fp32" and agent.critic.autocast_dtype is None
+    obs, action, target = float_batch()
+    obs = obs.contiguous(memory_format=torch.channels_last)
+    params = agent.critic_params
+    if algorithm == "drq":
+        expected = torch.autograd.grad(critic_loss(agent.critic, obs, action, target), params)
+        agent.algorithm.critic_gradient(agent, obs, action, target)
+        got = [p.grad for p in params]
+    else:   # the K per-loss gradients the aggregator receives, against K plain backward passes
+        state = agent.algorithm.generator.get_state()
+        views = agent.algorithm.views(obs)
+        per_view = [torch.autograd.grad(critic_loss(agent.critic, v, action, target), params) for v in views]
+        expected = [torch.stack(gs) for gs in zip(*per_view)]
+        agent.algorithm.generator.set_state(state)
+        got, _ = agent.algorithm.per_loss_grads(agent, obs, action, target)
+    for g, e in zip(got, expected):
+        assert torch.equal(g, e)
+
+
+@pytest.mark.parametrize("algorithm", ["drq", "cg2a"])
+def test_bf16_update_gives_finite_fp32_gradients_close_to_fp32(algorithm):
+    fp32, bf16 = twin_agents(algorithm, dict(precision="fp32"), dict(precision="bf16"))
+    assert bf16.critic.autocast_dtype is torch.bfloat16 and bf16.actor.autocast_dtype is torch.bfloat16
+    obs, action, _ = float_batch()
+    target = fp32.td_target(torch.rand(8, 1), obs, torch.ones(8, 1))
+    grads = {}
+    for name, agent in (("fp32", fp32), ("bf16", bf16)):
+        agent.algorithm.generator.manual_seed(3)   # the same augmentation draws
+        if algorithm == "cg2a":
+            agent.algorithm.gamma_generator.manual_seed(4)
+        out = agent.algorithm.critic_gradient(agent, obs, action, target)
+        assert out.finite and out.loss.dtype == torch.float32
+        grads[name] = [p.grad.clone() for p in agent.critic_params]
+    differs = False
+    for g32, g16, p in zip(grads["fp32"], grads["bf16"], bf16.critic_params):
+        assert g16.dtype == torch.float32 == p.dtype and torch.isfinite(g16).all()
+        # bfloat16 keeps 8 bits of mantissa; cg2a's sign-agreement mask also flips on near-zero entries
+        cos = torch.nn.functional.cosine_similarity(g16.flatten(), g32.flatten(), dim=0)
+        rel = (g16 - g32).norm() / g32.norm().clamp_min(1e-12)
+        assert cos > 0.98 and rel < 0.25, (tuple(p.shape), float(cos), float(rel))
+        differs |= not torch.equal(g16, g32)
+    assert differs, "bf16 autocast changed nothing: the forwards did not run in bfloat16"
+    # whole updates (critic, actor, temperature, targets) stay finite and float32
+    rb = filled_replay()
+    for step in range(2):
+        torch.manual_seed(step)
+        m = bf16.update(rb)
+        assert torch.isfinite(m["critic_loss"]) and m["critic_loss"].dtype == torch.float32
+    assert torch.isfinite(m["actor_loss"]) and torch.isfinite(m["alpha_loss"])   # the actor ran on the 2nd
+    assert m["skipped_critic_steps"] == 0 and m["skipped_actor_steps"] == 0
+    for net in (bf16.actor, bf16.critic, bf16.critic_target):
+        assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in net.parameters())
+    # acting runs under the same autocast and returns float32 actions
+    a = bf16.act(np.zeros(OBS, np.uint8), sample=True)
+    assert a.dtype == np.float32 and np.isfinite(a).all()
+
+
+def test_bf16_per_loss_gradients_by_vmap_and_loop_agree():
+    """Autocast inside per_group_grads: both methods give the same float32 gradients."""
+    torch.manual_seed(0)
+    agent = make_agent(OBS, A, tiny_cfg(algorithm="cg2a", precision="bf16"), "cpu")
+    obs, action, target = float_batch()
+    views = agent.algorithm.views(agent.preprocess(obs.to(torch.uint8)))
+    res = {m: per_group_grads(agent.critic, critic_loss, (views,), (action, target), params=agent.critic_params,
+                              method=m) for m in ("vmap", "loop")}
+    for gv, gl in zip(res["vmap"][0], res["loop"][0]):
+        assert gv.dtype == torch.float32
+        torch.testing.assert_close(gv, gl, rtol=2e-2, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------------ channels_last
+def test_channels_last_networks_equal_contiguous_in_float64():
+    """NHWC convolution weights and inputs give the outputs and gradients of the NCHW networks (float64)."""
+    torch.manual_seed(0)
+    nets = build_networks(OBS, A, num_conv_layers=3, num_filters=8, num_stride2=2, projection_dim=16, hidden_dim=32)
+    plain = [n.double() for n in nets]
+    nhwc = [copy.deepcopy(n).to(memory_format=torch.channels_last) for n in plain]
+    w = nhwc[1].encoder.shared_cnn.layers[0].weight
+    assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+    x = torch.randint(0, 256, (4, *OBS)).double()
+    action = torch.rand(4, A, dtype=torch.float64)
+    for x_in in (x, x.contiguous(memory_format=torch.channels_last)):
+        out = {}
+        for name, (actor, critic, _) in (("nchw", plain), ("nhwc", nhwc)):
+            trunk = critic.encoder.shared_cnn(x_in if name == "nhwc" else x)
+            if name == "nhwc":
+                assert trunk.is_contiguous(memory_format=torch.channels_last)
+            q1, q2 = critic(x_in if name == "nhwc" else x, action)
+            mu, _, _, _ = actor(x_in if name == "nhwc" else x, compute_pi=False)
+            loss = q1.sum() + q2.square().sum()
+            out[name] = (q1, q2, mu, torch.autograd.grad(loss, list(critic.parameters())))
+        for a, b in zip(out["nchw"][:3], out["nhwc"][:3]):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        for a, b in zip(out["nchw"][3], out["nhwc"][3]):
+            torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12)
+
+
+def test_per_group_grads_vmap_on_channels_last_critic():
+    """vmap used to fail on the channels-last trunk (a memory-format copy inside vmap); it equals the loop now."""
+    torch.manual_seed(0)
+    agent = make_agent(OBS, A, tiny_cfg(algorithm="cg2a", channels_last=True), "cpu")
+    agent.critic.double()
+    obs, action, target = float_batch()
+    views = agent.algorithm.views(obs.double().contiguous(memory_format=torch.channels_last))
+    params = [p for p in agent.critic.parameters() if p.requires_grad]
+    assert params[0].is_contiguous(memory_format=torch.channels_last)
+    gv, lv = per_group_grads(agent.critic, critic_loss, (views,), (action.double(), target.double()), params=params,
+                             method="vmap")
+    gl, ll = per_group_grads(agent.critic, critic_loss, (views,), (action.double(), target.double()), params=params,
+                             method="loop")
+    torch.testing.assert_close(lv, ll, rtol=1e-12, atol=1e-12)
+    for a, b in zip(gv, gl):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_channels_last_agent_state_loads_into_contiguous_agent():
+    cl, plain = twin_agents("drq", dict(channels_last=True), dict(channels_last=False))
+    conv_w = cl.critic.encoder.shared_cnn.layers[0].weight
+    assert conv_w.is_contiguous(memory_format=torch.channels_last)
+    assert plain.critic.encoder.shared_cnn.layers[0].weight.is_contiguous()
+    assert cl.preprocess(torch.zeros(2, *OBS, dtype=torch.uint8)).is_contiguous(memory_format=torch.channels_last)
+    assert plain.preprocess(torch.zeros(2, *OBS, dtype=torch.uint8)).is_contiguous()
+    rb = filled_replay()
+    torch.manual_seed(0)
+    cl.update(rb)
+    plain.load_state_dict(cl.state_dict())
+    x = torch.randint(0, 256, (3, *OBS)).float()
+    a = torch.rand(3, A)
+    for q_cl, q_plain in zip(cl.critic(x, a), plain.critic(x, a)):
+        torch.testing.assert_close(q_cl, q_plain, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------- replay
+def _same_batches(a: FrameReplayBuffer, b: FrameReplayBuffer, n=5, batch=16):
+    for _ in range(n):
+        for x, y in zip(a.sample(batch, device="cpu"), b.sample(batch, device="cpu")):
+            assert x.dtype == y.dtype and x.shape == y.shape and x.device.type == y.device.type == "cpu"
+            assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("obs_shape", [OBS, (9, 33, 33), (6, 10, 10)])   # frames of 8-, 1- and 4-byte words
+def test_torch_frame_ring_samples_the_numpy_ring_batches(obs_shape):
+    """Same seed, same writes (the ring wraps and overwrites frames of old transitions): the same batches."""
+    kw = dict(steps=150, capacity=60, episode_steps=15, done_every=37, obs_shape=obs_shape)
+    host, dev = filled_replay(None, **kw), filled_replay("cpu", **kw)
+    assert isinstance(host.frames, NumpyFrames) and isinstance(dev.frames, TorchFrames)
+    assert host.frames.nbytes == dev.frames.nbytes and host.nbytes() == dev.nbytes()
+    _same_batches(host, dev)
+    idx = host.sample_indices(8)
+    for x, y in zip(host.get(idx), dev.get(idx)):
+        assert isinstance(y, np.ndarray) and np.array_equal(x, y)
+    # the stacks are the environment's: obs of a transition ends with the frame before next_obs's newest
+    obs, _, _, next_obs, _ = host.get(idx)
+    mid = host.ep_step[idx] > 0   # obs ends with the frame before next_obs's newest (not at an episode start)
+    fc = obs_shape[0] // 3
+    assert mid.any() and np.array_equal(obs[mid, fc:], next_obs[mid, :-fc])
+
+
+@pytest.mark.parametrize("source,dest", [(None, "cpu"), ("cpu", None), (None, None), ("cpu", "cpu")])
+def test_replay_state_dict_round_trips_between_storages(source, dest):
+    src = filled_replay(source, steps=70, capacity=50)
+    state = src.state_dict()
+    assert isinstance(state["frames"], np.ndarray) and state["frames"].dtype == np.uint8
+    dst = FrameReplayBuffer(OBS, A, 50, frame_stack=3, episode_steps=20, seed=123, frames_device=dest)
+    dst.load_state_dict({k: np.array(v) for k, v in state.items()})   # as read back from the .npz
+    assert (dst.num_frames, dst.num_transitions, len(dst)) == (src.num_frames, src.num_transitions, len(src))
+    _same_batches(src, dst)
+    obs = np.full(OBS, 7, np.uint8)   # both keep storing the same way
+    src.add(np.zeros(A), 1.0, obs, True)
+    dst.add(np.zeros(A), 1.0, obs, True)
+    _same_batches(src, dst, n=2)
+
+
+def test_frames_device_choice():
+    for choice in ("auto", "cpu"):
+        assert frames_device_for(choice, "cpu", OBS, 1000) is None
+    with pytest.raises(ValueError, match="needs a CUDA training device"):
+        frames_device_for("cuda", "cpu", OBS, 1000)
+    with pytest.raises(ValueError, match="unknown replay_device 'gpu'"):
+        frames_device_for("gpu", "cpu", OBS, 1000)
+    with pytest.raises(ConfigError, match="replay_device cuda needs a CUDA --device"):
+        tiny_cfg(replay_device="cuda").validate()
+
+
+def test_speed_options_are_cli_switches_and_may_change_on_resume(tmp_path):
+    cfg = config_from_args(["--task", "cartpole_balance", "--preset", "cpu", "--precision", "bf16",
+                            "--no-channels_last", "--compile", "on", "--replay_device", "cpu", "--no-env_overlap"])
+    assert (cfg.precision, cfg.channels_last, cfg.compile, cfg.replay_device, cfg.env_overlap) == \
+        ("bf16", False, "on", "cpu", False)
+    run = tmp_path / "run"
+    run.mkdir()
+    TrainConfig(task="cartpole_balance", run_dir=str(run)).save(run / "config.json")
+    resumed = config_from_args(["--resume", "--run_dir", str(run), "--precision", "fp32", "--compile", "off",
+                                "--no-env_overlap", "--no-channels_last", "--replay_device", "cpu"])
+    assert (resumed.precision, resumed.compile, resumed.env_overlap, resumed.channels_last) == \
+        ("fp32", "off", False, False)
+
+
+# ------------------------------------------------------------------------------------------ compile
+def test_compiled_update_equals_eager():
+    """torch.compile'd network blocks (inductor on the CPU) give the eager updates, for drq and cg2a.
+
+    Cost: about 35 s of CPU time with a cold inductor cache (most of it compiling the drq graphs; cg2a
+    reuses them), a few seconds with a warm one; kept to tiny networks and two updates per algorithm."""
+    for algorithm in ("drq", "cg2a"):
+        eager, compiled = twin_agents(algorithm, dict(compile="off"), dict(compile="on"))
+        assert compiled.compiled and not eager.compiled
+        rb_e, rb_c = filled_replay(), filled_replay()
+        for step in range(2):   # the second update runs the actor, temperature and target updates too
+            torch.manual_seed(step)
+            m_e = eager.update(rb_e)
+            torch.manual_seed(step)
+            m_c = compiled.update(rb_c)
+            for key in ("critic_loss", "target_q"):
+                torch.testing.assert_close(m_c[key], m_e[key], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(m_c["actor_loss"], m_e["actor_loss"], rtol=1e-4, atol=1e-6)
+        # two Adam steps of lr 1e-3: float rounding moves parameters by much less than a step
+        for net in ("critic", "actor"):
+            for p_e, p_c in zip(getattr(eager, net).parameters(), getattr(compiled, net).parameters()):
+                torch.testing.assert_close(p_c, p_e, rtol=0, atol=1e-4)
+        # a compiled agent's state dict is the eager one's (same names)
+        assert set(compiled.state_dict()["critic"]) == set(eager.state_dict()["critic"])
+
+
+# ------------------------------------------------------------------------------------- env stepping
+class CountingEnv:
+    """A stand-in environment: the observation encodes the step and the action; step 3 can raise."""
+
+    def __init__(self, fail_at=None):
+        self.t = 0
+        self.fail_at = fail_at
+        self.threads = set()
+        self.closed = False
+
+    def reset(self, seed=None):
+        import threading
+        self.threads.add(threading.get_ident())
+        self.t = 0
+        return np.zeros(2), {}
+
+    def step(self, action):
+        import threading
+        self.threads.add(threading.get_ident())
+        self.t += 1
+        if self.t == self.fail_at:
+            raise ValueError("boom at step 3")
+        return np.array([self.t, float(action[0])]), float(self.t), False, self.t >= 5, {}
+
+    def close(self):
+        self.closed = True
+
+
+def test_env_stepper_protocol_and_errors():
+    import threading
+    env = CountingEnv(fail_at=3)
+    stepper = EnvStepper(env)
+    stepper.reset(seed=1)
+    action = np.array([0.5])
+    stepper.step_async(action)
+    action[0] = 9.0   # the stepper copied it
+    with pytest.raises(RuntimeError, match="a step is in flight"):
+        stepper.step_async(action)
+    obs, reward, terminated, truncated, _ = stepper.wait()
+    assert obs.tolist() == [1.0, 0.5] and reward == 1.0 and not terminated and not truncated
+    with pytest.raises(RuntimeError, match="no step in flight"):
+        stepper.wait()
+    stepper.step(np.array([1.0]))
+    stepper.step_async(np.array([1.0]))
+    with pytest.raises(ValueError, match="boom at step 3"):
+        stepper.wait()
+    stepper.close()
+    assert env.closed and len(env.threads) == 1 and threading.get_ident() not in env.threads
+    with pytest.raises(RuntimeError, match="closed"):
+        stepper.step_async(action)
+    inline_env = CountingEnv()
+    with EnvStepper(inline_env, overlap=False) as inline:
+        inline.reset()
+        assert inline.step(np.array([2.0]))[0].tolist() == [1.0, 2.0]
+    assert inline_env.threads == {threading.get_ident()} and inline_env.closed
+
+
+def test_env_stepper_gives_the_transitions_of_direct_stepping():
+    """A real renderer-backed environment (cartpole_balance, 32 px) stepped in the worker thread, overlapped
+    with torch work on the main thread, yields the transitions of stepping it directly."""
+    from cg2a_ext.rl.envs import make_env   # first: it picks the headless GL backend before dm_control loads
+
+    kw = dict(seed=3, image_size=32, frame_stack=3, action_repeat=8, episode_length=64)
+    actions = np.random.default_rng(0).uniform(-1, 1, (10, 1)).astype(np.float32)
+
+    def rollout(step_fn, reset_fn):
+        obs, _ = reset_fn(seed=11)
+        out = [obs]
+        for a in actions:
+            o, r, term, trunc, _ = step_fn(a)
+            out.append((o, r, term, trunc))
+            if term or trunc:
+                out.append(reset_fn(seed=12)[0])
+        return out
+
+    env = make_env("cartpole_balance", **kw)
+    try:
+        direct = rollout(env.step, env.reset)
+    finally:
+        env.close()
+    x = torch.randn(64, 64)
+    stepper = EnvStepper(make_env("cartpole_balance", **kw))
+    try:
+        def overlapped_step(a):
+            stepper.step_async(a)
+            for _ in range(5):   # work on this thread while the environment steps
+                torch.mm(x, x)
+            return stepper.wait()
+        threaded = rollout(overlapped_step, stepper.reset)
+    finally:
+        stepper.close()
+    assert len(direct) == len(threaded) and any(isinstance(t, np.ndarray) for t in direct[1:])
+    for d, t in zip(direct, threaded):
+        if isinstance(d, np.ndarray):
+            assert np.array_equal(d, t)
+        else:
+            assert np.array_equal(d[0], t[0]) and d[1:] == t[1:]
