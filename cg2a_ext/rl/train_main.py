@@ -266,10 +266,11 @@ def _train(cfg, run_dir: Path, prog: str, command: str, rd, load_resumable) -> P
     import torch
 
     from cg2a_ext.rl.agent import make_agent
+    from cg2a_ext.rl.env_stepper import EnvStepper
     from cg2a_ext.rl.envs import make_env
     from cg2a_ext.rl.evaluation import make_eval_envs
     from cg2a_ext.rl.host_memory import keep_freed_host_memory
-    from cg2a_ext.rl.replay import FrameReplayBuffer
+    from cg2a_ext.rl.replay import FrameReplayBuffer, frames_device_for
     from cg2a_ext.rl.run_logging import Progress, Rates, RunLogger
     from cg2a_ext.rl.seeding import SeedStreams
     from cg2a_ext.rl.trainer import Trainer, TrainingStopped
@@ -286,15 +287,21 @@ def _train(cfg, run_dir: Path, prog: str, command: str, rd, load_resumable) -> P
     env = make_env(cfg.task, mode="train", seed=seeds.integer("train_env", bits=31), image_size=cfg.image_size,
                    frame_stack=cfg.frame_stack, action_repeat=cfg.action_repeat, episode_length=cfg.episode_length,
                    data_dir=cfg.data_dir or None)
+    # the env renders on the stepper's thread only (an OpenGL context stays on the thread that made it)
+    env = EnvStepper(env, overlap=cfg.env_overlap)
     eval_envs: dict = {}
     logger = progress = None
     try:
-        obs_shape = env.observation_space.shape
-        action_dim = env.action_space.shape[0]
+        obs_shape = env.env.observation_space.shape
+        action_dim = env.env.action_space.shape[0]
         agent = make_agent(obs_shape, action_dim, cfg, device=device, seeds=seeds)
+        episode_steps = max(1, cfg.episode_length // cfg.action_repeat)
+        # after make_agent, so the networks count against the free GPU memory
+        frames_device = frames_device_for(cfg.replay_device, device, obs_shape, cfg.capacity, cfg.frame_stack,
+                                          episode_steps)
         replay = FrameReplayBuffer(obs_shape, action_dim, cfg.capacity, frame_stack=cfg.frame_stack,
-                                   episode_steps=max(1, cfg.episode_length // cfg.action_repeat),
-                                   seed=seeds.sequence("replay"))
+                                   episode_steps=episode_steps, seed=seeds.sequence("replay"),
+                                   frames_device=frames_device)
         eval_envs = make_eval_envs(cfg, cfg.eval_modes) if cfg.eval_freq > 0 else {}
 
         state = None

@@ -42,6 +42,7 @@ import torch
 
 from .algorithms.base import Algorithm
 from .checkpoint import save_checkpoint
+from .env_stepper import EnvStepper
 from .evaluation import evaluate_modes
 from .run_dir import IMAGES, VIDEOS, write_finished
 from .seeding import SeedStreams
@@ -124,7 +125,9 @@ class Trainer:
     def __init__(self, cfg, env, agent, replay, logger, run_dir, eval_envs: dict | None = None, progress=None,
                  resume_state: dict | None = None):
         self.cfg = cfg
-        self.env = env
+        # every call to the training env goes through the stepper (its own thread with --env_overlap)
+        self.stepper = env if isinstance(env, EnvStepper) else EnvStepper(env, overlap=cfg.env_overlap)
+        self.env = self.stepper.env
         self.agent = agent
         self.replay = replay
         self.logger = logger
@@ -306,7 +309,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def _reset(self):
-        obs, _ = self.env.reset(seed=self.seeds.integer("episodes", self.episode, bits=31))
+        obs, _ = self.stepper.reset(seed=self.seeds.integer("episodes", self.episode, bits=31))
         self.replay.add_first(obs)
         return obs
 
@@ -335,6 +338,9 @@ class Trainer:
                 action = agent.act(obs, sample=True)
             else:
                 action = self.rng.uniform(-1.0, 1.0, size=agent.action_dim).astype(np.float32)
+            # env.step(action) runs while the update does (--env_overlap); the update samples before
+            # transition t is stored, as in the serial order, so both give the same run
+            self.stepper.step_async(action)
             if training and len(self.replay) > 0:
                 diag = agent.algorithm.gradient_diagnostics and (self.step + 1) % cfg.log_freq == 0
                 m = agent.update(self.replay, diagnostics=diag)
@@ -344,7 +350,7 @@ class Trainer:
                 for k, v in m.items():
                     if not k.startswith("diag/"):
                         self._log_acc.setdefault(k, []).append(v)
-            next_obs, reward, terminated, truncated, _ = self.env.step(action)
+            next_obs, reward, terminated, truncated, _ = self.stepper.wait()
             self.replay.add(action, reward, next_obs, terminated)
             ep_return += float(reward)
             ep_len += 1
