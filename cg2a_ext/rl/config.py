@@ -51,7 +51,8 @@ class TrainConfig:
     task: str = "finger_spin"
     """DMC task name (``domain_task``), one of ``cg2a_ext.rl.envs.TASKS``."""
     algorithm: AlgorithmName = "cg2a"
-    """The algorithm (``cg2a_ext.rl.algorithms``): sac, drq, svea, ac (plain mean of augmented losses), cg2a."""
+    """The algorithm (``cg2a_ext.rl.algorithms``): sac, drq, svea, ac (plain mean of augmented losses), cg2a, and the
+    baselines soda, sgqn, smg."""
     seed: int = 0
     """Random seed (networks, replay sampling, augmentations, environment)."""
     image_size: int = 84
@@ -162,6 +163,68 @@ class TrainConfig:
     aux_update_freq: int = 2
     """Run the algorithm's auxiliary update (SODA, SGQN, SMG) every this many updates."""
 
+    # ---- baselines (SODA, SGQN, SMG)
+    soda_crop: Literal["random", "shift"] = "random"
+    """soda: random (the official protocol: frames rendered soda_crop_margin px larger, independent random crops
+    for the critic, actor and both SODA views, a centre crop when acting) or shift (the project's protocol: frames at
+    image_size, DrQ shift, two independent shifts for the SODA views)."""
+    soda_crop_margin: int = 16
+    """soda_crop=random: pixels the crops remove (100 px frames -> 84 px network input); unless --image_size is
+    given, soda renders image_size + this margin."""
+    soda_augmentation: Literal["overlay", "conv"] = "overlay"
+    """soda: augmentation of the online view, overlay (SODA) or conv (the SODA(conv) variant)."""
+    soda_batch_size: int = 256
+    """soda: observations drawn from the replay for each SODA step (a separate draw)."""
+    soda_projection_dim: int = 100
+    """soda: width of the BatchNorm projection and predictor MLPs on the flattened trunk output."""
+    soda_tau: float = 0.005
+    """soda: rate of the momentum target (trunk, projection, predictor copies) after each SODA step."""
+    soda_aux_lr: float = 3e-4
+    """soda: Adam learning rate of the SODA optimizer (trunk, projection, predictor); the script value 3e-4, the
+    argument default 1e-3 is an option."""
+    soda_aux_beta1: float = 0.9
+    """soda: Adam beta1 of the SODA optimizer."""
+    sgqn_quantile: float = 0.95
+    """sgqn: saliency quantile rho (pixels at or above it are kept); unless given, 0.98 for cartpole_swingup and
+    ball_in_cup_catch and 0.95 for the other tasks (0.90 is an option)."""
+    sgqn_consistency_weight: float = 0.5
+    """sgqn: weight of the Q consistency between the observation and its saliency-masked copy."""
+    sgqn_aux_lr: float = 3e-4
+    """sgqn: Adam learning rate of the saliency-prediction optimizer (trunk, critic projection, decoder)."""
+    sgqn_aux_beta1: float = 0.9
+    """sgqn: Adam beta1 of the saliency-prediction optimizer."""
+    smg_protocol: Literal["official", "dmcgb"] = "official"
+    """smg: official (batch 64 and projection 256 unless given) or dmcgb (the run's batch and projection,
+    a protocol-matched, non-official setting)."""
+    smg_mask_ratio: float = 0.06
+    """smg: target foreground-mask area rho (0.06 is the official walker_walk value; other tasks' values are
+    unpublished in text)."""
+    smg_mask_gate: Literal["updates", "env_steps"] = "updates"
+    """smg: the mask-area loss starts once the update count (updates) or the agent step (env_steps, the official
+    condition read literally) exceeds smg_mask_start."""
+    smg_mask_start: int = 1000
+    """smg: threshold of smg_mask_gate."""
+    smg_attribution_prob: float = 0.25
+    """smg: probability that an update's consistency view is the attribution augmentation (else overlay)."""
+    smg_consistency_weight: float = 0.5
+    """smg: weight of the Q consistency (augmented view against the stop-gradient clean Q)."""
+    smg_recon_weight: float = 1.0
+    """smg: weight of the reconstruction loss."""
+    smg_mask_weight: float = 1.0
+    """smg: weight of the mask-area loss."""
+    smg_back_weight: float = 2.0
+    """smg: weight of the background reconstruction loss."""
+    smg_action_weight: float = 1.0
+    """smg: weight of the inverse-dynamics loss."""
+    smg_fore_weight: float = 0.1
+    """smg: weight of the foreground consistency loss."""
+    smg_aux_lr: float = 1e-3
+    """smg: Adam learning rate of the predictor optimizer (trunk, critic projection and every SMG module)."""
+    smg_aux_beta1: float = 0.9
+    """smg: Adam beta1 of the predictor optimizer."""
+    smg_grad_clip: float = 100.0
+    """smg: global gradient-norm clip of the predictor step."""
+
     # ---- run / machine
     device: str = "auto"
     """Torch device: auto (cuda when available), cpu, cuda, cuda:N."""
@@ -239,7 +302,9 @@ class TrainConfig:
         choices = {"preset": get_args(PresetName), "algorithm": algorithms.NAMES, "mask": ("agree", "positive"),
                    "nonfinite": ("skip", "raise"), "svea_augmentation": ("overlay", "conv"),
                    "precision": get_args(PrecisionName), "compile": get_args(CompileName),
-                   "replay_device": get_args(ReplayDeviceName)}
+                   "replay_device": get_args(ReplayDeviceName),
+                   "soda_crop": ("random", "shift"), "soda_augmentation": ("overlay", "conv"),
+                   "smg_protocol": ("official", "dmcgb"), "smg_mask_gate": ("updates", "env_steps")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")

@@ -51,9 +51,11 @@ class SACAgent:
         self.device = torch.device(device)
         self.action_dim = action_dim
         self.algorithm = algorithm
+        # the networks' input: the rendered frames, or the algorithm's crop of them (SODA)
+        self.obs_shape = algorithm.network_obs_shape(tuple(obs_shape))
         if networks is None:
             networks = build_networks(
-                obs_shape, action_dim, num_conv_layers=cfg.num_conv_layers, num_filters=cfg.num_filters,
+                self.obs_shape, action_dim, num_conv_layers=cfg.num_conv_layers, num_filters=cfg.num_filters,
                 num_stride2=cfg.num_stride2, projection_dim=cfg.projection_dim, hidden_dim=cfg.hidden_dim,
                 log_std_min=cfg.actor_log_std_min, log_std_max=cfg.actor_log_std_max)
         self.actor, self.critic, self.critic_target = networks

@@ -20,6 +20,9 @@ _MODULES: dict[str, str] = {
     "svea": "cg2a_ext.rl.algorithms.svea",
     "ac": "cg2a_ext.rl.algorithms.ac",
     "cg2a": "cg2a_ext.rl.algorithms.cg2a",
+    "soda": "cg2a_ext.rl.algorithms.soda",
+    "sgqn": "cg2a_ext.rl.algorithms.sgqn",
+    "smg": "cg2a_ext.rl.algorithms.smg",
 }
 
 NAMES: tuple[str, ...] = tuple(_MODULES)

@@ -76,6 +76,12 @@ def check_finite(params, policy: str, what: str) -> bool:
     return False
 
 
+def newest_frames(x: torch.Tensor) -> np.ndarray:
+    """The newest RGB frame of each stacked observation [N, 3 * frames, H, W] (values 0-255) as uint8 [N, H, W, 3],
+    the format of :meth:`Algorithm.evaluation_images`."""
+    return x[:, -3:].detach().float().clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
 class Algorithm(abc.ABC):
     """One algorithm of the trainer. Subclasses set the class attributes and implement ``critic_gradient``.
 
@@ -123,6 +129,12 @@ class Algorithm(abc.ABC):
         # augmentation draws (shift, crops, augmented copies) on the device that holds the batch
         self.generator = seeds.torch_generator("augment", self.device)
         self.num_aux_updates = 0
+        self.skipped_aux_steps = 0
+
+    def network_obs_shape(self, obs_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The observation shape the networks are built for, given the rendered one (default: the same).
+        An algorithm that trains on crops of larger frames (SODA) returns the crop's shape."""
+        return tuple(obs_shape)
 
     def attach(self, agent: "SACAgent") -> None:
         """Build auxiliary networks and optimizers once the agent's networks exist (default: none)."""
@@ -154,11 +166,13 @@ class Algorithm(abc.ABC):
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state(), "num_aux_updates": self.num_aux_updates}
+        return {"generator": self.generator.get_state(), "num_aux_updates": self.num_aux_updates,
+                "skipped_aux_steps": self.skipped_aux_steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"].cpu())
         self.num_aux_updates = int(state.get("num_aux_updates", 0))
+        self.skipped_aux_steps = int(state.get("skipped_aux_steps", 0))
 
     # ------------------------------------------------------------------ helpers for subclasses
     def backward_single(self, agent: "SACAgent", loss: torch.Tensor) -> CriticGradOutput:
@@ -168,3 +182,22 @@ class Algorithm(abc.ABC):
             p.grad = None
         loss.backward()
         return CriticGradOutput(loss.detach(), check_finite(params, self.nonfinite, "critic"))
+
+    def auxiliary_step(self, optimizer: torch.optim.Optimizer, params: list, loss: torch.Tensor, what: str,
+                       max_grad_norm: float | None = None) -> bool:
+        """One step of an auxiliary optimizer on ``loss``: backward, the ``nonfinite`` policy (skip and count
+        in ``skipped_aux_steps``, or raise), optional global grad-norm clipping, step. The gradients are
+        cleared afterwards, so none is left in parameters the auxiliary optimizer shares with the critic."""
+        for p in params:
+            p.grad = None
+        loss.backward()
+        finite = check_finite(params, self.nonfinite, what)
+        if finite:
+            if max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+            optimizer.step()
+        else:
+            self.skipped_aux_steps += 1
+        for p in params:
+            p.grad = None
+        return finite

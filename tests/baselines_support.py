@@ -1,0 +1,50 @@
+"""Shared set-up of the baseline tests (soda, sgqn, smg): a tiny config, a filled replay, state comparison."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cg2a_ext.rl.config import TrainConfig
+from cg2a_ext.rl.replay import FrameReplayBuffer
+
+OBS = (9, 32, 32)
+A = 2
+
+
+def tiny_cfg(algorithm: str, **kw) -> TrainConfig:
+    base = dict(task="cartpole_balance", algorithm=algorithm, image_size=OBS[-1], num_conv_layers=2, num_filters=8,
+                projection_dim=16, hidden_dim=32, batch_size=8, soda_batch_size=16, device="cpu")
+    base.update(kw)
+    return TrainConfig(**base).validate()
+
+
+def filled_replay(obs_shape=OBS, action_dim=A, steps=40, seed=0) -> FrameReplayBuffer:
+    rb = FrameReplayBuffer(obs_shape, action_dim, 100, frame_stack=3, episode_steps=20, seed=seed)
+    rng = np.random.default_rng(seed)
+    rb.add_first(rng.integers(0, 256, obs_shape, dtype=np.uint8))
+    for _ in range(steps):
+        rb.add(rng.uniform(-1, 1, action_dim), rng.uniform(0, 1), rng.integers(0, 256, obs_shape, dtype=np.uint8),
+               False)
+    return rb
+
+
+def batch(b=8, obs_shape=OBS, action_dim=A, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.randint(0, 256, (b, *obs_shape), generator=g).float()
+    action = torch.rand(b, action_dim, generator=g) * 2 - 1
+    target = torch.randn(b, 1, generator=g)
+    return obs, action, target
+
+
+def flat_tensors(state, prefix="") -> dict[str, torch.Tensor]:
+    """Every tensor of a nested state dict (optimizer states included), keyed by its path."""
+    out = {}
+    if isinstance(state, torch.Tensor):
+        out[prefix] = state
+    elif isinstance(state, dict):
+        for k, v in state.items():
+            out.update(flat_tensors(v, f"{prefix}/{k}"))
+    elif isinstance(state, (list, tuple)):
+        for i, v in enumerate(state):
+            out.update(flat_tensors(v, f"{prefix}/{i}"))
+    return out
