@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,11 +25,6 @@ from packaging.version import Version
 
 from cg2a_ext import has_cuda_kernels
 from cg2a_ext._extension import require_fused_ops
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10: the test extra installs tomli
-    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 # setup.py's functions, without running the build (it builds only as __main__).
