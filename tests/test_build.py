@@ -1,18 +1,171 @@
-"""CMakeLists.txt builds the same ops as setup.py (CPU build; the CUDA kernels
-are compiled by the package build itself, which CI checks through
-CG2A_EXPECT_CUDA)."""
+"""The build: what setup.py decides for a given torch and toolkit, what the installed
+extension registers, the torch it runs on against the declared minimum, and the CMake
+build of the same ops.
+
+CI sets CG2A_EXPECT_CUDA (1: the CUDA kernels must be compiled in; 0: they must not)
+and CG2A_EXPECT_TORCH (the exact torch version each of its venvs must run).
+"""
 from __future__ import annotations
 
+import importlib.metadata
+import os
+import runpy
 import shutil
 import subprocess
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from packaging.requirements import Requirement
+from packaging.version import Version
+
+from cg2a_ext import has_cuda_kernels
+from cg2a_ext._extension import require_fused_ops
 
 ROOT = Path(__file__).resolve().parents[1]
+# setup.py's functions, without running the build (it builds only as __main__).
+SETUP = runpy.run_path(str(ROOT / "setup.py"), run_name="cg2a_setup")
+SCHEMAS = {
+    "gram": "cg2a::gram(Tensor[] grads) -> Tensor",
+    "combine": "cg2a::combine(Tensor[] grads, Tensor weights, float gamma, int mask) -> (Tensor[], Tensor)",
+    "combine_out": "cg2a::combine_out(Tensor[] grads, Tensor weights, float gamma, int mask, "
+                   "Tensor(a!)[] out) -> Tensor",
+}
 
 
+def fake_torch(version: str, cuda: str | None):
+    return SimpleNamespace(__version__=version, version=SimpleNamespace(cuda=cuda))
+
+
+def fake_toolkit(root: Path, release: str) -> str:
+    """A CUDA_HOME whose nvcc reports `release`."""
+    (root / "bin").mkdir(parents=True)
+    nvcc = root / "bin" / "nvcc"
+    nvcc.write_text(f"#!/bin/sh\necho 'Cuda compilation tools, release {release}, V{release}.1'\n")
+    nvcc.chmod(0o755)
+    return str(root)
+
+
+# ----------------------------------------------------------------- torch version
+def torch_requirement() -> Requirement:
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    found = [Requirement(d) for d in dependencies if Requirement(d).name == "torch"]
+    assert len(found) == 1, f"pyproject.toml names torch {len(found)} times: {dependencies}"
+    return found[0]
+
+
+def test_torch_is_a_minimum_not_a_pin_and_the_running_one_meets_it():
+    requirement = torch_requirement()
+    (spec,) = requirement.specifier
+    assert spec.operator == ">=", f"torch must be a minimum version, not {requirement}"
+    minimum = Version(spec.version)
+    assert (minimum.major, minimum.minor) == SETUP["MIN_TORCH"], "pyproject.toml and setup.py disagree"
+    running = Version(torch.__version__)
+    assert requirement.specifier.contains(running, prereleases=True), f"torch {running} is older than {minimum}"
+    expected = os.environ.get("CG2A_EXPECT_TORCH")
+    if expected:
+        assert torch.__version__ == expected, f"CG2A_EXPECT_TORCH={expected} but torch {torch.__version__} runs"
+
+
+def test_installed_metadata_keeps_the_minimum():
+    try:
+        requires = importlib.metadata.requires("cg2a-ext") or []
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("cg2a-ext is not installed (an in-place build): no metadata to check")
+    torch_requires = [Requirement(r) for r in requires if Requirement(r).name == "torch"]
+    assert [str(r.specifier) for r in torch_requires] == [str(torch_requirement().specifier)]
+
+
+# ----------------------------------------------------------- setup.py's decisions
+def test_setup_needs_the_installed_torch(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # as in an isolated build: no torch
+    with pytest.raises(SystemExit, match="--no-build-isolation"):
+        SETUP["import_torch"]()
+    monkeypatch.setitem(sys.modules, "torch", fake_torch("2.12.1+cu128", "12.8"))
+    with pytest.raises(SystemExit, match=r"torch 2\.12\.1\+cu128 is older than the oldest supported, 2\.13"):
+        SETUP["import_torch"]()
+    monkeypatch.setitem(sys.modules, "torch", fake_torch("2.13.0+cpu", None))
+    assert SETUP["import_torch"]().__version__ == "2.13.0+cpu"
+
+
+def test_setup_builds_cpu_kernels_only_for_a_cpu_torch(tmp_path, monkeypatch, capsys):
+    toolkit = fake_toolkit(tmp_path / "cuda", "13.0")
+    cpu_torch = fake_torch("2.13.0+cpu", None)
+    monkeypatch.delenv("CG2A_CUDA", raising=False)
+    assert SETUP["want_cuda"](cpu_torch, toolkit) is False
+    assert capsys.readouterr().out.strip() == (
+        "cg2a_ext: building the CPU kernels only: torch 2.13.0+cpu is a CPU build "
+        "(CG2A_CUDA=1 would make this an error)"
+    )
+    monkeypatch.setenv("CG2A_CUDA", "1")
+    with pytest.raises(SystemExit, match="CG2A_CUDA=1 but the CUDA kernels cannot be built: torch 2.13.0.cpu is a CPU build"):
+        SETUP["want_cuda"](cpu_torch, toolkit)
+    with pytest.raises(SystemExit, match="no CUDA toolkit"):
+        SETUP["want_cuda"](fake_torch("2.14.1+cu130", "13.0"), None)
+
+
+def test_setup_needs_matching_cuda_major_versions(tmp_path, monkeypatch, capsys):
+    toolkit = fake_toolkit(tmp_path / "cuda", "13.0")
+    monkeypatch.delenv("CG2A_CUDA", raising=False)
+    older = fake_torch("2.13.0+cu128", "12.8")
+    reason = SETUP["why_no_cuda"](older, toolkit)
+    assert "CUDA 12.8" in reason and "CUDA 13.0" in reason
+    assert SETUP["want_cuda"](older, toolkit) is False
+    assert "CPU kernels only" in capsys.readouterr().out
+    # Same major, other minor: CUDA's minor-version compatibility covers it.
+    assert SETUP["why_no_cuda"](fake_torch("2.14.1+cu132", "13.2"), toolkit) is None
+    assert SETUP["want_cuda"](fake_torch("2.14.1+cu132", "13.2"), toolkit) is True
+    assert "CPU and CUDA kernels" in capsys.readouterr().out
+    monkeypatch.setenv("CG2A_CUDA", "0")
+    assert SETUP["want_cuda"](fake_torch("2.14.1+cu132", "13.2"), toolkit) is False
+    assert "CG2A_CUDA=0" in capsys.readouterr().out
+    monkeypatch.setenv("CG2A_CUDA", "yes")
+    with pytest.raises(SystemExit, match="expected 0 .* or 1"):
+        SETUP["want_cuda"](fake_torch("2.14.1+cu132", "13.2"), toolkit)
+
+
+# ------------------------------------------------------- the installed extension
+def test_ops_are_registered_with_their_schemas():
+    require_fused_ops()  # loads cg2a_ext._C, which registers the ops; fails if it was not built
+    for name, schema in SCHEMAS.items():
+        op = getattr(torch.ops.cg2a, name).default
+        assert str(op._schema) == schema
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), "CPU"), f"{name}: no CPU kernel"
+
+
+def test_cuda_kernels_are_compiled_as_expected():
+    require_fused_ops()
+    built = has_cuda_kernels()
+    expected = os.environ.get("CG2A_EXPECT_CUDA")
+    if expected in ("0", "1"):
+        assert built == (expected == "1"), f"CG2A_EXPECT_CUDA={expected} but cg2a_ext._C has CUDA kernels: {built}"
+    if torch.version.cuda is None:
+        assert not built, f"CUDA kernels reported by a build against a CPU torch ({torch.__version__})"
+    # The flag is what the dispatcher holds: a CUDA kernel for every op iff it says so.
+    for name in SCHEMAS:
+        registered = torch._C._dispatch_has_kernel_for_dispatch_key(f"cg2a::{name}", "CUDA")
+        assert registered == built, f"cg2a::{name}: CUDA kernel registered {registered}, flag {built}"
+
+
+@pytest.mark.cuda
+def test_cuda_kernels_run_on_the_device():
+    if not has_cuda_kernels():
+        pytest.skip("cg2a_ext._C was built without its CUDA kernels (CG2A_CUDA=0 or a CPU torch)")
+    g = [torch.randn(3, 50, dtype=torch.float64), torch.randn(3, 4, 5, dtype=torch.float64)]
+    flat = torch.cat([x.reshape(3, -1) for x in g], 1)
+    on_gpu = [x.cuda() for x in g]
+    torch.testing.assert_close(torch.ops.cg2a.gram(on_gpu).cpu(), flat @ flat.T)
+    out, _ = torch.ops.cg2a.combine(on_gpu, torch.ones(3, dtype=torch.float64, device="cuda"), 1.0, 0)
+    torch.testing.assert_close(torch.cat([o.reshape(-1) for o in out]).cpu(), flat.sum(0))
+
+
+# ------------------------------------------------------------------ CMake build
 def test_cmake_build_registers_working_ops(tmp_path):
+    """CMakeLists.txt builds the same ops as setup.py (CPU build)."""
     # The cmake and ninja of the test extra (pip), next to this interpreter.
     cmake = shutil.which("cmake", path=str(Path(sys.executable).parent)) or shutil.which("cmake")
     ninja = shutil.which("ninja", path=str(Path(sys.executable).parent)) or shutil.which("ninja")
@@ -22,7 +175,7 @@ def test_cmake_build_registers_working_ops(tmp_path):
         step = subprocess.run(command, capture_output=True, text=True)
         assert step.returncode == 0, f"{command}: {step.stdout[-3000:]}{step.stderr[-3000:]}"
     library = next(tmp_path.glob("_C*.so"))
-    # A fresh interpreter: the installed cg2a_ext._C registers the same ops.
+    # A fresh interpreter: the library loads on its own and registers working ops.
     script = textwrap.dedent(f"""
         import torch
         torch.ops.load_library({str(library)!r})

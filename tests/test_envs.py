@@ -1,8 +1,8 @@
 """Tests of the DMC-GB environments (cg2a_ext.rl.envs).
 
-Both data paths are exercised: the DMC-GB folder (``CG2A_DMCGB_DATA``, else
-``../shared/dmcgb`` beside the repository) and the procedural sets (the
-variable removed). Episodes are kept short: rendering runs on the CPU.
+Both data paths are exercised: the DMC-GB folder (``CG2A_DMCGB_DATA``, read by
+conftest.py's ``dmcgb_data`` fixture) and the procedural sets (the variable
+removed). Episodes are kept short: rendering runs on the CPU.
 """
 from __future__ import annotations
 
@@ -19,37 +19,16 @@ from cg2a_ext.rl.envs.data import DATA_ENV_VAR
 from cg2a_ext.rl.envs.procedural import procedural_color_entries
 from cg2a_ext.rl.envs.video import CLIP_CACHE, green_mask, green_screen, green_screen_reference
 
-REPO = Path(__file__).resolve().parents[1]
 SIZE = 64  # smaller than 84 to keep CPU rendering cheap; the logic does not depend on it
-
-
-def _dmcgb_dir() -> Path | None:
-    env = os.environ.get(DATA_ENV_VAR, "").strip()
-    if env:
-        return Path(env)
-    shared = REPO.parent / "shared" / "dmcgb"
-    return shared if shared.is_dir() else None
-
-
-def _skip_without_data():
-    """Skip a data test where no DMC-GB data is present; CI sets CG2A_EXPECT_DMCGB_DATA=1, where
-    missing data is a failure instead, so those tests can never be skipped silently there."""
-    text = f"DMC-GB data not found: set {DATA_ENV_VAR} or provide ../shared/dmcgb"
-    if os.environ.get("CG2A_EXPECT_DMCGB_DATA") == "1":
-        pytest.fail(text + " (CG2A_EXPECT_DMCGB_DATA=1)")
-    pytest.skip(text)
 
 
 @pytest.fixture(params=["procedural", "dmcgb"])
 def source(request, monkeypatch) -> Path | None:
-    """None for the procedural sets, else the DMC-GB data folder."""
+    """None for the procedural sets, else the DMC-GB data folder (passed as data_dir)."""
+    # The data folder is read first: conftest.py took it from CG2A_DMCGB_DATA at start.
+    folder = None if request.param == "procedural" else request.getfixturevalue("dmcgb_data")
     monkeypatch.delenv(DATA_ENV_VAR, raising=False)
-    if request.param == "procedural":
-        return None
-    path = _dmcgb_dir()
-    if path is None:
-        _skip_without_data()
-    return path
+    return folder
 
 
 def _erode(mask: np.ndarray) -> np.ndarray:
@@ -343,11 +322,8 @@ def test_green_mask_matches_per_pixel_reference():
         green_mask(pixels.astype(np.float32))
 
 
-def test_incomplete_data_folder_and_clip_cache(tmp_path, monkeypatch):
-    monkeypatch.delenv(DATA_ENV_VAR, raising=False)
-    shared = _dmcgb_dir()
-    if shared is None:
-        _skip_without_data()
+def test_incomplete_data_folder_and_clip_cache(tmp_path, monkeypatch, dmcgb_data):
+    shared = dmcgb_data
     (tmp_path / "video_easy").mkdir()
     for i in (2, 0):
         (tmp_path / "video_easy" / f"video{i}.mp4").symlink_to(shared / "video_easy" / f"video{i}.mp4")
