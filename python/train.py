@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Train a SAC agent (sac / drq / svea / ac / cg2a) on a DMC-GB task; the same as ``cg2a-train``.
+"""Train a SAC agent (any registered algorithm: sac, drq, svea, ac, cg2a, soda, sgqn, smg) on a DMC-GB task; the
+same as ``cg2a-train``.
 
     python python/train.py --task finger_spin                 # paper configuration on CUDA, cpu preset otherwise
     python python/train.py --task cartpole_balance --preset cpu --algorithm drq

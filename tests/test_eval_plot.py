@@ -88,6 +88,8 @@ def test_run_label_separates_ablations_not_seeds(tmp_path):
         "cartpole_balance cg2a augmentations=overlay,overlay_s"
     # drq ignores the combination options, so they do not split its curves
     assert run_label(run("e", algorithm="drq", augmentations=("overlay",))) == "cartpole_balance drq"
+    # the baselines' overlay images: results made with the procedural bank say so
+    assert run_label(run("f", algorithm="soda")) == "cartpole_balance soda image_bank=procedural"
 
 
 def test_aggregate_shares_from_logged_norms_and_cosines():

@@ -41,7 +41,9 @@ def run_label(run_dir) -> str:
     for name in options:
         value = cfg.get(name)
         value = tuple(value) if isinstance(value, list) else value
-        if name in cfg and value != getattr(defaults, name, None):
+        if name == "image_bank" and not value:
+            label += " image_bank=procedural"   # an approximation of Places365: always say so
+        elif name in cfg and value != getattr(defaults, name, None):
             shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
             label += f" {name}={shown}"
     return label
