@@ -15,6 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from cg2a_ext.rl import algorithms
+
 INSTALL_HINT = ('sweep.py runs the grid on Ray, which is not installed here. Install the optional extra '
                 'from the repository root:  pip install ".[sweep]"')
 
@@ -26,7 +28,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--root", default=None, help="sweep folder: one run folder per run, sweep.json, _sweep/")
     g.add_argument("--config", default=None, help="TOML file with the grid (see cg2a_ext.rl.sweep.grid)")
     g.add_argument("--tasks", nargs="+", default=[], help="DMC tasks")
-    g.add_argument("--algorithms", nargs="+", default=[], help="algorithms (sac, drq, svea, ac, cg2a)")
+    g.add_argument("--algorithms", nargs="+", default=[], help="algorithms (" + ", ".join(algorithms.NAMES) + ")")
     g.add_argument("--seeds", nargs="+", type=int, default=[], help="seeds")
     g.add_argument("--set", action="append", nargs="+", default=[], metavar="KEY=VALUE",
                    help="a train.py option for every run, e.g. preset=cpu, 'eval_modes=train video_hard', gas=false")
