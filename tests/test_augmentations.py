@@ -19,7 +19,7 @@ from cg2a_ext.rl.augmentations import (
     random_shift,
 )
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]   # cuda: skipped with the reason where absent
 
 
 def _batch(b=6, frames=3, h=20, w=24, device="cpu", seed=0) -> torch.Tensor:
