@@ -2,7 +2,13 @@
 #include "cg2a_ops.h"
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
+#include <torch/library.h>
 #include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cmath>
+#include <sstream>
 
 #include "cg2a_elementwise.h"
 
@@ -51,6 +57,7 @@ int64_t check_grads(at::TensorList grads, const char* op) {
 void check_weights(const at::Tensor& weights, at::TensorList grads,
                    const char* op) {
   const int64_t K = grads[0].size(0);
+  TORCH_CHECK_VALUE(weights.defined(), op, ": weights are undefined (None)");
   TORCH_CHECK_VALUE(weights.dim() == 1 && weights.size(0) == K, op,
                     ": weights must have shape [K] = [", K, "], got ",
                     weights.sizes());
@@ -88,6 +95,163 @@ void check_mask(int64_t mask, const char* op) {
                     "; expected 0 (agree) or 1 (positive)");
 }
 
+int64_t parse_mask(std::string_view mask, const char* op) {
+  if (mask == "agree") return kMaskAgree;
+  if (mask == "positive") return kMaskPositive;
+  TORCH_CHECK_VALUE(false, op, ": unknown mask '", mask,
+                    "'; expected 'agree' or 'positive'");
+}
+
+NonfinitePolicy parse_nonfinite(std::string_view policy, const char* op) {
+  if (policy == "raise") return NonfinitePolicy::kRaise;
+  if (policy == "zero") return NonfinitePolicy::kZero;
+  TORCH_CHECK_VALUE(false, op, ": unknown nonfinite policy '", policy,
+                    "'; expected 'raise' or 'zero'");
+}
+
+void check_gamma(double gamma, const char* op) {
+  // Written so that NaN fails too.
+  TORCH_CHECK_VALUE(gamma >= 0.0 && gamma <= 1.0, op, ": gamma = ", gamma,
+                    "; expected a finite value in [0, 1]");
+}
+
+void check_weight_values(const at::Tensor& weights, const char* op) {
+  const at::Tensor host = weights.to(at::kCPU, at::kDouble).contiguous();
+  const double* w = host.const_data_ptr<double>();
+  bool finite = true;
+  for (int64_t i = 0; i < host.numel(); ++i) finite = finite && std::isfinite(w[i]);
+  if (finite) return;
+  std::ostringstream values;
+  for (int64_t i = 0; i < host.numel(); ++i) values << (i ? ", " : "") << w[i];
+  TORCH_CHECK_VALUE(false, op, ": weights hold a non-finite value (weights = [",
+                    values.str(), "]); expected K finite values");
+}
+
+namespace {
+
+// The bytes [begin, end) a tensor's elements can occupy.
+struct Span {
+  uintptr_t begin;
+  uintptr_t end;
+  bool is_out;
+  size_t index;
+};
+
+Span span_of(const at::Tensor& t, bool is_out, size_t index) {
+  int64_t low = 0;
+  int64_t high = 0;
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    const int64_t extent = (t.size(d) - 1) * t.stride(d);
+    (extent < 0 ? low : high) += extent;
+  }
+  const auto base = reinterpret_cast<uintptr_t>(t.const_data_ptr());
+  const auto item = uintptr_t(t.element_size());
+  return Span{base + uintptr_t(low * int64_t(item)),
+              base + uintptr_t((high + 1) * int64_t(item)), is_out, index};
+}
+
+std::string name_of(const Span& s) {
+  return (s.is_out ? "out[" : "grads[") + std::to_string(s.index) + "]";
+}
+
+}  // namespace
+
+void check_no_overlap(at::TensorList out, at::TensorList grads,
+                      const char* op) {
+  std::vector<Span> spans;
+  spans.reserve(out.size() + grads.size());
+  for (size_t t = 0; t < out.size(); ++t) {
+    TORCH_CHECK_VALUE(at::has_internal_overlap(out[t]) != at::MemOverlap::Yes,
+                      op, ": out[", t, "] has elements that share memory (an "
+                      "expanded tensor?); each output element needs its own memory");
+    if (out[t].numel() > 0) spans.push_back(span_of(out[t], true, t));
+  }
+  for (size_t t = 0; t < grads.size(); ++t)
+    if (grads[t].numel() > 0) spans.push_back(span_of(grads[t], false, t));
+  // Sweep in address order: a span intersects an earlier one exactly when it
+  // begins before the largest end seen so far (that span's owner is named).
+  std::sort(spans.begin(), spans.end(),
+            [](const Span& a, const Span& b) { return a.begin < b.begin; });
+  const Span* reach_any = nullptr;  // earlier span reaching furthest
+  const Span* reach_out = nullptr;  // earlier output span reaching furthest
+  for (const Span& s : spans) {
+    const Span* other = s.is_out ? reach_any : reach_out;
+    if (other != nullptr && s.begin < other->end) {
+      const Span& first = other->is_out ? *other : s;
+      const Span& second = other->is_out ? s : *other;
+      TORCH_CHECK_VALUE(false, op, ": ", name_of(first), " overlaps ",
+                        name_of(second), " in memory; the outputs must not "
+                        "share memory with any input or with each other");
+    }
+    if (reach_any == nullptr || s.end > reach_any->end) reach_any = &s;
+    if (s.is_out && (reach_out == nullptr || s.end > reach_out->end)) reach_out = &s;
+  }
+}
+
+void check_gram_inputs(at::TensorList grads, const char* op) {
+  check_grads(grads, op);
+}
+
+void check_combine_inputs(at::TensorList grads, const at::Tensor& weights,
+                          double gamma, int64_t mask,
+                          std::optional<at::TensorList> out, const char* op) {
+  check_grads(grads, op);
+  check_weights(weights, grads, op);
+  check_gamma(gamma, op);
+  check_mask(mask, op);
+  if (out.has_value()) check_out(*out, grads, op);
+}
+
+AggregateOptions check_aggregate_inputs(at::TensorList grads, double gamma,
+                                        std::string_view mask,
+                                        std::string_view nonfinite,
+                                        std::optional<at::TensorList> out,
+                                        const char* op) {
+  check_grads(grads, op);
+  check_gamma(gamma, op);
+  AggregateOptions options{parse_mask(mask, op), parse_nonfinite(nonfinite, op)};
+  if (out.has_value()) check_out(*out, grads, op);
+  return options;
+}
+
+void raise_nonfinite_input(const at::Tensor& gram_cpu, const char* op) {
+  const at::Tensor g = gram_cpu.to(at::kDouble).contiguous();
+  const int64_t K = g.size(0);
+  std::ostringstream norms;
+  for (int64_t i = 0; i < K; ++i) {
+    const double d = g.const_data_ptr<double>()[i * K + i];
+    norms << (i ? ", " : "") << std::sqrt(d);
+  }
+  TORCH_CHECK_VALUE(false, op, ": non-finite input: an input gradient "
+                    "contains NaN or Inf (per-loss gradient norms: [",
+                    norms.str(), "]); nothing was written. Pass "
+                    "nonfinite='zero' to zero the output instead.");
+}
+
+const char* dtype_name(at::ScalarType dtype);
+
+void raise_overflow(bool in_gram, at::ScalarType dtype, const char* op) {
+  if (in_gram)
+    TORCH_CHECK_VALUE(false, op, ": overflow: every input is finite but their "
+                      "Gram matrix overflows float64 (a per-loss gradient norm "
+                      "above about 1e154); nothing was written. Scale the "
+                      "losses down.");
+  TORCH_CHECK_VALUE(false, op, ": overflow: every input is finite but the "
+                    "aggregated gradient does not fit in ", dtype_name(dtype),
+                    " (an element beyond its largest finite value); the "
+                    "output was zeroed.");
+}
+
+const char* dtype_name(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kFloat: return "float32";
+    case at::kDouble: return "float64";
+    case at::kHalf: return "float16";
+    case at::kBFloat16: return "bfloat16";
+    default: return c10::toString(dtype);
+  }
+}
+
 // True when every row of g ([K, *shape]) is one contiguous run of elements.
 static bool rows_are_contiguous(const at::Tensor& g) {
   int64_t expected = 1;
@@ -111,4 +275,44 @@ std::vector<RowView> row_views(at::TensorList grads) {
   return views;
 }
 
+// The `*_check` ops: the metadata checks of each op alone, for the fake
+// (meta) kernels registered in Python, so that FakeTensor and meta calls are
+// refused with the backends' own messages. They read no tensor data.
+namespace {
+
+void gram_check(at::TensorList grads) { check_gram_inputs(grads, "cg2a::gram"); }
+
+void combine_check(at::TensorList grads, const at::Tensor& weights,
+                   double gamma, int64_t mask) {
+  check_combine_inputs(grads, weights, gamma, mask, std::nullopt, "cg2a::combine");
+}
+
+void combine_out_check(at::TensorList grads, const at::Tensor& weights,
+                       double gamma, int64_t mask, at::TensorList out) {
+  check_combine_inputs(grads, weights, gamma, mask, out, "cg2a::combine_out");
+}
+
+void aggregate_check(at::TensorList grads, double gamma, bool gas,
+                     std::string_view mask, std::string_view nonfinite) {
+  check_aggregate_inputs(grads, gamma, mask, nonfinite, std::nullopt,
+                         "cg2a::aggregate");
+}
+
+void aggregate_out_check(at::TensorList grads, double gamma, bool gas,
+                         std::string_view mask, std::string_view nonfinite,
+                         at::TensorList out) {
+  check_aggregate_inputs(grads, gamma, mask, nonfinite, out,
+                         "cg2a::aggregate_out");
+}
+
+}  // namespace
+
 }  // namespace cg2a
+
+TORCH_LIBRARY_IMPL(cg2a, CompositeImplicitAutograd, m) {
+  m.impl("gram_check", &cg2a::gram_check);
+  m.impl("combine_check", &cg2a::combine_check);
+  m.impl("combine_out_check", &cg2a::combine_out_check);
+  m.impl("aggregate_check", &cg2a::aggregate_check);
+  m.impl("aggregate_out_check", &cg2a::aggregate_out_check);
+}
