@@ -14,6 +14,25 @@
 
 namespace cg2a {
 
+// Python's name of a dtype ("torch.float32"), for messages.
+std::string dtype_name(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    case at::kLong: return "torch.int64";
+    case at::kInt: return "torch.int32";
+    case at::kShort: return "torch.int16";
+    case at::kChar: return "torch.int8";
+    case at::kByte: return "torch.uint8";
+    case at::kBool: return "torch.bool";
+    case at::kComplexFloat: return "torch.complex64";
+    case at::kComplexDouble: return "torch.complex128";
+    default: return std::string("torch.") + c10::toString(dtype);
+  }
+}
+
 at::ScalarType accumulation_dtype(at::ScalarType input) {
   return input == at::kDouble ? at::kDouble : at::kFloat;
 }
@@ -34,7 +53,7 @@ int64_t check_grads(at::TensorList grads, const char* op) {
   const auto dtype = first.scalar_type();
   TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble ||
                        dtype == at::kHalf || dtype == at::kBFloat16,
-                   op, ": grads[0] has dtype ", dtype,
+                   op, ": grads[0] has dtype ", dtype_name(dtype),
                    "; expected float32, float64, float16 or bfloat16");
   for (size_t t = 0; t < grads.size(); ++t) {
     const at::Tensor& g = grads[t];
@@ -48,8 +67,8 @@ int64_t check_grads(at::TensorList grads, const char* op) {
                       "] is on ", g.device(), " but grads[0] is on ",
                       first.device());
     TORCH_CHECK_TYPE(g.scalar_type() == dtype, op, ": grads[", t,
-                     "] has dtype ", g.scalar_type(), " but grads[0] has ",
-                     dtype);
+                     "] has dtype ", dtype_name(g.scalar_type()),
+                     " but grads[0] has ", dtype_name(dtype));
   }
   return K;
 }
@@ -66,9 +85,9 @@ void check_weights(const at::Tensor& weights, at::TensorList grads,
                     " but the gradients are on ", grads[0].device());
   const auto acc = accumulation_dtype(grads[0].scalar_type());
   TORCH_CHECK_TYPE(weights.scalar_type() == acc, op, ": weights have dtype ",
-                   weights.scalar_type(), "; expected ", acc,
-                   " (the accumulation dtype of ", grads[0].scalar_type(),
-                   " gradients)");
+                   dtype_name(weights.scalar_type()), "; expected ",
+                   dtype_name(acc), " (the accumulation dtype of ",
+                   dtype_name(grads[0].scalar_type()), " gradients)");
 }
 
 void check_out(at::TensorList out, at::TensorList grads, const char* op) {
@@ -82,8 +101,8 @@ void check_out(at::TensorList out, at::TensorList grads, const char* op) {
                       "] has shape ", o.sizes(), " but grads[", t,
                       "] holds gradients of shape ", g.sizes().slice(1));
     TORCH_CHECK_TYPE(o.scalar_type() == g.scalar_type(), op, ": out[", t,
-                     "] has dtype ", o.scalar_type(), " but grads[", t,
-                     "] has ", g.scalar_type());
+                     "] has dtype ", dtype_name(o.scalar_type()), " but grads[",
+                     t, "] has ", dtype_name(g.scalar_type()));
     TORCH_CHECK_VALUE(o.device() == g.device(), op, ": out[", t, "] is on ",
                       o.device(), " but grads[", t, "] is on ", g.device());
   }
@@ -228,8 +247,6 @@ void raise_nonfinite_input(const at::Tensor& gram_cpu, const char* op) {
                     "nonfinite='zero' to zero the output instead.");
 }
 
-const char* dtype_name(at::ScalarType dtype);
-
 void raise_overflow(bool in_gram, at::ScalarType dtype, const char* op) {
   if (in_gram)
     TORCH_CHECK_VALUE(false, op, ": overflow: every input is finite but their "
@@ -242,15 +259,6 @@ void raise_overflow(bool in_gram, at::ScalarType dtype, const char* op) {
                     "output was zeroed.");
 }
 
-const char* dtype_name(at::ScalarType dtype) {
-  switch (dtype) {
-    case at::kFloat: return "float32";
-    case at::kDouble: return "float64";
-    case at::kHalf: return "float16";
-    case at::kBFloat16: return "bfloat16";
-    default: return c10::toString(dtype);
-  }
-}
 
 // True when every row of g ([K, *shape]) is one contiguous run of elements.
 static bool rows_are_contiguous(const at::Tensor& g) {
@@ -305,9 +313,57 @@ void aggregate_out_check(at::TensorList grads, double gamma, bool gas,
                          "cg2a::aggregate_out");
 }
 
+// The fallback of every op for dispatch keys without a kernel of their own:
+// an empty `grads` list (no tensor to dispatch on) and devices other than
+// CPU, CUDA and meta. It runs the op's checks, so an empty list gets the
+// library's message, then names the device it has no kernel for.
+[[noreturn]] void no_kernel_for(const at::Tensor& t, const char* op) {
+  TORCH_CHECK_NOT_IMPLEMENTED(false, op, ": no kernel for tensors on ", t.device(),
+                              "; cg2a_ext has CPU and CUDA kernels");
+}
+
+at::Tensor gram_fallback(at::TensorList grads) {
+  gram_check(grads);
+  no_kernel_for(grads[0], "cg2a::gram");
+}
+
+std::tuple<std::vector<at::Tensor>, at::Tensor> combine_fallback(
+    at::TensorList grads, const at::Tensor& weights, double gamma, int64_t mask) {
+  combine_check(grads, weights, gamma, mask);
+  no_kernel_for(grads[0], "cg2a::combine");
+}
+
+at::Tensor combine_out_fallback(at::TensorList grads, const at::Tensor& weights,
+                                double gamma, int64_t mask, at::TensorList out) {
+  combine_out_check(grads, weights, gamma, mask, out);
+  no_kernel_for(grads[0], "cg2a::combine_out");
+}
+
+std::tuple<std::vector<at::Tensor>, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+aggregate_fallback(at::TensorList grads, double gamma, bool gas, std::string_view mask,
+                   std::string_view nonfinite) {
+  aggregate_check(grads, gamma, gas, mask, nonfinite);
+  no_kernel_for(grads[0], "cg2a::aggregate");
+}
+
+AggregateStats aggregate_out_fallback(at::TensorList grads, double gamma, bool gas,
+                                      std::string_view mask, std::string_view nonfinite,
+                                      at::TensorList out) {
+  aggregate_out_check(grads, gamma, gas, mask, nonfinite, out);
+  no_kernel_for(grads[0], "cg2a::aggregate_out");
+}
+
 }  // namespace
 
 }  // namespace cg2a
+
+TORCH_LIBRARY_IMPL(cg2a, CompositeExplicitAutograd, m) {
+  m.impl("gram", &cg2a::gram_fallback);
+  m.impl("combine", &cg2a::combine_fallback);
+  m.impl("combine_out", &cg2a::combine_out_fallback);
+  m.impl("aggregate", &cg2a::aggregate_fallback);
+  m.impl("aggregate_out", &cg2a::aggregate_out_fallback);
+}
 
 TORCH_LIBRARY_IMPL(cg2a, CompositeImplicitAutograd, m) {
   m.impl("gram_check", &cg2a::gram_check);
