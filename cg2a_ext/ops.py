@@ -143,7 +143,8 @@ def aggregate(
                 grads, gamma_used, bool(gas), mask, nonfinite, results)
     except ValueError as error:
         raise _translate(error) from None
-    return AggregateResult(results, g, weights, fraction, flags[0], flags[1])
+    nonfinite_flag, overflow_flag = flags.unbind()  # one view op for both
+    return AggregateResult(results, g, weights, fraction, nonfinite_flag, overflow_flag)
 
 
 # --- fake (meta) kernels: the library's own checks, then shapes and dtypes ----
