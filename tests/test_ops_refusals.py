@@ -183,6 +183,17 @@ cases = {
     "aggregate_out gamma nan": (lambda: A.aggregate_out([x], float("nan"), False, "agree", "zero", out), "gamma = nan"),
     "aggregate_out out aliases input": (lambda: A.aggregate_out([x], 0.2, True, "agree", "zero", [x[1]]), "out[0] overlaps grads[0]"),
     "aggregate_out too few outputs": (lambda: A.aggregate_out([x, x], 0.2, True, "agree", "zero", out), "out has 1 tensors but grads has 2"),
+    # the metadata-check ops the fake kernels call are raw ops too
+    "gram_check meta among cpu": (lambda: A.gram_check([x, meta]), "grads[1] is on meta but grads[0] is on cpu"),
+    "combine_check bad weights": (lambda: A.combine_check([x], torch.ones(2), 0.2, 0), "weights must have shape [K] = [3]"),
+    "combine_check meta weights": (lambda: A.combine_check([x], torch.ones(3, device="meta"), 0.2, 0), "weights are on meta"),
+    "combine_check bad mask": (lambda: A.combine_check([x], w, 0.2, 9), "unknown mask mode 9"),
+    "combine_out_check gamma nan": (lambda: A.combine_out_check([x], w, float("nan"), 0, out), "gamma = nan"),
+    "combine_out_check meta among cpu": (lambda: A.combine_out_check([x, meta], w, 0.2, 0, [torch.empty(4), torch.empty(4)]), "grads[1] is on meta"),
+    "aggregate_check bad mask": (lambda: A.aggregate_check([x], 0.2, True, "none", "raise"), "unknown mask 'none'"),
+    "aggregate_check meta among cpu": (lambda: A.aggregate_check([x, meta], 0.2, True, "agree", "raise"), "grads[1] is on meta"),
+    "aggregate_out_check gamma nan": (lambda: A.aggregate_out_check([x], float("nan"), True, "agree", "raise", out), "gamma = nan"),
+    "aggregate_out_check meta out": (lambda: A.aggregate_out_check([x], 0.2, True, "agree", "raise", [torch.empty(4, device="meta")]), "out[0] is on meta"),
 }
 for requires_grad in (False, True):
     # With requires_grad the call goes through the registered autograd formula first.
