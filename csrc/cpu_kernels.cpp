@@ -14,6 +14,8 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -131,16 +133,10 @@ CG2A_ALWAYS_INLINE void gram_chunk_impl(const RowView& view, const Chunk& c,
   partial[pairs] = s;
 }
 
-struct CombineChunkResult {
-  int64_t conflicts;
-  bool overflow;  // some written value is not finite (inputs were finite)
-};
-
-// Combines one chunk into `out` (contiguous, view.numel elements): returns
-// its number of conflicting elements, and whether a written value is not
-// finite (an overflow of scalar_t when the inputs are finite).
+// Combines one chunk into `out` (contiguous, view.numel elements) and returns
+// its number of conflicting elements.
 template <int KS, int LANES, typename scalar_t>
-CG2A_ALWAYS_INLINE CombineChunkResult combine_chunk_impl(
+CG2A_ALWAYS_INLINE int64_t combine_chunk_impl(
     const RowView& view, const Chunk& c, int K, const acc_t<scalar_t>* weights,
     acc_t<scalar_t> gamma, int64_t mask, scalar_t* __restrict__ out) {
   using acc_type = acc_t<scalar_t>;
@@ -151,8 +147,6 @@ CG2A_ALWAYS_INLINE CombineChunkResult combine_chunk_impl(
   // Per-lane counts, each exactly 0 or 1 per element: exact in acc_type up
   // to 2^24 > kChunk.
   alignas(64) acc_type conflicts[LANES] = {};
-  // written value * 0: 0 while every written value is finite, else NaN.
-  alignas(64) acc_type written_probe[LANES] = {};
   const bool zero_output = all_weights_zero(weights, K);
 
   const scalar_t* __restrict__ base = view.tensor.const_data_ptr<scalar_t>();
@@ -164,27 +158,19 @@ CG2A_ALWAYS_INLINE CombineChunkResult combine_chunk_impl(
     if (count == LANES) {
       CG2A_LANES
       for (int l = 0; l < LANES; ++l) {
-        const scalar_t o = static_cast<scalar_t>(zero_output ? acc_type(0) : result[l]);
-        out[e + l] = o;
+        out[e + l] = static_cast<scalar_t>(zero_output ? acc_type(0) : result[l]);
         conflicts[l] += conflict[l];
-        written_probe[l] += static_cast<acc_type>(o) * acc_type(0);
       }
     } else {
       for (int l = 0; l < count; ++l) {
-        const scalar_t o = static_cast<scalar_t>(zero_output ? acc_type(0) : result[l]);
-        out[e + l] = o;
+        out[e + l] = static_cast<scalar_t>(zero_output ? acc_type(0) : result[l]);
         conflicts[l] += conflict[l];
-        written_probe[l] += static_cast<acc_type>(o) * acc_type(0);
       }
     }
   }
   double total = 0.0;
-  double probe = 0.0;
-  for (int l = 0; l < LANES; ++l) {
-    total += double(conflicts[l]);
-    probe += double(written_probe[l]);
-  }
-  return CombineChunkResult{int64_t(total), !(probe == 0.0)};
+  for (int l = 0; l < LANES; ++l) total += double(conflicts[l]);
+  return int64_t(total);
 }
 
 // Lanes per vector register: 16 bytes (SSE2) or 32 bytes (AVX2).
@@ -202,14 +188,14 @@ CG2A_TARGET_AVX2 void gram_chunk_avx2(const RowView& view, const Chunk& c, int K
 }
 
 template <int KS, typename scalar_t>
-CombineChunkResult combine_chunk_baseline(const RowView& view, const Chunk& c, int K,
+int64_t combine_chunk_baseline(const RowView& view, const Chunk& c, int K,
                                           const acc_t<scalar_t>* weights, acc_t<scalar_t> gamma,
                                           int64_t mask, scalar_t* out) {
   return combine_chunk_impl<KS, lanes<acc_t<scalar_t>, 16>, scalar_t>(view, c, K, weights, gamma, mask, out);
 }
 
 template <int KS, typename scalar_t>
-CG2A_TARGET_AVX2 CombineChunkResult combine_chunk_avx2(const RowView& view, const Chunk& c, int K,
+CG2A_TARGET_AVX2 int64_t combine_chunk_avx2(const RowView& view, const Chunk& c, int K,
                                                        const acc_t<scalar_t>* weights,
                                                        acc_t<scalar_t> gamma, int64_t mask,
                                                        scalar_t* out) {
@@ -263,16 +249,12 @@ GramPass gram_pass(const std::vector<RowView>& views, const std::vector<Chunk>& 
   return result;
 }
 
-struct CombinePass {
-  int64_t conflicts;
-  bool overflow;
-};
-
-// The combine pass into `targets` (contiguous, one per tensor).
-CombinePass combine_pass(const std::vector<RowView>& views, const std::vector<Chunk>& chunks,
+// The combine pass into `targets` (contiguous, one per tensor); returns the
+// number of conflicting elements.
+int64_t combine_pass(const std::vector<RowView>& views, const std::vector<Chunk>& chunks,
                          int64_t K, const double* weights, double gamma, int64_t mask,
                          at::ScalarType dtype, std::vector<at::Tensor>& targets) {
-  std::vector<CombineChunkResult> results(chunks.size());
+  std::vector<int64_t> results(chunks.size());
   const bool avx2 = cpu_has_avx2();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "cg2a::combine", [&] {
     using acc_type = acc_t<scalar_t>;
@@ -293,12 +275,36 @@ CombinePass combine_pass(const std::vector<RowView>& views, const std::vector<Ch
       });
     });
   });
-  CombinePass total{0, false};
-  for (const CombineChunkResult& r : results) {
-    total.conflicts += r.conflicts;
-    total.overflow = total.overflow || r.overflow;
-  }
+  int64_t total = 0;
+  for (int64_t r : results) total += r;
   return total;
+}
+
+// Largest finite value of a gradient dtype.
+double largest_finite(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kDouble: return std::numeric_limits<double>::max();
+    case at::kFloat: return std::numeric_limits<float>::max();
+    case at::kHalf: return 65504.0;
+    default: return 3.3895313892515355e38;  // bfloat16
+  }
+}
+
+// Whether a written value can have overflowed: |out_e| <= sum_i |w_i| |g_i[e]|
+// <= sum_i |w_i| ||g_i|| (m <= 1), and ||g_i||^2 is the Gram diagonal. Only
+// when that bound comes near the dtype's largest value are the outputs
+// scanned (a rare third pass), which keeps the combine loop free of checks.
+bool overflow_possible(const std::vector<double>& gram, const double* w, int64_t K,
+                       at::ScalarType dtype) {
+  double bound = 0.0;
+  for (int64_t i = 0; i < K; ++i) bound += std::abs(w[i]) * std::sqrt(gram[i * K + i]);
+  return !(bound < 0.5 * largest_finite(dtype));
+}
+
+bool any_nonfinite(const std::vector<at::Tensor>& targets) {
+  for (const at::Tensor& t : targets)
+    if (t.numel() > 0 && !at::isfinite(t).all().item<bool>()) return true;
+  return false;
 }
 
 // A non-contiguous out tensor is written through a contiguous buffer.
@@ -336,10 +342,10 @@ at::Tensor combine_out_impl(at::TensorList grads, const at::Tensor& weights,
   const auto chunks = make_chunks(views);
   auto targets = contiguous_targets(out);
   const at::Tensor w = weights.to(at::kDouble).contiguous();
-  const CombinePass pass = combine_pass(views, chunks, K, w.const_data_ptr<double>(), gamma,
-                                        mask, grads[0].scalar_type(), targets);
+  const int64_t conflicts = combine_pass(views, chunks, K, w.const_data_ptr<double>(), gamma,
+                                         mask, grads[0].scalar_type(), targets);
   copy_back(out, targets);
-  return at::scalar_tensor(pass.conflicts, at::TensorOptions().dtype(at::kLong));
+  return at::scalar_tensor(conflicts, at::TensorOptions().dtype(at::kLong));
 }
 
 at::Tensor combine_out_cpu(at::TensorList grads, const at::Tensor& weights,
@@ -382,18 +388,20 @@ AggregateStats aggregate_out_impl(at::TensorList grads, double gamma, bool gas,
   if (raise && decision.overflow) raise_overflow(/*in_gram=*/true, dtype, op);
 
   auto targets = contiguous_targets(out);
-  const CombinePass pass =
+  const int64_t conflicts =
       combine_pass(views, chunks, K, w, gamma, options.mask, dtype, targets);
   // An overflow of the output dtype is only known once every value has been
-  // written: zero the output then (rare; a third pass).
-  const bool output_overflow = pass.overflow && !decision.nonfinite_input;
+  // written: zero the output then.
+  const bool output_overflow = !decision.nonfinite_input && !decision.overflow &&
+                               overflow_possible(gram_result.gram, w, K, dtype) &&
+                               any_nonfinite(targets);
   if (output_overflow)
     for (at::Tensor& t : targets) t.zero_();
   copy_back(out, targets);
   if (raise && output_overflow) raise_overflow(/*in_gram=*/false, dtype, op);
 
   const int64_t elements = total_elements(views);
-  at::Tensor fraction = at::scalar_tensor(double(pass.conflicts) / double(std::max<int64_t>(elements, 1)), f64);
+  at::Tensor fraction = at::scalar_tensor(double(conflicts) / double(std::max<int64_t>(elements, 1)), f64);
   at::Tensor flags = at::empty({2}, at::TensorOptions().dtype(at::kBool));
   flags.mutable_data_ptr<bool>()[0] = decision.nonfinite_input;
   flags.mutable_data_ptr<bool>()[1] = decision.overflow || output_overflow;
