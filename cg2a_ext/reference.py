@@ -36,7 +36,8 @@ class AggregateResult(NamedTuple):
     overflow: Tensor | None = None
     """0-dim bool: every input was finite but the result did not fit (the
     float64 Gram matrix, or the aggregated gradient in its dtype), and the
-    output was zeroed (nonfinite="zero"; "raise" raises instead)."""
+    output was zeroed (nonfinite="zero"; "raise" raises instead). None from
+    `reference.aggregate`, which does not check."""
     gamma: float | None = None
     """The damping gamma drawn for this aggregation (set by `CG2A`)."""
 

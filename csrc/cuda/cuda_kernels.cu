@@ -34,9 +34,10 @@
 // to amortise the per-chunk reduction (pairs * 5 shuffles) while giving a few
 // hundred blocks for a few-million-parameter critic, so every SM holds several
 // blocks. With K <= 8 the K row vectors (16 bytes each), K converted values
-// and up to 36 accumulators stay in registers without spills (ptxas, sm_90:
-// about 60 registers at K = 4 and 128 at K = 8 for the Gram, at most 57 for
-// the combine), so at least 2 blocks of 256 threads fit per SM.
+// and up to 36 double accumulators stay in registers without spills (ptxas
+// with nvcc 13, sm_90: 69 registers at K = 4 and 154 at K = 8 for the float32
+// Gram, which accumulates in double; at most 64 for the combine), so at
+// least one block of 256 threads fits per SM at K = 8 and three at K = 4.
 //
 // Run-time K (9..32, KS = 0): 528 accumulators cannot live in registers, so
 // the per-thread accumulator array sits in local memory (L1/L2 cached), loads
