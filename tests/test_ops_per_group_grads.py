@@ -93,3 +93,45 @@ def test_auto_measures_once_per_signature_and_reuses_the_choice(monkeypatch):
     # another signature (batch size) is measured again
     per_group_grads(critic, critic_loss, (obs[:, :2],), (action[:2], target[:2]), method="auto")
     assert len(_AUTO_CHOICE) == 2
+
+
+class ChannelsLastRequest(torch.nn.Module):
+    """A model that asks for channels-last inputs itself (as oneDNN-tuned trunks do)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.head = torch.nn.Linear(4 * 6 * 6, 1)
+
+    def forward(self, x):
+        x = x.contiguous(memory_format=torch.channels_last)
+        y = self.conv(x).to(memory_format=torch.channels_last).clone(memory_format=torch.channels_last)
+        return self.head(torch.relu(y).flatten(1))
+
+
+def test_vmap_serves_memory_format_requests_of_the_model():
+    """vmap alone refuses channels-last requests (NYI); per_group_grads serves
+    them as contiguous ones, and the gradients equal the loop's and K
+    separate backward passes."""
+    torch.manual_seed(2)
+    model = ChannelsLastRequest().double()
+    obs = torch.randn(K, B, 3, 8, 8, dtype=torch.float64)
+    target = torch.randn(B, 1, dtype=torch.float64)
+
+    def loss(m, x, y):
+        return ((m(x) - y) ** 2).mean()
+
+    params = list(model.parameters())
+    vmapped, _ = per_group_grads(model, loss, (obs,), (target,), method="vmap")
+    looped, _ = per_group_grads(model, loss, (obs,), (target,), method="loop")
+    for i in range(K):
+        expected = torch.autograd.grad(loss(model, obs[i], target), params)
+        for v, lp, e in zip(vmapped, looped, expected):
+            torch.testing.assert_close(v[i], e, rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(lp[i], e, rtol=1e-10, atol=1e-12)
+    # without the hook, plain vmap refuses the same model: the test exercises it
+    from torch.func import functional_call, grad, vmap
+
+    variables = {n: p.detach() for n, p in model.named_parameters()}
+    with pytest.raises(RuntimeError, match="memory_format"):
+        vmap(grad(lambda v, x: loss(lambda *a: functional_call(model, v, a), x, target)), in_dims=(None, 0))(variables, obs)
