@@ -17,14 +17,13 @@ from __future__ import annotations
 
 from cg2a_ext import reference
 from cg2a_ext._extension import has_cuda_kernels, has_fused_ops
-from cg2a_ext.aggregator import CG2A, AggregationResult
+from cg2a_ext.aggregator import CG2A
 from cg2a_ext.per_group_grads import per_group_grads
 from cg2a_ext.reference import AggregateResult
 
 __all__ = [
     "CG2A",
     "AggregateResult",
-    "AggregationResult",
     "has_cuda_kernels",
     "has_fused_ops",
     "per_group_grads",

@@ -1,27 +1,16 @@
 """`CG2A`: the high-level aggregator a training loop calls once per update."""
 from __future__ import annotations
 
-from typing import Iterable, NamedTuple, Sequence
+from typing import Iterable, Sequence
 
 import torch
 from torch import Tensor
 
 from cg2a_ext import reference
 from cg2a_ext._extension import has_fused_ops
-from cg2a_ext.reference import MASKS, NONFINITE_POLICIES
+from cg2a_ext.reference import MASKS, NONFINITE_POLICIES, AggregateResult
 
 BACKENDS = ("auto", "fused", "reference")
-
-
-class AggregationResult(NamedTuple):
-    """One aggregation: the result of `aggregate` plus the gamma drawn for it."""
-
-    grads: list[Tensor]
-    gram: Tensor
-    weights: Tensor
-    conflict_fraction: Tensor
-    nonfinite: Tensor
-    gamma: float
 
 
 class CG2A:
@@ -37,8 +26,9 @@ class CG2A:
         mask: "agree" (all K strictly positive or all strictly negative) or
             "positive" (the paper's literal Eq. 9).
         generator: CPU torch.Generator for gamma (None: the global RNG).
-        nonfinite: "raise" on a NaN/Inf input gradient, or "zero" the output
-            and set result.nonfinite.
+        nonfinite: "raise" on a NaN/Inf input gradient (or a result that
+            does not fit), or "zero" the output and set result.nonfinite
+            (result.overflow); result.zeroed says either.
         backend: "fused" (the compiled ops), "reference" (plain PyTorch), or
             "auto" (fused when compiled and K <= 32, else reference).
     """
@@ -92,11 +82,13 @@ class CG2A:
             return False
         if self.backend == "fused":
             return True
+        if not has_fused_ops():
+            return False
         from cg2a_ext.ops import MAX_K
 
-        return has_fused_ops() and k <= MAX_K
+        return k <= MAX_K
 
-    def __call__(self, grads: Sequence[Tensor], out: Sequence[Tensor] | None = None) -> AggregationResult:
+    def __call__(self, grads: Sequence[Tensor], out: Sequence[Tensor] | None = None) -> AggregateResult:
         """Aggregate `grads` (list of [K, *shape_t]); write into `out` if given."""
         if not grads:
             raise ValueError("CG2A: grads is an empty list")
@@ -110,9 +102,9 @@ class CG2A:
         result = aggregate(
             grads, gamma, gas=self.gas, sgs=self.sgs, mask=self.mask, out=out, nonfinite=self.nonfinite
         )
-        return AggregationResult(*result, gamma=gamma)
+        return result._replace(gamma=gamma)
 
-    def apply_(self, params: Iterable[torch.nn.Parameter], grads: Sequence[Tensor]) -> AggregationResult:
+    def apply_(self, params: Iterable[torch.nn.Parameter], grads: Sequence[Tensor]) -> AggregateResult:
         """Aggregate into the parameters' .grad (allocated as zeros where None)."""
         params = list(params)
         if len(params) != len(grads):

@@ -3,11 +3,17 @@
 `grads` is always a list of tensors; tensor t has shape [K, *shape_t]: the K
 per-loss gradients of parameter t stacked on dim 0 (as vmap or jacobian code
 produces them). The kernels read each tensor where it lies (rows that are each
-contiguous are never copied; other layouts are made contiguous once), do one
-pass over all tensors for the Gram and one for the recombination, and reduce
-deterministically. On CUDA, `aggregate` never synchronises with the host,
-except with nonfinite="raise", which reads one flag back to decide whether to
-raise.
+contiguous are never copied; other layouts are made contiguous once).
+
+`aggregate` is ONE operator call (`cg2a::aggregate`, or `cg2a::aggregate_out`
+with `out`): the Gram pass, the weights, the finite guard, the combine pass
+and the conflict count all run inside it. On CUDA it never synchronises with
+the host, except with nonfinite="raise", which reads one flag back to decide
+whether to raise.
+
+Every check lives in the C++ library (one set of messages for both backends);
+this module only converts arguments and builds the result. The fake (meta)
+kernels and the autograd formulas of the ops are registered here.
 """
 from __future__ import annotations
 
@@ -17,75 +23,48 @@ import torch
 from torch import Tensor
 
 from cg2a_ext._extension import require_fused_ops
-from cg2a_ext.reference import (
-    MASKS,
-    NONFINITE_POLICIES,
-    AggregateResult,
-    accumulation_dtype,
-    agreement,
-    gas_weights,
-)
+from cg2a_ext.reference import AggregateResult, accumulation_dtype, agreement
 
-__all__ = ["gram", "combine", "aggregate", "AggregateResult", "MASKS"]
+__all__ = ["gram", "combine", "aggregate", "AggregateResult", "MASKS", "MAX_K",
+           "NonFiniteInputError", "AggregateOverflowError"]
 
 require_fused_ops()
 
-_MASK_IDS = {"agree": 0, "positive": 1}
-_FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-MAX_K = 32
+from cg2a_ext import _C  # noqa: E402  (after the check, for its message)
+
+MAX_K: int = _C.MAX_K
+"""Largest K the fused ops accept (the library's limit)."""
+MASKS: tuple[str, ...] = tuple(_C.MASKS)
+"""Mask names, indexed by the `mask` number of the raw combine ops."""
 
 
-def _check_grads(grads: Sequence[Tensor], op: str) -> int:
+class NonFiniteInputError(FloatingPointError, ValueError):
+    """An input gradient holds NaN or Inf (nonfinite="raise"); nothing was written."""
+
+
+class AggregateOverflowError(OverflowError, ValueError):
+    """Every input is finite but the result does not fit (nonfinite="raise")."""
+
+
+def _list(grads: Sequence[Tensor], op: str) -> list[Tensor]:
+    # The schema takes a list; a lone tensor would otherwise be iterated row by row.
     if isinstance(grads, Tensor):
         raise TypeError(f"{op}: grads must be a list of tensors shaped [K, *shape], not a single tensor")
-    grads = list(grads)
-    if not grads:
-        raise ValueError(f"{op}: grads is an empty list; pass at least one tensor shaped [K, *shape]")
-    first = grads[0]
-    for t, g in enumerate(grads):
-        if not isinstance(g, Tensor):
-            raise TypeError(f"{op}: grads[{t}] is {type(g).__name__}, not a Tensor")
-        if g.dim() < 1:
-            raise ValueError(f"{op}: grads[{t}] is 0-dimensional; stack the K per-loss gradients on dim 0")
-        if g.dtype not in _FLOAT_DTYPES:
-            raise TypeError(f"{op}: grads[{t}] has dtype {g.dtype}; expected float32, float64, float16 or bfloat16")
-        if g.shape[0] != first.shape[0]:
-            raise ValueError(f"{op}: grads[{t}] has K = {g.shape[0]} on dim 0 but grads[0] has K = {first.shape[0]}")
-        if g.device != first.device:
-            raise ValueError(f"{op}: grads[{t}] is on {g.device} but grads[0] is on {first.device}")
-        if g.dtype != first.dtype:
-            raise TypeError(f"{op}: grads[{t}] has dtype {g.dtype} but grads[0] has {first.dtype}")
-    k = first.shape[0]
-    if k < 1:
-        raise ValueError(f"{op}: K = 0: there are no gradients on dim 0")
-    if k > MAX_K:
-        raise ValueError(f"{op}: K = {k} exceeds the fused kernels' limit of {MAX_K}; use cg2a_ext.reference")
-    return k
-
-
-def _check_out(out: Sequence[Tensor], grads: Sequence[Tensor], op: str) -> None:
-    if len(out) != len(grads):
-        raise ValueError(f"{op}: out has {len(out)} tensors but grads has {len(grads)}")
-    for t, (o, g) in enumerate(zip(out, grads)):
-        if not isinstance(o, Tensor):
-            raise TypeError(f"{op}: out[{t}] is {type(o).__name__}, not a Tensor")
-        if o.shape != g.shape[1:]:
-            raise ValueError(f"{op}: out[{t}] has shape {tuple(o.shape)} but grads[{t}] holds gradients of shape {tuple(g.shape[1:])}")
-        if o.dtype != g.dtype or o.device != g.device:
-            raise ValueError(f"{op}: out[{t}] is {o.dtype} on {o.device} but grads[{t}] is {g.dtype} on {g.device}")
+    return list(grads)
 
 
 def _mask_id(mask: str) -> int:
-    if mask not in _MASK_IDS:
-        raise ValueError(f"unknown mask {mask!r}; expected one of {MASKS}")
-    return _MASK_IDS[mask]
+    try:
+        return MASKS.index(mask)
+    except ValueError:
+        raise ValueError(f"unknown mask {mask!r}; expected one of {MASKS}") from None
 
 
 def gram(grads: Sequence[Tensor]) -> Tensor:
-    """K x K Gram matrix G_ij = <g_i, g_j> over all tensors (float64 for
-    float64 inputs, float32 otherwise). Differentiable w.r.t. grads."""
-    _check_grads(grads, "cg2a.gram")
-    return torch.ops.cg2a.gram.default(list(grads))
+    """K x K Gram matrix G_ij = <g_i, g_j> over all tensors, accumulated in
+    float64 and returned in the accumulation dtype (float64 for float64
+    inputs, float32 otherwise). Differentiable w.r.t. grads."""
+    return torch.ops.cg2a.gram.default(_list(grads, "cg2a.gram"))
 
 
 def combine(
@@ -97,53 +76,28 @@ def combine(
 ) -> list[Tensor]:
     """out_t = m * sum_i weights[i] * grads_t[i], m = 1 where the K signs agree
     and gamma elsewhere. Written into `out` when given (e.g. the parameters'
-    .grad); differentiable w.r.t. grads and weights when `out` is None."""
-    k = _check_grads(grads, "cg2a.combine")
-    grads = list(grads)
-    weights = torch.as_tensor(weights, device=grads[0].device).to(accumulation_dtype(grads[0].dtype))
-    if weights.shape != (k,):
-        raise ValueError(f"cg2a.combine: weights must have shape ({k},), got {tuple(weights.shape)}")
+    .grad); differentiable w.r.t. grads and weights when `out` is None.
+    Checks the weights' values (on CUDA a read back of K numbers)."""
+    grads = _list(grads, "cg2a.combine")
+    if not isinstance(weights, Tensor):
+        weights = torch.as_tensor(weights, dtype=torch.float64)
     mask_id = _mask_id(mask)
     if out is None:
         results, _ = torch.ops.cg2a.combine.default(grads, weights, float(gamma), mask_id)
         return list(results)
     out = list(out)
-    _check_out(out, grads, "cg2a.combine")
     torch.ops.cg2a.combine_out.default(grads, weights, float(gamma), mask_id, out)
     return out
 
 
-@torch.library.custom_op("cg2a::guard_finite", mutates_args=())
-def _guard_finite(gram_matrix: Tensor, weights: Tensor, policy: str) -> Tensor:
-    """The weights to use given the Gram diagonal: raise on a non-finite input
-    ("raise"), or zero weights, hence a zero output ("zero"). An op of its own
-    so that torch.compile(fullgraph=True) keeps the check in the graph."""
-    finite = torch.isfinite(gram_matrix.diagonal()).all()
-    if policy == "raise":
-        if not bool(finite):  # the one documented host sync on CUDA
-            norms = gram_matrix.diagonal().sqrt().tolist()
-            raise FloatingPointError(
-                "cg2a.aggregate: an input gradient contains NaN or Inf (per-loss gradient norms: "
-                f"{norms}); nothing was written. Pass nonfinite='zero' to zero the output instead."
-            )
-        return weights.clone()
-    return torch.where(finite, weights, torch.zeros_like(weights))
-
-
-@_guard_finite.register_fake
-def _(gram_matrix: Tensor, weights: Tensor, policy: str) -> Tensor:
-    return torch.empty_like(weights)
-
-
-def _guard_finite_backward(ctx, grad: Tensor):
-    return None, torch.where(ctx.finite, grad, torch.zeros_like(grad)), None
-
-
-def _guard_finite_setup(ctx, inputs, output) -> None:
-    ctx.finite = torch.isfinite(inputs[0].diagonal()).all()
-
-
-_guard_finite.register_autograd(_guard_finite_backward, setup_context=_guard_finite_setup)
+def _translate(error: ValueError) -> ValueError:
+    """The library's two refusals of nonfinite="raise" as their own types."""
+    message = str(error)
+    if ": non-finite input: " in message:
+        return NonFiniteInputError(message)
+    if ": overflow: " in message:
+        return AggregateOverflowError(message)
+    return error
 
 
 def aggregate(
@@ -156,58 +110,86 @@ def aggregate(
     out: Sequence[Tensor] | None = None,
     nonfinite: str = "raise",
 ) -> AggregateResult:
-    """The full CG2A aggregation (method doc, sections 2-4) in two fused passes.
+    """The full CG2A aggregation (method doc, sections 2-4) in one fused op.
 
-    gamma: the damping of conflicting elements (ignored with sgs=False).
-    gas: GAS weights (else 1/K). sgs: damp conflicting elements (else m = 1;
-    the conflict fraction is still reported). mask: "agree" or "positive".
-    out: tensors of shape shape_t written in place (e.g. parameters' .grad).
-    nonfinite: "raise" (FloatingPointError, nothing written) or "zero" (the
-    output is zeros and result.nonfinite is True). Detection uses the Gram
-    diagonal, so it costs no extra pass (a finite gradient whose squared norm
-    overflows the accumulation dtype counts as non-finite too).
+    gamma: the damping of conflicting elements, in [0, 1] (ignored with
+    sgs=False). gas: GAS weights (else 1/K). sgs: damp conflicting elements
+    (else m = 1; the conflict fraction is still reported). mask: "agree" or
+    "positive". out: tensors of shape shape_t written in place (e.g. the
+    parameters' .grad); they must not overlap any input or each other.
+
+    The Gram matrix and the weights are formed in float64, so finite inputs of
+    any dtype give finite weights. nonfinite: "raise" or "zero":
+
+    * a NaN or Inf input: NonFiniteInputError (a FloatingPointError and a
+      ValueError; nothing written) or zeros written and result.nonfinite set;
+    * every input finite but the float64 Gram matrix overflows (float64
+      gradients with norms above about 1e154), or an output element does not
+      fit in its dtype: AggregateOverflowError (an OverflowError and a
+      ValueError) or zeros written and result.overflow set.
+
+    Under torch.compile both refusals arrive as the library's ValueError.
     """
-    k = _check_grads(grads, "cg2a.aggregate")
-    grads = list(grads)
-    if nonfinite not in NONFINITE_POLICIES:
-        raise ValueError(f"unknown nonfinite policy {nonfinite!r}; expected one of {NONFINITE_POLICIES}")
-    mask_id = _mask_id(mask)
-    if out is not None:
-        out = list(out)
-        _check_out(out, grads, "cg2a.aggregate")
-    g = torch.ops.cg2a.gram.default(grads)
-    weights = gas_weights(g) if gas else torch.full((k,), 1.0 / k, dtype=g.dtype, device=g.device)
-    weights = _guard_finite(g, weights, nonfinite)
+    grads = _list(grads, "cg2a.aggregate")
     gamma_used = float(gamma) if sgs else 1.0
-    if out is None:
-        results, conflicts = torch.ops.cg2a.combine.default(grads, weights, gamma_used, mask_id)
-        results = list(results)
-    else:
-        conflicts = torch.ops.cg2a.combine_out.default(grads, weights, gamma_used, mask_id, out)
-        results = out
-    elements = sum(x[0].numel() for x in grads)
-    conflict_fraction = conflicts.to(g.dtype) / max(elements, 1)
-    nonfinite_flag = ~torch.isfinite(g.diagonal()).all()
-    return AggregateResult(results, g, weights, conflict_fraction, nonfinite_flag)
+    try:
+        if out is None:
+            results, g, weights, fraction, flags = torch.ops.cg2a.aggregate.default(
+                grads, gamma_used, bool(gas), mask, nonfinite)
+            results = list(results)
+        else:
+            results = list(out)
+            g, weights, fraction, flags = torch.ops.cg2a.aggregate_out.default(
+                grads, gamma_used, bool(gas), mask, nonfinite, results)
+    except ValueError as error:
+        raise _translate(error) from None
+    nonfinite_flag, overflow_flag = flags.unbind()  # one view op for both
+    return AggregateResult(results, g, weights, fraction, nonfinite_flag, overflow_flag)
 
 
-# --- fake (meta) implementations: shapes and dtypes only ---------------------
+# --- fake (meta) kernels: the library's own checks, then shapes and dtypes ----
+
+
+def _like(t: Tensor, shape, dtype: torch.dtype | None = None) -> Tensor:
+    return t.new_empty(shape, dtype=dtype)
 
 
 @torch.library.register_fake("cg2a::gram")
 def _gram_fake(grads: list[Tensor]) -> Tensor:
+    torch.ops.cg2a.gram_check(grads)
     k = grads[0].shape[0]
-    return grads[0].new_empty((k, k), dtype=accumulation_dtype(grads[0].dtype))
+    return _like(grads[0], (k, k), accumulation_dtype(grads[0].dtype))
 
 
 @torch.library.register_fake("cg2a::combine")
 def _combine_fake(grads: list[Tensor], weights: Tensor, gamma: float, mask: int) -> tuple[list[Tensor], Tensor]:
-    return [g.new_empty(g.shape[1:]) for g in grads], grads[0].new_empty((), dtype=torch.int64)
+    torch.ops.cg2a.combine_check(grads, weights, gamma, mask)
+    return [_like(g, g.shape[1:]) for g in grads], _like(grads[0], (), torch.int64)
 
 
 @torch.library.register_fake("cg2a::combine_out")
 def _combine_out_fake(grads: list[Tensor], weights: Tensor, gamma: float, mask: int, out: list[Tensor]) -> Tensor:
-    return grads[0].new_empty((), dtype=torch.int64)
+    torch.ops.cg2a.combine_out_check(grads, weights, gamma, mask, out)
+    return _like(grads[0], (), torch.int64)
+
+
+def _aggregate_stats_fake(grads: list[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    k = grads[0].shape[0]
+    return (_like(grads[0], (k, k), torch.float64), _like(grads[0], (k,), torch.float64),
+            _like(grads[0], (), torch.float64), _like(grads[0], (2,), torch.bool))
+
+
+@torch.library.register_fake("cg2a::aggregate")
+def _aggregate_fake(grads: list[Tensor], gamma: float, gas: bool, mask: str, nonfinite: str):
+    torch.ops.cg2a.aggregate_check(grads, gamma, gas, mask, nonfinite)
+    return ([_like(g, g.shape[1:]) for g in grads], *_aggregate_stats_fake(grads))
+
+
+@torch.library.register_fake("cg2a::aggregate_out")
+def _aggregate_out_fake(grads: list[Tensor], gamma: float, gas: bool, mask: str, nonfinite: str,
+                        out: list[Tensor]):
+    torch.ops.cg2a.aggregate_out_check(grads, gamma, gas, mask, nonfinite, out)
+    return _aggregate_stats_fake(grads)
 
 
 # --- autograd: gradient w.r.t. the input gradients (mask and gamma constant) --
@@ -227,6 +209,12 @@ def _gram_backward(ctx, grad_gram: Tensor):
 torch.library.register_autograd("cg2a::gram", _gram_backward, setup_context=_gram_setup)
 
 
+def _damped(flat: Tensor, grad_out: Tensor, gamma: float, mask: str, dtype: torch.dtype) -> Tensor:
+    """m * d: the upstream gradient of one output, damped where the signs conflict."""
+    m = torch.where(agreement(flat, mask), 1.0, gamma).to(dtype)
+    return m * grad_out.reshape(-1).to(dtype)
+
+
 def _combine_setup(ctx, inputs, output) -> None:
     grads, weights, gamma, mask = inputs
     ctx.gamma, ctx.mask = gamma, mask
@@ -236,19 +224,58 @@ def _combine_setup(ctx, inputs, output) -> None:
 def _combine_backward(ctx, grad_outs: list[Tensor], grad_conflicts: Tensor):
     weights, *grads = ctx.saved_tensors
     k = grads[0].shape[0]
-    mask_name = MASKS[ctx.mask]
     grad_grads = []
     grad_weights = torch.zeros_like(weights)
     for g, d in zip(grads, grad_outs):
-        flat = g.reshape(k, -1).to(weights.dtype)
         if d is None:
             grad_grads.append(torch.zeros_like(g))
             continue
-        m = torch.where(agreement(flat, mask_name), 1.0, ctx.gamma).to(weights.dtype)
-        md = m * d.reshape(-1).to(weights.dtype)
+        flat = g.reshape(k, -1).to(weights.dtype)
+        md = _damped(flat, d, ctx.gamma, MASKS[ctx.mask], weights.dtype)
         grad_grads.append((weights[:, None] * md).reshape(g.shape).to(g.dtype))
         grad_weights = grad_weights + flat @ md
     return grad_grads, grad_weights, None, None
 
 
 torch.library.register_autograd("cg2a::combine", _combine_backward, setup_context=_combine_setup)
+
+
+def _aggregate_setup(ctx, inputs, output) -> None:
+    grads, gamma, gas, mask, _ = inputs
+    _, gram_matrix, weights, _, flags = output
+    ctx.gamma, ctx.gas, ctx.mask = gamma, gas, mask
+    ctx.save_for_backward(gram_matrix, weights, flags, *grads)
+
+
+def _aggregate_backward(ctx, grad_outs, grad_gram, grad_weights, grad_fraction, grad_flags):
+    """out_t = m_t * (w^T F_t) with w = r / sum|r|, r = G 1, G = sum_t F_t F_t^T
+    (GAS), or w = 1/K. Zeroed weights (the guard) pass no gradient through w.
+    In float64, branch-free (no host sync), cast back to each input's dtype."""
+    gram_matrix, weights, flags, *grads = ctx.saved_tensors
+    k = grads[0].shape[0]
+    flats = [g.reshape(k, -1).double() for g in grads]
+    grad_w = torch.zeros_like(weights) if grad_weights is None else grad_weights.double()
+    direct = []
+    for flat, d in zip(flats, grad_outs):
+        if d is None:
+            direct.append(torch.zeros_like(flat))
+            continue
+        md = _damped(flat, d, ctx.gamma, ctx.mask, torch.float64)
+        direct.append(weights[:, None] * md[None, :])  # zero when guarded: w = 0
+        grad_w = grad_w + flat @ md
+    grad_g = torch.zeros_like(gram_matrix) if grad_gram is None else grad_gram.double()
+    if ctx.gas:
+        r = gram_matrix.sum(dim=1)
+        denominator = r.abs().sum()
+        # w = r / D with D = sum|r|: dr_j = dw_j / D - sign(r_j) (dw . w) / D;
+        # no gradient where w is the constant 1/K (D = 0) or was zeroed.
+        live = (denominator > 0) & ~flags.any()
+        safe = torch.where(live, denominator, 1.0)
+        grad_r = torch.where(live, (grad_w - torch.sign(r) * (grad_w @ weights)) / safe, 0.0)
+        grad_g = grad_g + grad_r[:, None].expand(k, k)
+    symmetric = grad_g + grad_g.T
+    grad_grads = [(dd + symmetric @ f).reshape(g.shape).to(g.dtype) for dd, f, g in zip(direct, flats, grads)]
+    return grad_grads, None, None, None, None
+
+
+torch.library.register_autograd("cg2a::aggregate", _aggregate_backward, setup_context=_aggregate_setup)

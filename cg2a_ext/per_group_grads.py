@@ -4,20 +4,55 @@ per parameter.
 
 Two exact methods:
 * "vmap": one batched backward (torch.func.vmap over grad): the K groups run
-  as one K*B batch. The fast choice on GPUs.
-* "loop": K forward/backward passes of B samples each. On CPUs it is the
-  faster one: under vmap the per-group weight gradients of convolutions
-  become grouped convolutions, which oneDNN runs slowly (BENCHMARKS.md).
-"auto" picks "vmap" for CUDA inputs and "loop" otherwise."""
+  as one K*B batch. Usually the fast choice on GPUs.
+* "loop": K forward/backward passes of B samples each. Usually the faster one
+  on CPUs: under vmap the per-group weight gradients of convolutions become
+  grouped convolutions, which oneDNN runs slowly (BENCHMARKS.md).
+"auto" measures both once per device and model signature (parameter and
+input shapes, dtypes and layouts, the loss function) and keeps the faster;
+a model that vmap cannot run gets "loop". The two agree to rounding, not bit
+for bit, so a run that must be bit-reproducible across machines names one.
+
+Memory formats under vmap. vmap supports only contiguous and preserved
+memory formats; a model that asks for another (e.g. channels-last
+convolution inputs: `x.contiguous(memory_format=torch.channels_last)`) would
+fail inside vmap. A memory format never changes values, so inside the vmap
+method such requests are served as plain contiguous ones (see
+`_ContiguousInsideVmap`); the model runs unchanged under "loop"."""
 from __future__ import annotations
 
+import time
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
+from torch.overrides import TorchFunctionMode
 
 METHODS = ("auto", "vmap", "loop")
+
+_NATIVE_FORMATS = (torch.contiguous_format, torch.preserve_format)
+
+
+class _ContiguousInsideVmap(TorchFunctionMode):
+    """Serves memory-format requests vmap does not support (channels-last) as
+    contiguous ones: `.contiguous(memory_format=f)` becomes `.contiguous()`,
+    a `memory_format=f` keyword elsewhere (`to`, `clone`, `*_like`) becomes
+    `torch.preserve_format`. Layout only: the values are the same."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func is Tensor.contiguous:
+            if len(args) > 1:
+                args = args[:1]
+            kwargs.pop("memory_format", None)
+        elif kwargs.get("memory_format") not in (None, *_NATIVE_FORMATS):
+            kwargs["memory_format"] = torch.preserve_format
+        return func(*args, **kwargs)
+
+
+# Method chosen by "auto", per (device, model signature).
+_AUTO_CHOICE: dict[tuple, str] = {}
 
 
 def per_group_grads(
@@ -40,7 +75,8 @@ def per_group_grads(
         params: the parameters to differentiate (default: every parameter with
             requires_grad, in module.parameters() order); the others are constants.
         method: "vmap" (one batched backward), "loop" (K backward passes) or
-            "auto" (vmap on CUDA, loop elsewhere); all give the same gradients.
+            "auto" (the faster of the two, measured once per device and model
+            signature); all give the same gradients (to rounding).
 
     Returns:
         (grads, losses): grads[t] has shape [K, *params[t].shape]; losses [K],
@@ -66,10 +102,23 @@ def per_group_grads(
         names = [by_id[id(p)] for p in params]
     if not names:
         raise ValueError("per_group_grads: no parameter to differentiate (none requires grad)")
+    shared_inputs = tuple(shared_inputs)
     if method == "auto":
-        method = "vmap" if group_inputs[0].is_cuda else "loop"
+        return _auto(module, loss_fn, group_inputs, shared_inputs, names)
     if method == "loop":
-        return _loop(module, loss_fn, group_inputs, tuple(shared_inputs), [named[n] for n in names])
+        return _loop(module, loss_fn, group_inputs, shared_inputs, [named[n] for n in names])
+    return _vmap(module, loss_fn, group_inputs, shared_inputs, names)
+
+
+def _vmap(
+    module: nn.Module,
+    loss_fn: Callable[..., Tensor],
+    group_inputs: tuple[Tensor, ...],
+    shared_inputs: tuple[object, ...],
+    names: list[str],
+) -> tuple[list[Tensor], Tensor]:
+    """One batched backward: vmap over grad_and_value of one group's loss."""
+    named = dict(module.named_parameters())
     variables = {n: named[n].detach() for n in names}
     constants = {n: p.detach() for n, p in named.items() if n not in variables}
     constants.update(dict(module.named_buffers()))
@@ -81,8 +130,65 @@ def per_group_grads(
         return loss_fn(model, *args)
 
     in_dims = (None,) + (0,) * len(group_inputs) + (None,) * len(shared_inputs)
-    grads, losses = vmap(grad_and_value(group_loss), in_dims=in_dims)(variables, *group_inputs, *shared_inputs)
+    with _ContiguousInsideVmap():
+        grads, losses = vmap(grad_and_value(group_loss), in_dims=in_dims)(variables, *group_inputs, *shared_inputs)
     return [grads[n] for n in names], losses.detach()
+
+
+def _signature(module: nn.Module, loss_fn: Callable, group_inputs, shared_inputs, names) -> tuple:
+    """What the speed of the two methods depends on."""
+    def describe(x: object) -> object:
+        if isinstance(x, Tensor):
+            return (tuple(x.shape), x.dtype, x.stride(), str(x.device))
+        return type(x).__name__
+
+    named = dict(module.named_parameters())
+    return (
+        str(group_inputs[0].device), type(module).__qualname__, getattr(loss_fn, "__qualname__", repr(loss_fn)),
+        tuple((n, *describe(named[n])) for n in names),
+        tuple(describe(x) for x in group_inputs), tuple(describe(x) for x in shared_inputs),
+    )
+
+
+def _timed(fn: Callable[[], tuple[list[Tensor], Tensor]], device: torch.device):
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    fn()  # warm-up: first-call costs (kernels chosen, caches filled)
+    sync()
+    start = time.perf_counter()
+    result = fn()
+    sync()
+    return time.perf_counter() - start, result
+
+
+def _auto(module, loss_fn, group_inputs, shared_inputs, names) -> tuple[list[Tensor], Tensor]:
+    """The method measured fastest for this device and model signature."""
+    key = _signature(module, loss_fn, group_inputs, shared_inputs, names)
+    named = dict(module.named_parameters())
+    params = [named[n] for n in names]
+
+    def loop():
+        return _loop(module, loss_fn, group_inputs, shared_inputs, params)
+
+    def batched():
+        return _vmap(module, loss_fn, group_inputs, shared_inputs, names)
+
+    choice = _AUTO_CHOICE.get(key)
+    if choice == "loop":
+        return loop()
+    if choice == "vmap":
+        return batched()
+    loop_seconds, result = _timed(loop, group_inputs[0].device)
+    try:
+        vmap_seconds, vmap_result = _timed(batched, group_inputs[0].device)
+    except RuntimeError:
+        # An op without a batching rule: this model runs with the loop only.
+        _AUTO_CHOICE[key] = "loop"
+        return result
+    _AUTO_CHOICE[key] = "vmap" if vmap_seconds < loop_seconds else "loop"
+    return vmap_result if _AUTO_CHOICE[key] == "vmap" else result
 
 
 def _loop(

@@ -18,19 +18,34 @@ NONFINITE_POLICIES = ("raise", "zero")
 
 
 class AggregateResult(NamedTuple):
-    """What `aggregate` returns (the same type for the fused and reference paths)."""
+    """What every aggregation returns: `ops.aggregate`, `reference.aggregate`
+    and `CG2A` (which also sets `gamma`, the damping it drew)."""
 
     grads: list[Tensor]
     """The aggregated gradient, one tensor of shape `shape_t` per input tensor."""
     gram: Tensor
-    """K x K Gram matrix G_ij = <g_i, g_j> (accumulation dtype)."""
+    """K x K Gram matrix G_ij = <g_i, g_j>, float64 (accumulated in float64)."""
     weights: Tensor
-    """The K weights w_i used (GAS weights, or 1/K with GAS off)."""
+    """The K weights w_i used (GAS weights, or 1/K with GAS off), float64;
+    zeros when the output was zeroed."""
     conflict_fraction: Tensor
-    """0-dim: fraction of elements whose K signs do not agree (under the mask)."""
+    """0-dim float64: fraction of elements whose K signs do not agree (under the mask)."""
     nonfinite: Tensor
-    """0-dim bool: some input gradient was non-finite and the output was zeroed
-    (only with nonfinite="zero"; with "raise" such input raises instead)."""
+    """0-dim bool: some input gradient holds NaN or Inf, and the output was
+    zeroed (only with nonfinite="zero"; with "raise" such input raises instead)."""
+    overflow: Tensor | None = None
+    """0-dim bool: every input was finite but the result did not fit (the
+    float64 Gram matrix, or the aggregated gradient in its dtype), and the
+    output was zeroed (nonfinite="zero"; "raise" raises instead). None from
+    `reference.aggregate`, which does not check."""
+    gamma: float | None = None
+    """The damping gamma drawn for this aggregation (set by `CG2A`)."""
+
+    @property
+    def zeroed(self) -> Tensor:
+        """0-dim bool: the output was zeroed (a non-finite input or an overflow);
+        a training step should be skipped."""
+        return self.nonfinite if self.overflow is None else self.nonfinite | self.overflow
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -47,6 +62,12 @@ def gram(grads: Sequence[Tensor]) -> Tensor:
     """G = F F^T with F the [K, P] concatenation of the flattened gradients."""
     flat = _flatten(grads)
     return flat @ flat.T
+
+
+def _gram_float64(flat: Tensor) -> Tensor:
+    """The Gram matrix in float64 (squares of float32 values above 1.8e19 overflow float32)."""
+    flat64 = flat.double()
+    return flat64 @ flat64.T
 
 
 def gas_weights(gram_matrix: Tensor) -> Tensor:
@@ -107,11 +128,11 @@ def aggregate(
     out: Sequence[Tensor] | None = None,
     nonfinite: str = "raise",
 ) -> AggregateResult:
-    """Gram, GAS weights, SGS mask and the damped weighted sum, all in plain PyTorch."""
+    """Gram (in float64), GAS weights, SGS mask and the damped weighted sum, all in plain PyTorch."""
     if nonfinite not in NONFINITE_POLICIES:
         raise ValueError(f"unknown nonfinite policy {nonfinite!r}; expected one of {NONFINITE_POLICIES}")
     flat = _flatten(grads)
-    g = flat @ flat.T
+    g = _gram_float64(flat)
     k = g.shape[0]
     finite = torch.isfinite(flat).all()
     if nonfinite == "raise" and not bool(finite):
@@ -119,9 +140,9 @@ def aggregate(
     weights = gas_weights(g) if gas else torch.full((k,), 1.0 / k, dtype=g.dtype, device=g.device)
     # Branch-free zeroing keeps the function whole under torch.compile.
     weights = torch.where(finite, weights, 0.0)
-    weighted = torch.where(finite, (weights[:, None] * flat).sum(dim=0), 0.0)
+    weighted = torch.where(finite, (weights.to(flat.dtype)[:, None] * flat).sum(dim=0), 0.0)
     agree = agreement(flat, mask)
     combined = torch.where(agree, weighted, (gamma if sgs else 1.0) * weighted)
     results = _unflatten(combined, grads, out)
-    conflict_fraction = (~agree).sum().to(g.dtype) / max(flat.shape[1], 1)
+    conflict_fraction = (~agree).sum().to(torch.float64) / max(flat.shape[1], 1)
     return AggregateResult(results, g, weights, conflict_fraction, ~finite)

@@ -40,8 +40,14 @@ enum MaskMode : int64_t {
 
 CG2A_HD constexpr int num_pairs(int k) { return k * (k + 1) / 2; }
 
-// Accumulation type: float64 inputs accumulate in double, everything else
-// (float32, float16, bfloat16) in float.
+// The Gram matrix is accumulated in double for every input dtype: squares of
+// float32 values overflow float (|x| > 1.8e19) long before their double
+// squares could (a float32 Gram in double stays below 1e96 for any size), so
+// finite float32/float16/bfloat16 inputs always give a finite Gram.
+using gram_acc_t = double;
+
+// Accumulation type of the combine pass: float64 inputs accumulate in double,
+// everything else (float32, float16, bfloat16) in float.
 template <typename scalar_t>
 struct AccType {
   using type = float;
@@ -136,6 +142,22 @@ CG2A_HD void combine_lanes(const acc_type* v, int stride, int k_runtime,
   for (int l = 0; l < LANES; ++l) result[l] = sum[l];
 }
 
+// finite_probe += v_i * 0 for every i: stays exactly 0 while every value is
+// finite and becomes NaN at the first Inf or NaN (Inf * 0 = NaN). Float64
+// inputs need it: their double Gram can overflow although every input is
+// finite, so a non-finite Gram alone cannot tell a non-finite input apart.
+template <int K_STATIC, int LANES = 1, typename acc_type>
+CG2A_HD void finite_probe_accumulate(const acc_type* v, int stride,
+                                     int k_runtime, acc_type* probe) {
+  const int k = K_STATIC > 0 ? K_STATIC : k_runtime;
+CG2A_UNROLL
+  for (int i = 0; i < (K_STATIC > 0 ? K_STATIC : kMaxK); ++i) {
+    if (i >= k) break;
+CG2A_LANES
+    for (int l = 0; l < LANES; ++l) probe[l] += v[i * stride + l] * acc_type(0);
+  }
+}
+
 // True when every weight is zero: the kernels then write exact zeros.
 template <typename acc_type>
 CG2A_HD bool all_weights_zero(const acc_type* weights, int k) {
@@ -155,6 +177,75 @@ CG2A_HD acc_type combine_value(const acc_type* v, int stride, int k_runtime,
                              &result, &conflicting);
   *conflict = conflicting != acc_type(0);
   return result;
+}
+
+// ------------------------------------------------------------- weights
+// One aggregation's weights and status, formed from its double Gram matrix by
+// the CPU kernels on the host and by one CUDA thread on the device (the same
+// code, so the two backends agree bit for bit given the same Gram).
+
+// x - x is 0 for finite x and NaN for Inf and NaN (no library call, so the
+// same code runs on host and device; IEEE semantics are kept: no fast-math).
+CG2A_HD bool is_finite(double x) { return x - x == 0.0; }
+CG2A_HD double abs_value(double x) { return x < 0.0 ? -x : x; }
+
+// w (K values, double): GAS (method doc, Eq. 8) w_i = r_i / sum_k |r_k| with
+// r_i = sum_j G_ij, 1/K when every r_i is 0; or the mean 1/K (gas = false).
+// Gram entries above 2^1000 are first multiplied by 2^-1000: exact in binary
+// floating point and w is scale-invariant, so the row sums cannot overflow.
+// Returns false (w unusable) when the Gram matrix is not finite.
+CG2A_HD bool form_weights(const double* gram, int k, bool gas, double* w) {
+  if (!gas) {
+    for (int i = 0; i < k; ++i) w[i] = 1.0 / double(k);
+    return true;
+  }
+  double largest = 0.0;
+  bool finite = true;
+  for (int p = 0; p < k * k; ++p) {
+    const double a = abs_value(gram[p]);
+    finite = finite && is_finite(a);
+    largest = a > largest ? a : largest;
+  }
+  if (!finite) {
+    for (int i = 0; i < k; ++i) w[i] = 0.0;
+    return false;
+  }
+  const double scale = largest > 0x1p1000 ? 0x1p-1000 : 1.0;
+  double denominator = 0.0;
+  for (int i = 0; i < k; ++i) {
+    double r = 0.0;
+    for (int j = 0; j < k; ++j) r += gram[i * k + j] * scale;
+    w[i] = r;
+    denominator += abs_value(r);
+  }
+  for (int i = 0; i < k; ++i)
+    w[i] = denominator > 0.0 ? w[i] / denominator : 1.0 / double(k);
+  return true;
+}
+
+// What one aggregation found before its combine pass.
+struct WeightDecision {
+  bool nonfinite_input;  // some input value is Inf or NaN
+  bool overflow;         // finite inputs, but the double Gram overflowed
+};
+
+// The weights the combine pass uses: form_weights, zeroed when the inputs
+// are non-finite or the Gram overflowed (the combine pass then writes exact
+// zeros). `probe` is the finite probe of float64 inputs (has_probe), whose
+// Gram can overflow; for other dtypes a non-finite Gram means a non-finite
+// input (see gram_acc_t).
+CG2A_HD WeightDecision decide_weights(const double* gram, double probe,
+                                      bool has_probe, int k, bool gas,
+                                      double* w) {
+  bool gram_finite = true;
+  for (int p = 0; p < k * k; ++p) gram_finite = gram_finite && is_finite(gram[p]);
+  WeightDecision d;
+  d.nonfinite_input = has_probe ? !(probe == 0.0) : !gram_finite;
+  const bool weights_ok = form_weights(gram, k, gas, w) && gram_finite;
+  d.overflow = !d.nonfinite_input && !weights_ok;
+  if (d.nonfinite_input || d.overflow)
+    for (int i = 0; i < k; ++i) w[i] = 0.0;
+  return d;
 }
 
 }  // namespace cg2a

@@ -120,3 +120,23 @@ def test_per_group_grads_subset_of_params(method):
         per_group_grads(critic, critic_loss, (obs,), (action, target), method="fast")
     with pytest.raises(ValueError, match="expected K = 2"):
         per_group_grads(critic, critic_loss, (obs, torch.zeros(3, 1)), ())
+
+
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+def test_one_result_type_with_the_drawn_gamma(backend):
+    from cg2a_ext import AggregateResult
+
+    gen = torch.Generator().manual_seed(3)
+    net = nn.Linear(3, 2).double()
+    params = list(net.parameters())
+    grads = [torch.randn(4, *p.shape, dtype=torch.float64, generator=gen) for p in params]
+    result = CG2A(generator=torch.Generator().manual_seed(1), backend=backend).apply_(params, grads)
+    assert isinstance(result, AggregateResult)
+    assert 0.22 <= result.gamma <= 0.28
+    # the fields the trainer reads
+    assert result.gram.shape == (4, 4) and result.weights.shape == (4,)
+    assert not bool(result.nonfinite) and not bool(result.zeroed)
+    assert 0.0 <= float(result.conflict_fraction) <= 1.0
+    expected = reference.aggregate(grads, result.gamma)
+    for p, e in zip(params, expected.grads):
+        torch.testing.assert_close(p.grad, e)

@@ -11,7 +11,7 @@ import torch
 from cg2a_ext import has_cuda_kernels, reference
 from cg2a_ext import ops
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
 
 
 def random_shapes(gen: torch.Generator, count: int) -> list[tuple[int, ...]]:
@@ -73,10 +73,16 @@ def test_aggregate_matches_reference_float64(device, seed):
 @pytest.mark.parametrize("k", [9, 13, 32])
 def test_runtime_k_path(device, k):
     gen = torch.Generator().manual_seed(k)
-    grads = stacked(k, random_shapes(gen, 7), device=device, gen=gen)
+    grads = stacked(k, random_shapes(gen, 7), device=device, gen=gen, layout="mixed")
     torch.testing.assert_close(ops.gram(grads), reference.gram(grads))
     weights = torch.randn(k, generator=gen, dtype=torch.float64).to(device)
     assert_close_lists(ops.combine(grads, weights, 0.3), reference.combine(grads, weights, 0.3))
+    for mask in ("agree", "positive"):
+        fused = ops.aggregate(grads, 0.3, mask=mask)
+        ref = reference.aggregate(grads, 0.3, mask=mask)
+        assert_close_lists(fused.grads, ref.grads)
+        torch.testing.assert_close(fused.weights, ref.weights)
+        torch.testing.assert_close(fused.conflict_fraction, ref.conflict_fraction)
 
 
 def test_k_above_limit_is_rejected():
@@ -97,8 +103,10 @@ def test_low_precision_dtypes(device, dtype, tol):
     fused = ops.aggregate(grads, 0.25)
     # The oracle sees exactly the same (rounded) inputs, computed in float64.
     ref = reference.aggregate([g.double() for g in grads], 0.25)
-    assert fused.gram.dtype == torch.float32
-    torch.testing.assert_close(fused.gram.double(), ref.gram, rtol=1e-5, atol=1e-4)
+    # Gram and weights are accumulated and formed in float64 for every dtype.
+    assert fused.gram.dtype == torch.float64 and fused.weights.dtype == torch.float64
+    torch.testing.assert_close(fused.gram, ref.gram, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(fused.weights, ref.weights, rtol=1e-12, atol=1e-12)
     assert_close_lists([g.double() for g in fused.grads], ref.grads, **tol)
 
 
@@ -139,6 +147,9 @@ def test_edge_cases(device):
     neg = -(torch.rand(4, 30, dtype=torch.float64, device=device) + 0.1)
     assert float(ops.aggregate([neg], 0.2, mask="agree").conflict_fraction) == 0.0
     assert float(ops.aggregate([neg], 0.2, mask="positive").conflict_fraction) == 1.0
+    # exact zeros conflict under both masks
+    for mask in ("agree", "positive"):
+        assert float(ops.aggregate(zeros, 0.2, mask=mask).conflict_fraction) == 1.0
     w = ops.aggregate([neg], 0.2, mask="positive").weights
     torch.testing.assert_close(ops.aggregate([neg], 0.2, mask="positive").grads[0], 0.2 * (w[:, None] * neg).sum(0))
 
@@ -204,17 +215,23 @@ def test_deterministic_across_calls_and_thread_counts():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_nonfinite_raises_and_writes_nothing(device):
-    g = torch.randn(3, 10, dtype=torch.float64, device=device)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_nonfinite_raises_and_writes_nothing(device, dtype):
+    g = torch.randn(3, 10, dtype=dtype, device=device)
     g[1, 4] = float("nan")
-    out = [torch.full((10,), 5.0, dtype=torch.float64, device=device)]
-    with pytest.raises(FloatingPointError, match="NaN or Inf"):
+    out = [torch.full((10,), 5.0, dtype=dtype, device=device)]
+    with pytest.raises(FloatingPointError, match="non-finite input: an input gradient contains NaN or Inf"):
         ops.aggregate([g], 0.25, out=out)
     assert torch.equal(out[0], torch.full_like(out[0], 5.0))
+    with pytest.raises(ValueError, match="non-finite input"):  # also a ValueError, as the raw op raises
+        ops.aggregate([g], 0.25)
     g[1, 4] = float("inf")
     result = ops.aggregate([g], 0.25, out=out, nonfinite="zero")
-    assert bool(result.nonfinite)
+    assert bool(result.nonfinite) and not bool(result.overflow) and bool(result.zeroed)
     assert torch.count_nonzero(out[0]) == 0 and torch.isfinite(out[0]).all()
+    assert torch.count_nonzero(result.weights) == 0
+    functional = ops.aggregate([g], 0.25, nonfinite="zero")
+    assert bool(functional.nonfinite) and torch.count_nonzero(functional.grads[0]) == 0
 
 
 def test_bad_input_errors():
@@ -227,9 +244,15 @@ def test_bad_input_errors():
         ops.aggregate([x, torch.randn(3, 4, device="meta")], 0.2)
     with pytest.raises(TypeError, match=r"grads\[1\] has dtype torch.float64 but grads\[0\] has torch.float32"):
         ops.aggregate([x, torch.randn(3, 4, dtype=torch.float64)], 0.2)
-    with pytest.raises(TypeError, match="torch.int64"):
+    with pytest.raises(TypeError, match="has dtype torch.int64; expected float32"):
         ops.aggregate([torch.ones(3, 4, dtype=torch.int64)], 0.2)
-    with pytest.raises(ValueError, match=r"out\[0\] has shape \(5,\)"):
+    with pytest.raises(ValueError, match="gamma = nan; expected a finite value in \\[0, 1\\]"):
+        ops.aggregate([x], float("nan"))
+    with pytest.raises(ValueError, match="gamma = 1.5"):
+        ops.aggregate([x], 1.5)
+    with pytest.raises(ValueError, match="unknown nonfinite policy 'skip'"):
+        ops.aggregate([x], 0.2, nonfinite="skip")
+    with pytest.raises(ValueError, match=r"out\[0\] has shape \[5\] but grads\[0\] holds gradients of shape \[4\]"):
         ops.aggregate([x], 0.2, out=[torch.zeros(5)])
     with pytest.raises(ValueError, match="unknown mask 'sometimes'"):
         ops.aggregate([x], 0.2, mask="sometimes")
@@ -259,6 +282,13 @@ def test_opcheck_all_ops():
     grads, weights = _opcheck_inputs()
     out = [torch.empty(g.shape[1:], dtype=g.dtype) for g in grads]
     torch.library.opcheck(torch.ops.cg2a.combine_out.default, (grads, weights, 0.25, 1, out))
+    for gas, mask, nonfinite in ((True, "agree", "raise"), (False, "positive", "zero")):
+        grads, _ = _opcheck_inputs()
+        torch.library.opcheck(torch.ops.cg2a.aggregate.default,
+                              ([g.requires_grad_() for g in grads], 0.25, gas, mask, nonfinite))
+        grads, _ = _opcheck_inputs()
+        out = [torch.empty(g.shape[1:], dtype=g.dtype) for g in grads]
+        torch.library.opcheck(torch.ops.cg2a.aggregate_out.default, (grads, 0.25, gas, mask, nonfinite, out))
 
 
 def test_gradcheck_gram_and_combine():
@@ -269,6 +299,41 @@ def test_gradcheck_gram_and_combine():
     # gradcheck perturbs inputs by 1e-6; keep values away from 0 so the mask is constant
     safe = [(g.sign() * (g.abs() + 0.1)).detach().requires_grad_() for g in grads]
     assert torch.autograd.gradcheck(lambda w, *gs: tuple(ops.combine(list(gs), w, 0.3)), [w, *safe])
+
+
+@pytest.mark.parametrize("gas", [True, False])
+@pytest.mark.parametrize("mask", ["agree", "positive"])
+def test_aggregate_gradient_matches_reference_autograd(gas, mask):
+    """d(loss)/d(grads) through the fused op (its registered backward) equals
+    autograd through the plain-PyTorch reference, including the path
+    through the Gram matrix and the GAS weights."""
+    gen = torch.Generator().manual_seed(19)
+    base = stacked(4, [(6, 3), (5,), (2, 2, 2)], gen=gen, layout="mixed")
+    probes = [torch.randn(g.shape[1:], dtype=torch.float64, generator=gen) for g in base]
+    a = torch.randn(4, 4, dtype=torch.float64, generator=gen)
+    b = torch.randn(4, dtype=torch.float64, generator=gen)
+
+    def gradients(aggregate):
+        leaves = [g.detach().clone().requires_grad_() for g in base]
+        result = aggregate(leaves, 0.3, gas=gas, mask=mask)
+        loss = sum((o * p).sum() for o, p in zip(result.grads, probes)) + (result.gram * a).sum() + result.weights @ b
+        return torch.autograd.grad(loss, leaves)
+
+    for fused, expected in zip(gradients(ops.aggregate), gradients(reference.aggregate)):
+        torch.testing.assert_close(fused, expected)
+
+
+def test_gradcheck_aggregate():
+    gen = torch.Generator().manual_seed(23)
+    grads = stacked(3, [(4, 3), (5,)], gen=gen)
+    # gradcheck perturbs inputs by 1e-6; keep values away from 0 so the mask is constant
+    safe = [(g.sign() * (g.abs() + 0.1)).detach().requires_grad_() for g in grads]
+
+    def fn(*gs):
+        result = ops.aggregate(list(gs), 0.3)
+        return (*result.grads, result.gram, result.weights)
+
+    assert torch.autograd.gradcheck(fn, safe)
 
 
 def test_aggregate_under_torch_compile_fullgraph():
@@ -286,6 +351,32 @@ def test_aggregate_under_torch_compile_fullgraph():
     assert_close_lists(out, ref.grads)
     torch.testing.assert_close(weights, ref.weights)
     torch.testing.assert_close(fraction, ref.conflict_fraction)
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def functional(grads):
+        result = ops.aggregate(grads, 0.25, mask="positive", nonfinite="zero")
+        return result.grads, result.nonfinite
+
+    results, nonfinite = functional(grads)
+    assert_close_lists(results, reference.aggregate(grads, 0.25, mask="positive").grads)
+    assert not bool(nonfinite)
+
+
+def test_fake_and_meta_kernels():
+    """Meta inputs give meta outputs of the right shapes and dtypes (the fake
+    kernels), and FakeTensorMode runs the library's checks."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    grads = [torch.empty(4, 3, 5, device="meta"), torch.empty(4, 7, device="meta")]
+    result = ops.aggregate(grads, 0.25)
+    assert [tuple(r.shape) for r in result.grads] == [(3, 5), (7,)]
+    assert result.gram.shape == (4, 4) and result.gram.dtype == torch.float64 and result.gram.is_meta
+    assert result.weights.shape == (4,) and result.nonfinite.dtype == torch.bool
+    with FakeTensorMode():
+        fake = [torch.empty(4, 3, 5), torch.empty(4, 7)]
+        assert ops.aggregate(fake, 0.25).gram.shape == (4, 4)
+        with pytest.raises(ValueError, match=r"grads\[1\] has K = 3"):
+            ops.aggregate([fake[0], torch.empty(3, 7)], 0.25)
 
 
 def test_cuda_kernels_compiled_when_expected():

@@ -1,10 +1,14 @@
-"""Benchmarks of the fused aggregation (issue 2, item 8).
+"""Benchmarks of the fused aggregation (issues 2 and 11).
 
+* calls per second at small P (P = 1e4, K = 4, 24 tensors; and P = 1e5 on
+  CUDA): the per-call cost of the one-op `aggregate` (written into `out`),
+  next to the plain-PyTorch reference; on CUDA also the kernel launches per
+  call, counted with the profiler.
 * `aggregate`: fused vs the plain-PyTorch reference (eager and under
   torch.compile) for P in {1e5, 1e6, 1e7} float32 elements, K in {2, 4, 8},
   spread over 1, 24 or 200 tensors; achieved bandwidth under the byte model of
-  the method doc (section 5: 2*K*P*4 + P*4 bytes) next to the copy bandwidth
-  measured in the same run.
+  the method doc (section 5: 2*K*P*4 + P*4 bytes, 36 P bytes for K = 4) next
+  to the copy bandwidth measured in the same run.
 * per-loss gradients: `per_group_grads` (one batched backward) vs K separate
   backward passes vs one backward over the concatenated K*B batch, on the
   DMC-GB critic.
@@ -58,6 +62,54 @@ def split_sizes(total: int, count: int, gen: torch.Generator) -> list[int]:
     sizes = (weights / weights.sum() * total).long().clamp(min=1)
     sizes[0] += total - int(sizes.sum())
     return [int(s) for s in sizes]
+
+
+def calls_time(fn: Callable[[], object], device: str, calls: int, batches: int = 7) -> float:
+    """Median seconds per call over `batches` back-to-back runs of `calls` calls."""
+    for _ in range(max(calls // 10, 3)):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(batches):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        sync(device)
+        times.append((time.perf_counter() - start) / calls)
+    return statistics.median(times)
+
+
+def launches_per_call(fn: Callable[[], object]) -> int:
+    """CUDA kernels launched by one call (memcpy and memset not counted)."""
+    fn()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA
+               and "memcpy" not in e.name.lower() and "memset" not in e.name.lower())
+
+
+def bench_small(device: str, quick: bool) -> list[dict]:
+    """The per-call cost where the data is small (K = 4, 24 tensors)."""
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    sizes_p = [10_000] + ([100_000] if device == "cuda" else [])
+    calls = 50 if quick else 500
+    for p in sizes_p:
+        grads = [torch.randn(4, n, generator=gen).to(device) for n in split_sizes(p, 24, gen)]
+        out = [torch.empty(g.shape[1:], device=device) for g in grads]
+        row = {"suite": "ops", "name": "aggregate per call", "device": device, "P": p, "K": 4, "tensors": 24}
+        for policy in ("zero", "raise"):
+            seconds = calls_time(lambda: ops.aggregate(grads, 0.25, out=out, nonfinite=policy), device, calls)
+            row[f"fused_us_{policy}"] = seconds * 1e6
+        row["calls_per_s"] = 1e6 / row["fused_us_zero"]
+        row["reference_us"] = calls_time(lambda: reference.aggregate(grads, 0.25, out=out), device,
+                                         max(calls // 10, 5)) * 1e6
+        if device == "cuda":
+            row["launches_per_call"] = launches_per_call(lambda: ops.aggregate(grads, 0.25, out=out, nonfinite="zero"))
+        rows.append(row)
+    return rows
 
 
 def bench_aggregate(device: str, quick: bool, compile_reference: bool) -> list[dict]:
@@ -155,13 +207,25 @@ def run(quick: bool = False, devices: list[str] | None = None, compile_reference
     devices = devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     rows: list[dict] = []
     for device in devices:
-        rows += bench_aggregate(device, quick, compile_reference)
+        rows += bench_small(device, quick)
+        # The compiled reference takes minutes to compile on 2 cores: not in a smoke run.
+        rows += bench_aggregate(device, quick, compile_reference and not quick)
         rows += bench_per_loss_grads(device, quick)
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
     lines = []
+    small = [row for row in rows if row["name"] == "aggregate per call"]
+    if small:
+        lines.append("| device | P | K | tensors | fused us/call (nonfinite='zero') | fused us/call ('raise') | calls/s | "
+                     "reference us/call | launches/call |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
+        for row in small:
+            lines.append(
+                f"| {row['device']} | {row['P']:.0e} | {row['K']} | {row['tensors']} | {row['fused_us_zero']:.1f} | "
+                f"{row['fused_us_raise']:.1f} | {row['calls_per_s']:.0f} | {row['reference_us']:.1f} | "
+                f"{row.get('launches_per_call', 'n/a (CPU)')} |")
     for row in rows:
         if row["name"].startswith("copy bandwidth"):
             lines.append(f"\n{row['name']}: {row['value']:.2f} GB/s\n")

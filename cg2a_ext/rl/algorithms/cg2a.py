@@ -26,7 +26,7 @@ class CG2AAlgorithm(AugmentationCombination):
         for p in params:
             p.grad = None
         res = self.aggregator.apply_(params, grads)
-        finite = not bool(res.nonfinite)
+        finite = not bool(res.zeroed)   # a non-finite input or an overflow: zeroed, skip the step
         diag = {}
         if diagnostics:
             diag = gram_diagnostics(res.gram, weights=res.weights, conflict_fraction=res.conflict_fraction,
