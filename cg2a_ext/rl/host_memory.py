@@ -6,7 +6,7 @@ allocator does not cache, so the large tensors a CPU update makes and drops on
 every step (the K x B augmented views, the convolution activations) are mapped
 anew each time and page-fault on every 4 KiB page they touch: at batch 128 this
 is a tenth to a third of a ``--preset cpu`` update on the development VM (see
-``python/benchmarks/host_memory.py`` and BENCHMARKS.md). Raising the mmap and
+``cg2a_ext/bench/agent.py`` and BENCHMARKS.md). Raising the mmap and
 trim thresholds lets glibc reuse that memory instead; the cost is that the
 process keeps its peak heap (it is not returned to the system while it runs).
 Allocations above the threshold (the replay buffer) are still mapped directly.

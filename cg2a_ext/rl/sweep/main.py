@@ -93,3 +93,7 @@ def main(argv=None) -> int:
     if code == 130:
         print("stopped: launch the same command again to resume")
     return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

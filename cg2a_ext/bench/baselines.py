@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Baseline benchmarks: update cost and agent steps/s of soda, sgqn and smg against drq.
 
-    python python/benchmarks/baselines.py [--quick] [--presets cpu,paper] [--json out.json]
+    python -m cg2a_ext.bench.baselines [--quick] [--presets cpu,paper] [--json out.json]
 
 Each configuration is what ``train.py --preset P --algorithm A --task cartpole_balance`` runs: the
 preset, then the algorithm's own defaults (soda renders frames 16 px larger and trains on crops;

@@ -1,7 +1,7 @@
 """Scheduling overhead of the sweep runner (issue 12): a sweep of N tiny runs on a local Ray against
 the same runs started by hand, two at a time.
 
-    python python/benchmarks/sweep.py [--runs 8] [--steps 300] [--repeats 1]
+    python -m cg2a_ext.bench.sweep [--runs 8] [--steps 300] [--repeats 1]
 
 "By hand" is ``python python/train.py ... --num_threads 1`` processes, two started together, the
 next two when both have ended. "Sweep" is one ``python python/sweep.py --num_cpus 2 --cpus_per_run 1``
@@ -44,7 +44,7 @@ def _runs(n: int, steps: int):
 def by_hand(runs, folder: Path, parallel: int = 2) -> float:
     start = time.perf_counter()
     for i in range(0, len(runs), parallel):
-        procs = [subprocess.Popen([sys.executable, str(ROOT / "python" / "train.py"), *run.argv(), "--no-progress",
+        procs = [subprocess.Popen([sys.executable, "-m", "cg2a_ext.rl.train_main", *run.argv(), "--no-progress",
                                    "--num_threads", "1", "--run_dir", str(folder / run.name)],
                                   env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
                  for run in runs[i:i + parallel]]
@@ -56,7 +56,7 @@ def by_hand(runs, folder: Path, parallel: int = 2) -> float:
 
 
 def with_sweep(runs, options, algorithms, seeds, folder: Path) -> float:
-    cmd = [sys.executable, str(ROOT / "python" / "sweep.py"), "--root", str(folder), "--tasks", "cartpole_balance",
+    cmd = [sys.executable, "-m", "cg2a_ext.rl.sweep.main", "--root", str(folder), "--tasks", "cartpole_balance",
            "--algorithms", *algorithms, "--seeds", *map(str, seeds), "--set", *options,
            "--num_cpus", "2", "--cpus_per_run", "1", "--refresh", "3600"]
     start = time.perf_counter()

@@ -1,6 +1,6 @@
 """Benchmarks of issue 3: DMC-GB environments, the green screen and the augmentations.
 
-    python python/benchmarks/envs.py [--quick]
+    python -m cg2a_ext.bench.envs [--quick]
 
 Rows (``suite = "envs"``):
 
@@ -24,8 +24,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[2]
-
 from cg2a_ext.rl.augmentations import AUGMENTATIONS, random_conv_kernels  # noqa: E402
 from cg2a_ext.rl.envs import MODES, make_env  # noqa: E402
 from cg2a_ext.rl.envs.video import green_screen, green_screen_reference  # noqa: E402
@@ -35,10 +33,7 @@ TASK = "walker_walk"
 
 def _dmcgb_dir() -> Path | None:
     env = os.environ.get("CG2A_DMCGB_DATA", "").strip()
-    if env:
-        return Path(env)
-    shared = ROOT.parent / "shared" / "dmcgb"
-    return shared if shared.is_dir() else None
+    return Path(env) if env else None
 
 
 def _median_time(fn: Callable[[], object], repeats: int, sync: Callable[[], None] = lambda: None) -> float:

@@ -13,7 +13,7 @@
   backward passes vs one backward over the concatenated K*B batch, on the
   DMC-GB critic.
 
-Runnable alone: `python python/benchmarks/ops.py [--quick] [--device cpu|cuda]`.
+Runnable alone: `python -m cg2a_ext.bench.ops [--quick] [--device cpu|cuda]`.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Agent benchmarks: critic-update cost of cg2a vs ac vs K backward passes, and agent steps/s.
 
-    python python/benchmarks/agent.py [--quick] [--presets cpu,paper]
+    python -m cg2a_ext.bench.agent [--quick] [--presets cpu,paper]
 
 Rows: {"suite": "agent", "name", "value", "unit"}. Critic-update rows time one
 full critic update (augment, forward, backward(s), aggregation, Adam step) on
@@ -180,7 +180,7 @@ def host_memory_rows(reps: int, rounds: int = 2) -> list[dict]:
         best = {"default": float("inf"), "keep": float("inf")}
         for _ in range(rounds):
             for malloc in ("default", "keep"):
-                out = subprocess.run([sys.executable, __file__, "--update-time", f"cpu:{algo}", "--malloc", malloc,
+                out = subprocess.run([sys.executable, "-m", "cg2a_ext.bench.agent", "--update-time", f"cpu:{algo}", "--malloc", malloc,
                                       "--reps", str(reps), "--threads", str(threads)],
                                      check=True, capture_output=True, text=True).stdout
                 best[malloc] = min(best[malloc], float(out.strip().splitlines()[-1]))
