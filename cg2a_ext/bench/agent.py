@@ -43,6 +43,8 @@ import time
 import numpy as np
 import torch
 
+from cg2a_ext.bench.timing import median_time, sync
+
 
 def _cfg(preset: str, **kw):
     from cg2a_ext.rl.config import PRESETS, TrainConfig
@@ -51,24 +53,6 @@ def _cfg(preset: str, **kw):
     d.update(task="cartpole_balance", device="cuda" if torch.cuda.is_available() else "cpu")
     d.update(kw)
     return TrainConfig(**d)
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _time(fn, device, reps: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
 
 
 def critic_update_times(preset: str, reps: int) -> dict:
@@ -131,12 +115,12 @@ def critic_update_times(preset: str, reps: int) -> dict:
             torch.autograd.grad(lk, cg.critic_params, retain_graph=k < K - 1)
 
     res = {"K": K, "batch": b, "image": cfg_cg.image_size, "device": str(device)}
-    res["grads_per_group"] = _time(grads_per_group, device, reps)
-    res["grads_k_backward"] = _time(grads_k_backward, device, reps)
-    res["ac"] = _time(lambda: ac.update_critic(obs, action, target), device, reps)
-    res["cg2a"] = _time(lambda: cg.update_critic(obs, action, target), device, reps)
-    res["k_backward"] = _time(k_backward, device, reps)
-    res["k_separate"] = _time(k_separate, device, reps)
+    res["grads_per_group"] = median_time(grads_per_group, device, reps)
+    res["grads_k_backward"] = median_time(grads_k_backward, device, reps)
+    res["ac"] = median_time(lambda: ac.update_critic(obs, action, target), device, reps)
+    res["cg2a"] = median_time(lambda: cg.update_critic(obs, action, target), device, reps)
+    res["k_backward"] = median_time(k_backward, device, reps)
+    res["k_separate"] = median_time(k_separate, device, reps)
     return res
 
 
@@ -168,7 +152,7 @@ def update_time(preset: str, algorithm: str, reps: int) -> float:
     cfg = _cfg(preset, algorithm=algorithm)
     device = torch.device(cfg.device)
     agent, rb = _agent_and_replay(cfg, (3 * cfg.frame_stack, cfg.image_size, cfg.image_size), 1, device)
-    return _time(lambda: (agent.update(rb), agent.update(rb)), device, reps) / 2
+    return median_time(lambda: (agent.update(rb), agent.update(rb)), device, reps) / 2
 
 
 def host_memory_rows(reps: int, rounds: int = 2) -> list[dict]:
@@ -209,14 +193,14 @@ def step_time(preset: str, algorithm: str, reps: int) -> dict:
         adim = env.action_space.shape[0]
         env.reset(seed=0)
         a = np.zeros(adim, np.float32)
-        env_t = _time(lambda: env.step(a), torch.device("cpu"), max(20, reps * 5), warmup=3)
+        env_t = median_time(lambda: env.step(a), torch.device("cpu"), max(20, reps * 5), warmup=3)
         env.close()
     except Exception as e:  # env module missing or renderer unavailable
         print(f"[agent bench] env step not timed: {e}", file=sys.stderr)
     agent, rb = _agent_and_replay(cfg, obs_shape, adim, device)
-    upd = _time(lambda: (agent.update(rb), agent.update(rb)), device, max(1, reps // 2)) / 2
+    upd = median_time(lambda: (agent.update(rb), agent.update(rb)), device, max(1, reps // 2)) / 2
     o = np.random.default_rng(1).integers(0, 256, obs_shape, dtype=np.uint8)
-    act = _time(lambda: agent.act(o, sample=True), device, 20, warmup=2)
+    act = median_time(lambda: agent.act(o, sample=True), device, 20, warmup=2)
     total = upd + act + (env_t if env_t == env_t else 0.0)
     return {"update": upd, "act": act, "env": env_t, "steps_per_s": 1.0 / total}
 
@@ -237,7 +221,7 @@ def update_breakdown(preset: str, algorithm: str, reps: int) -> dict:
     def timed(name, fn):
         t = time.perf_counter()
         out = fn()
-        _sync(device)
+        sync(device)
         phases[name].append(time.perf_counter() - t)
         return out
 
@@ -286,7 +270,7 @@ def option_pair_times(preset: str, algorithm: str, option: str, values: tuple, r
         t = time.perf_counter()
         runs[v][0].update(runs[v][1])
         runs[v][0].update(runs[v][1])
-        _sync(device)
+        sync(device)
         first[v] = time.perf_counter() - t
     for _ in range(reps):
         for v in values:
@@ -294,7 +278,7 @@ def option_pair_times(preset: str, algorithm: str, option: str, values: tuple, r
             t = time.perf_counter()
             agent.update(rb)
             agent.update(rb)
-            _sync(device)
+            sync(device)
             times[v].append((time.perf_counter() - t) / 2)
     return {"update": {v: statistics.median(times[v]) for v in values}, "first": first}
 
@@ -318,7 +302,7 @@ def end_to_end_steps(preset: str, algorithm: str, steps: int, env_overlap: bool)
         t = None
         for i in range(steps + 2):   # two warm-up steps
             if i == 2:
-                _sync(device)
+                sync(device)
                 t = time.perf_counter()
             action = agent.act(obs, sample=True)
             stepper.step_async(action)
@@ -328,7 +312,7 @@ def end_to_end_steps(preset: str, algorithm: str, steps: int, env_overlap: bool)
             if terminated or truncated:
                 obs, _ = stepper.reset(seed=i)
                 rb.add_first(obs)
-        _sync(device)
+        sync(device)
         return steps / (time.perf_counter() - t)
     finally:
         stepper.close()
@@ -422,7 +406,7 @@ def replay_sample_times(preset: str, reps: int) -> dict:
     times = {k: [] for k in rings}
     for _ in range(reps):
         for name, rb in rings.items():
-            times[name].append(_time(lambda: rb.sample(cfg.batch_size, device=device), device, 1, warmup=0))
+            times[name].append(median_time(lambda: rb.sample(cfg.batch_size, device=device), device, 1, warmup=0))
     return {k: statistics.median(v) for k, v in times.items()}
 
 

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 
 import numpy as np
 import torch
+
+from cg2a_ext.bench.timing import median_time, sync
 
 CONFIGS = (
     ("drq", ()),
@@ -34,24 +34,6 @@ CONFIGS = (
     ("smg", ()),
     ("smg", ("--smg_protocol", "dmcgb")),
 )
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _median_time(fn, device: torch.device, reps: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def config(preset: str, algorithm: str, options=()):
@@ -74,7 +56,7 @@ def step_times(cfg, reps: int) -> dict:
     obs_shape, adim = env.observation_space.shape, env.action_space.shape[0]
     env.reset(seed=0)
     zero = np.zeros(adim, np.float32)
-    env_t = _median_time(lambda: env.step(zero), torch.device("cpu"), max(20, 5 * reps), warmup=3)
+    env_t = median_time(lambda: env.step(zero), torch.device("cpu"), max(20, 5 * reps), warmup=3)
     env.close()
     torch.manual_seed(0)
     agent = make_agent(obs_shape, adim, cfg, device)
@@ -83,9 +65,9 @@ def step_times(cfg, reps: int) -> dict:
     rb.add_first(rng.integers(0, 256, obs_shape, dtype=np.uint8))
     for _ in range(1000):
         rb.add(rng.uniform(-1, 1, adim), 0.0, rng.integers(0, 256, obs_shape, dtype=np.uint8), False)
-    update = _median_time(lambda: (agent.update(rb), agent.update(rb)), device, reps, warmup=1) / 2
+    update = median_time(lambda: (agent.update(rb), agent.update(rb)), device, reps, warmup=1) / 2
     obs = rng.integers(0, 256, obs_shape, dtype=np.uint8)
-    act = _median_time(lambda: agent.act(obs, sample=True), device, 20, warmup=2)
+    act = median_time(lambda: agent.act(obs, sample=True), device, 20, warmup=2)
     return {"update": update, "act": act, "env": env_t, "steps_per_s": 1.0 / (update + act + env_t)}
 
 

@@ -25,32 +25,14 @@ from typing import Callable
 import torch
 
 from cg2a_ext import ops, per_group_grads, reference
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def median_time(fn: Callable[[], object], device: str, repeats: int = 10, warmup: int = 2) -> float:
-    """Median wall time of fn() in seconds, after warm-up."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from cg2a_ext.bench.timing import median_time, sync
 
 
 def copy_bandwidth(device: str, elements: int = 50_000_000, repeats: int = 10) -> float:
     """Device copy bandwidth in GB/s: bytes read + written by dst.copy_(src)."""
     src = torch.randn(elements, device=device)
     dst = torch.empty_like(src)
-    seconds = median_time(lambda: dst.copy_(src), device, repeats)
+    seconds = median_time(lambda: dst.copy_(src), device, repeats, warmup=2)
     return 2 * src.numel() * src.element_size() / seconds / 1e9
 
 
@@ -129,8 +111,8 @@ def bench_aggregate(device: str, quick: bool, compile_reference: bool) -> list[d
                 # The copy bandwidth of the same working set, measured next to
                 # the row it is compared with (this machine's load drifts).
                 row_copy_gbs = copy_bandwidth(device, k * p + p, repeats)
-                fused_s = median_time(lambda: ops.aggregate(grads, 0.25, out=out), device, repeats)
-                ref_s = median_time(lambda: reference.aggregate(grads, 0.25, out=out), device, repeats)
+                fused_s = median_time(lambda: ops.aggregate(grads, 0.25, out=out), device, repeats, warmup=2)
+                ref_s = median_time(lambda: reference.aggregate(grads, 0.25, out=out), device, repeats, warmup=2)
                 comp_s = float("nan")
                 if compile_reference and k == 4 and count <= 24:
                     # A fresh compile per configuration (shapes are static), so
@@ -139,7 +121,7 @@ def bench_aggregate(device: str, quick: bool, compile_reference: bool) -> list[d
                     # or more on 2 cores (200 tensors: several).
                     torch._dynamo.reset()
                     compiled = torch.compile(reference.aggregate, dynamic=False)
-                    comp_s = median_time(lambda: compiled(grads, 0.25, out=out, nonfinite="zero"), device, repeats)
+                    comp_s = median_time(lambda: compiled(grads, 0.25, out=out, nonfinite="zero"), device, repeats, warmup=2)
                 model_bytes = (2 * k * p + p) * 4
                 fused_gbs = model_bytes / fused_s / 1e9
                 rows.append({
