@@ -44,7 +44,7 @@ def test_the_last_two_checkpoints_and_their_buffers_are_kept(tmp_path):
     assert path.name == "step_000000030.pt" and st["step"] == 30 and rb.num_transitions == 30
     assert torch.equal(st["agent"]["w"], torch.full((4,), 30.0))
     ref = small_replay(30)
-    assert np.array_equal(rb.frames, ref.frames) and np.array_equal(rb.actions, ref.actions)
+    assert np.array_equal(rb.frames.array, ref.frames.array) and np.array_equal(rb.actions, ref.actions)
 
 
 class NotATensor:

@@ -16,9 +16,13 @@ TESTS = Path(__file__).resolve().parent
 
 
 def run_pytest(tmp_path: Path, args: list[str], **env: str | None) -> str:
-    """pytest on `args` in a fresh interpreter, from a folder outside the checkout (so the
-    installed cg2a_ext is imported, as in the main run); None removes a variable."""
+    """pytest on `args` in a fresh interpreter, from a folder outside the checkout, importing the
+    cg2a_ext this run imports (installed, or a source checkout's); None removes a variable."""
+    import cg2a_ext
+
     environ = dict(os.environ)
+    package_root = str(Path(cg2a_ext.__file__).resolve().parents[1])
+    environ["PYTHONPATH"] = os.pathsep.join([package_root] + [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p])
     for key, value in env.items():
         if value is None:
             environ.pop(key, None)

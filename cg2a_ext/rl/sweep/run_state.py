@@ -1,6 +1,8 @@
 """What a run folder holds: its status (new / partial / finished) and its latest numbers.
 
-``run_status`` is the run folder's own rule (``cg2a_ext.rl.run_dir.run_status``).
+``run_status`` is the run folder's own rule (``cg2a_ext.rl.run_dir.run_status``), except that a
+run with files but no checkpoint yet (its attempt died before the first one) counts as new: there
+is nothing to resume, and the sweep starts it again.
 
 ``snapshot`` reads the latest step, speed and evaluation from the run's CSV logs (update.csv:
 step, steps_per_s; eval.csv: step, mode, mean_return). The logs may be half-written while the run
@@ -34,10 +36,13 @@ def _train_steps(run_dir) -> int | None:
 
 
 def run_status(run_dir) -> str:
-    """``"new"``, ``"partial"`` or ``"finished"``."""
+    """``"new"``, ``"partial"`` (resumable: it has a checkpoint) or ``"finished"``."""
     from cg2a_ext.rl.run_dir import run_status as owner
 
-    return owner(run_dir)
+    status = owner(run_dir)
+    if status == PARTIAL and not checkpoint_steps(run_dir):
+        return NEW
+    return status
 
 
 def read_rows(path) -> list[dict]:
