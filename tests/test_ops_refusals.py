@@ -13,9 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
+import cg2a_ext
 from cg2a_ext import ops, reference
 
-ROOT = Path(__file__).resolve().parents[1]
+# Subprocesses run where the cg2a_ext under test lies (site-packages when installed, the checkout when
+# built in place), so `python -c` imports that one and not a source tree without its compiled _C.
+IMPORTED_FROM = Path(cg2a_ext.__file__).resolve().parents[1]
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
 FLOAT32_MAX = torch.finfo(torch.float32).max
 
@@ -218,7 +221,7 @@ def test_every_raw_op_refuses_bad_input_without_crashing():
     the same message on both backends: the checks are shared C++), in eager
     mode and through the autograd formula. Run in a subprocess: a segfault
     shows as a failure naming the call that crashed."""
-    run = subprocess.run([sys.executable, "-c", RAW_OP_CASES], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    run = subprocess.run([sys.executable, "-c", RAW_OP_CASES], capture_output=True, text=True, cwd=IMPORTED_FROM, timeout=300)
     lines = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     started = [line for line in lines if "start" in line]
     assert run.returncode == 0 and "finished" in run.stdout, (
@@ -238,6 +241,6 @@ def test_importing_the_library_imports_no_rl_code():
         loaded = sorted(m for m in sys.modules if m == "cg2a_ext.rl" or m.startswith(("cg2a_ext.rl.", "dm_control", "mujoco")))
         print(loaded)
     """)
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=IMPORTED_FROM, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]", f"importing cg2a_ext loaded: {run.stdout}"
