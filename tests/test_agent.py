@@ -9,6 +9,8 @@ from cg2a_ext.rl.algorithms.base import critic_loss
 from cg2a_ext.rl.config import ConfigError, TrainConfig, config_from_args, field_docs
 from cg2a_ext.rl.replay import FrameReplayBuffer
 
+from baselines_support import filled_replay
+
 OBS = (9, 32, 32)
 A = 2
 
@@ -284,7 +286,7 @@ def test_agent_and_replay_own_their_rng_state():
     """Every generator of the agent (its algorithm's) and the buffer's sampler come back from their state dicts."""
     cfg = tiny_cfg(algorithm="cg2a")
     ag = make_agent(OBS, A, cfg, "cpu")
-    rb = _filled_replay()
+    rb = filled_replay()
     ag.update(rb)
     agent_state, replay_state = ag.state_dict(), rb.state_dict()
     obs = torch.randint(0, 256, (4, *OBS), dtype=torch.uint8)
@@ -333,16 +335,6 @@ def test_actor_update_with_one_trunk_pass_equals_separate_passes():
     assert all(p.grad is None for p in ag.critic_params)
 
 
-def _filled_replay(obs_shape=OBS, action_dim=A, steps=40, seed=0):
-    rb = FrameReplayBuffer(obs_shape, action_dim, 100, frame_stack=3, episode_steps=20, seed=seed)
-    rng = np.random.default_rng(seed)
-    rb.add_first(rng.integers(0, 256, obs_shape, dtype=np.uint8))
-    for _ in range(steps):
-        rb.add(rng.uniform(-1, 1, action_dim), rng.uniform(0, 1), rng.integers(0, 256, obs_shape, dtype=np.uint8),
-               False)
-    return rb
-
-
 def test_cg2a_with_identity_copies_takes_drq_step():
     """The whole cg2a path (preprocess, K-view per-loss gradients, GAS, SGS, Adam) with a copy that is the
     clean batch itself must reduce to drq: equal gradients get w = 1/2 each and agree in sign everywhere."""
@@ -350,7 +342,7 @@ def test_cg2a_with_identity_copies_takes_drq_step():
     cg = make_agent(OBS, A, tiny_cfg(algorithm="cg2a", augmentations=("identity",)), "cpu")
     for name in ("actor", "critic", "critic_target"):
         getattr(cg, name).load_state_dict(getattr(drq, name).state_dict())
-    rb_drq, rb_cg = _filled_replay(), _filled_replay()
+    rb_drq, rb_cg = filled_replay(), filled_replay()
     for step in range(4):   # covers actor and target updates (every 2)
         torch.manual_seed(step)   # the actor's sampling noise in the TD target
         m_drq = drq.update(rb_drq)

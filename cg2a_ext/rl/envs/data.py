@@ -1,6 +1,6 @@
 """Locating and reading the DMC-GB test data (colour JSONs and video clips).
 
-The data folder is laid out like ``../shared/dmcgb``::
+The data folder (DMC-GB's colour files and video clips) is laid out as::
 
     color_easy.json  color_hard.json  video_easy/video{i}.mp4  video_hard/video{i}.mp4
 
