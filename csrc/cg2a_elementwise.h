@@ -1,11 +1,11 @@
 // Per-element CG2A math, shared by the CPU kernels (cpu_kernels.cpp) and the
 // CUDA kernels (cuda/cuda_kernels.cu) so the two paths cannot drift apart.
 //
-// Every function sees the K values of ONE parameter element, already
-// converted to the accumulation type. `stride` is the distance between
-// consecutive values in memory: the CPU kernel keeps a block of elements in
-// lanes ([K][lanes], stride = lanes) so the compiler vectorises across lanes;
-// the CUDA kernel keeps one element per thread (stride = 1).
+// Every function sees the K values of ONE parameter element (or of one
+// vector register of elements), already converted to the accumulation type.
+// The CPU kernels vectorise across elements: the Gram pass with acc_type a
+// vector of doubles, the combine pass with an `omp simd` loop over elements
+// around the scalar functions; the CUDA kernels keep one element per thread.
 //
 // K_STATIC > 0 fixes K at compile time (loops fully unrolled); K_STATIC == 0
 // means K is only known at run time (at most kMaxK).
@@ -60,8 +60,9 @@ template <typename scalar_t>
 using acc_t = typename AccType<scalar_t>::type;
 
 // The functions below work on LANES adjacent elements at once: value i of
-// lane l is v[i * stride + l] (stride >= LANES). The lane loop is innermost so
-// the CPU kernel vectorises it; the CUDA kernel uses LANES = 1, stride = 1.
+// lane l is v[i * stride + l] (stride >= LANES). The CPU Gram pass uses
+// LANES = 1 with acc_type a vector of doubles (one register of elements);
+// the CUDA kernel uses LANES = 1, stride = 1, with plain scalars.
 
 // acc[p * stride + l] += v_i * v_j for the upper triangle (i <= j),
 // row-major: pair p enumerates (0,0), (0,1) .. (0,K-1), (1,1), ...
@@ -87,9 +88,54 @@ CG2A_LANES
 // g_bar = m * sum_i w_i v_i with m = 1 where the K signs agree, gamma
 // elsewhere (method doc, sections 3-4). Agreement: all K strictly positive,
 // or (mode kMaskAgree) all strictly negative; an exact zero never agrees.
-// Writes result[l] and conflict[l] (1 where the signs do not agree, else 0;
-// in acc_type so that every lane operation is a floating-point one and the
-// CPU kernel vectorises the whole function without branches).
+//
+// The math is written for one element, in scalars passed by value or
+// reference, so that a CPU loop over elements (`omp simd`) vectorises it
+// whole: no arrays, no branches. Comparisons become 0/1 numbers and the mask
+// a blend (a floating-point == or a select would become a branch).
+//
+// Thresholds of the sign counts: the signs agree when a count is K, written
+// "count > K - 1/2" (counts are whole numbers). Under kMaskPositive no
+// negative count can pass its threshold.
+template <typename acc_type>
+struct AgreeThresholds {
+  acc_type positive;
+  acc_type negative;
+};
+
+template <typename acc_type>
+CG2A_HD AgreeThresholds<acc_type> agree_thresholds(int k, int64_t mode) {
+  const acc_type all = acc_type(k) - acc_type(0.5);
+  return {all, mode == kMaskPositive ? acc_type(k) + acc_type(1) : all};
+}
+
+// Adds value x (weight w) of one element: its weighted sum and its counts of
+// strictly positive and strictly negative values.
+template <typename acc_type>
+CG2A_HD void combine_accumulate(acc_type w, acc_type x, acc_type& sum,
+                                acc_type& positives, acc_type& negatives) {
+  sum += w * x;
+  positives += acc_type(x > acc_type(0));
+  negatives += acc_type(x < acc_type(0));
+}
+
+// The element's g_bar from its sum and counts; sets disagree to 1 where the
+// signs do not agree, else 0 (in acc_type, so counting conflicts is
+// floating-point too). Both counts cannot pass at once, so agree is 0 or 1
+// and the blend is exact: sum where agree = 1, gamma * sum where agree = 0.
+template <typename acc_type>
+CG2A_HD acc_type combine_finish(acc_type sum, acc_type positives, acc_type negatives,
+                                AgreeThresholds<acc_type> thresholds, acc_type gamma,
+                                acc_type& disagree) {
+  const acc_type agree = acc_type(positives > thresholds.positive) +
+                         acc_type(negatives > thresholds.negative);
+  disagree = acc_type(1) - agree;
+  return agree * sum + disagree * (gamma * sum);
+}
+
+// The same for LANES adjacent elements kept side by side (value i of lane l
+// at v[i * stride + l]): writes result[l] and conflict[l]. The CUDA kernels
+// use it with LANES = 1.
 // The kernels write exact zeros instead of result when every weight is zero
 // (see all_weights_zero): that is how nonfinite="zero" clears the output,
 // without a host synchronisation, even where a value is non-finite.
@@ -98,52 +144,22 @@ CG2A_HD void combine_lanes(const acc_type* v, int stride, int k_runtime,
                            const acc_type* weights, acc_type gamma,
                            int64_t mode, acc_type* result, acc_type* conflict) {
   const int k = K_STATIC > 0 ? K_STATIC : k_runtime;
-  // Counts of strictly positive and strictly negative values; the signs
-  // agree when either count is K. Comparisons turned into 0/1 numbers and
-  // arithmetic (no selects) keep every lane operation vectorisable.
-  acc_type sum[LANES];
-  acc_type positives[LANES];
-  acc_type negatives[LANES];
+  const AgreeThresholds<acc_type> thresholds = agree_thresholds<acc_type>(k, mode);
   CG2A_LANES
   for (int l = 0; l < LANES; ++l) {
-    sum[l] = acc_type(0);
-    positives[l] = acc_type(0);
-    negatives[l] = acc_type(0);
-  }
-  CG2A_UNROLL
-  for (int i = 0; i < (K_STATIC > 0 ? K_STATIC : kMaxK); ++i) {
-    if (i >= k) break;
-    const acc_type w = weights[i];
-    CG2A_LANES
-    for (int l = 0; l < LANES; ++l) {
-      const acc_type x = v[i * stride + l];
-      sum[l] += w * x;
-      positives[l] += acc_type(x > acc_type(0));
-      negatives[l] += acc_type(x < acc_type(0));
+    acc_type sum = acc_type(0), positives = acc_type(0), negatives = acc_type(0);
+    CG2A_UNROLL
+    for (int i = 0; i < (K_STATIC > 0 ? K_STATIC : kMaxK); ++i) {
+      if (i >= k) break;
+      combine_accumulate(weights[i], v[i * stride + l], sum, positives, negatives);
     }
+    result[l] = combine_finish(sum, positives, negatives, thresholds, gamma, conflict[l]);
   }
-  // "count == K" written as "count > K - 1/2" (counts are whole numbers;
-  // GCC turns a floating-point == into a branch, > into a vector compare).
-  // Under kMaskPositive no negative count can pass its threshold.
-  const acc_type all_positive = acc_type(k) - acc_type(0.5);
-  const acc_type all_negative =
-      mode == kMaskPositive ? acc_type(k) + acc_type(1) : all_positive;
-  CG2A_LANES
-  for (int l = 0; l < LANES; ++l) {
-    // Both counts cannot pass at once, so agree is 0 or 1, and the blend is
-    // exact: sum where agree = 1, gamma * sum where agree = 0.
-    const acc_type agree = acc_type(positives[l] > all_positive) +
-                           acc_type(negatives[l] > all_negative);
-    const acc_type disagree = acc_type(1) - agree;
-    conflict[l] = disagree;
-    sum[l] = agree * sum[l] + disagree * (gamma * sum[l]);
-  }
-  CG2A_LANES
-  for (int l = 0; l < LANES; ++l) result[l] = sum[l];
 }
 
 // finite_probe += v_i * 0 for every i: stays exactly 0 while every value is
-// finite and becomes NaN at the first Inf or NaN (Inf * 0 = NaN). Float64
+// finite and becomes NaN at the first Inf or NaN (Inf * 0 = NaN). The zero is
+// written acc_type{} so that acc_type may be a CPU vector of doubles. Float64
 // inputs need it: their double Gram can overflow although every input is
 // finite, so a non-finite Gram alone cannot tell a non-finite input apart.
 template <int K_STATIC, int LANES = 1, typename acc_type>
@@ -154,7 +170,7 @@ CG2A_UNROLL
   for (int i = 0; i < (K_STATIC > 0 ? K_STATIC : kMaxK); ++i) {
     if (i >= k) break;
 CG2A_LANES
-    for (int l = 0; l < LANES; ++l) probe[l] += v[i * stride + l] * acc_type(0);
+    for (int l = 0; l < LANES; ++l) probe[l] += v[i * stride + l] * acc_type{};
   }
 }
 

@@ -4,9 +4,11 @@
 // tensor; the split depends only on the tensor sizes, never on the thread
 // count, and every chunk writes its own partial sums, which are added in chunk
 // order. The Gram matrix is therefore bit-identical for a given input
-// whatever the number of threads. Inside a chunk, one vector register's worth
-// of elements is kept side by side ([K][LANES]) so the per-element math of
-// cg2a_elementwise.h vectorises across lanes.
+// whatever the number of threads. Inside a chunk the per-element math of
+// cg2a_elementwise.h is vectorised across elements: the Gram pass on vectors
+// of doubles, the combine pass in an `omp simd` loop (which needs
+// -fno-trapping-math, set by the build: with trapping math GCC keeps
+// floating-point comparisons as branches and the loop scalar).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -81,125 +83,159 @@ void for_each_chunk(const std::vector<Chunk>& chunks, int64_t elements, Body bod
   }
 }
 
-// Loads elements [e, e + count) of the K rows into lanes ([K][LANES]), as
-// acc_type; lanes past `count` are zero (they add nothing to the Gram).
-template <int KS, int LANES, typename scalar_t, typename acc_type>
-CG2A_ALWAYS_INLINE void load_lanes(const scalar_t* base, int64_t row_stride,
-                                   int K, int64_t e, int count, acc_type* v) {
-  const int k = KS > 0 ? KS : K;
-  for (int i = 0; i < k; ++i) {
-    const scalar_t* row = base + i * row_stride + e;
-    acc_type* lane = v + i * LANES;
-    if (count == LANES) {
-      for (int l = 0; l < LANES; ++l) lane[l] = static_cast<acc_type>(row[l]);
-    } else {
-      for (int l = 0; l < LANES; ++l)
-        lane[l] = l < count ? static_cast<acc_type>(row[l]) : acc_type(0);
-    }
-  }
-}
+// W adjacent doubles in one vector register (GCC and Clang vector extensions;
+// other compilers get W = 1, plain doubles).
+#if defined(__GNUC__)
+#define CG2A_VECTOR_EXTENSIONS 1
+template <int W>
+struct DoubleLanes {
+  typedef double type __attribute__((vector_size(W * sizeof(double))));
+};
+#else
+#define CG2A_VECTOR_EXTENSIONS 0
+template <int W>
+struct DoubleLanes {
+  static_assert(W == 1, "vector lanes need GCC or Clang");
+  using type = double;
+};
+#endif
 
 // Partial Gram (upper triangle, num_pairs(K) values) of one chunk, then its
 // finite probe (float64 inputs; 0 otherwise): pairs + 1 doubles. Accumulated
 // in double (gram_acc_t) element by element, so finite inputs of every dtype
-// give a finite Gram. LANES is one vector register's worth of doubles.
-template <int KS, int LANES, typename scalar_t>
+// give a finite Gram. One accumulator register of W elements per pair: the
+// header's gram_accumulate on vectors; a short last block is padded with
+// zeros (which add nothing to the Gram or the probe).
+template <int KS, int W, typename scalar_t>
 CG2A_ALWAYS_INLINE void gram_chunk_impl(const RowView& view, const Chunk& c,
                                         int K, double* partial) {
-  using acc_type = gram_acc_t;
+  using lanes_t = typename DoubleLanes<W>::type;
   constexpr bool kProbe = std::is_same_v<scalar_t, double>;
   constexpr int kSlots = KS > 0 ? KS : kMaxK;
-  const int pairs = num_pairs(K);
-  alignas(64) acc_type v[kSlots * LANES];
-  alignas(64) acc_type acc[num_pairs(kSlots) * LANES];
-  alignas(64) acc_type probe[LANES];
-  for (int p = 0; p < pairs * LANES; ++p) acc[p] = acc_type(0);
-  for (int l = 0; l < LANES; ++l) probe[l] = acc_type(0);
+  const int k = KS > 0 ? KS : K;
+  const int pairs = num_pairs(k);
+  lanes_t v[kSlots];
+  lanes_t acc[num_pairs(kSlots)];
+  lanes_t probe[1] = {lanes_t{}};
+  for (int p = 0; p < pairs; ++p) acc[p] = lanes_t{};
 
-  const scalar_t* base = view.tensor.const_data_ptr<scalar_t>();
-  for (int64_t e = c.begin; e < c.end; e += LANES) {
-    const int count = int(std::min<int64_t>(LANES, c.end - e));
-    load_lanes<KS, LANES>(base, view.row_stride, K, e, count, v);
-    gram_accumulate<KS, LANES>(v, LANES, K, acc);
-    if constexpr (kProbe) finite_probe_accumulate<KS, LANES>(v, LANES, K, probe);
+  const scalar_t* __restrict__ base = view.tensor.const_data_ptr<scalar_t>();
+  const int64_t row_stride = view.row_stride;
+  int64_t e = c.begin;
+  for (; e + W <= c.end; e += W) {
+    for (int i = 0; i < k; ++i) {
+      const scalar_t* row = base + i * row_stride + e;
+      if constexpr (W == 1) {
+        v[i] = double(row[0]);
+      } else {
+        lanes_t x = {};
+        for (int l = 0; l < W; ++l) x[l] = double(row[l]);
+        v[i] = x;
+      }
+    }
+    gram_accumulate<KS, 1>(v, 1, k, acc);
+    if constexpr (kProbe) finite_probe_accumulate<KS, 1>(v, 1, k, probe);
   }
-  for (int p = 0; p < pairs; ++p) {
-    double s = 0.0;
-    for (int l = 0; l < LANES; ++l) s += double(acc[p * LANES + l]);
-    partial[p] = s;
+  if (e < c.end) {
+    const int count = int(c.end - e);
+    for (int i = 0; i < k; ++i) {
+      const scalar_t* row = base + i * row_stride + e;
+      if constexpr (W == 1) {
+        v[i] = double(row[0]);
+      } else {
+        lanes_t x = {};
+        for (int l = 0; l < count; ++l) x[l] = double(row[l]);
+        v[i] = x;
+      }
+    }
+    gram_accumulate<KS, 1>(v, 1, k, acc);
+    if constexpr (kProbe) finite_probe_accumulate<KS, 1>(v, 1, k, probe);
   }
-  double s = 0.0;
-  for (int l = 0; l < LANES; ++l) s += probe[l];
-  partial[pairs] = s;
+  auto lane_sum = [](const lanes_t& x) {
+    if constexpr (W == 1) {
+      return double(x);
+    } else {
+      double s = 0.0;
+      for (int l = 0; l < W; ++l) s += x[l];
+      return s;
+    }
+  };
+  for (int p = 0; p < pairs; ++p) partial[p] = lane_sum(acc[p]);
+  partial[pairs] = lane_sum(probe[0]);
 }
 
 // Combines one chunk into `out` (contiguous, view.numel elements) and returns
-// its number of conflicting elements.
-template <int KS, int LANES, typename scalar_t>
-CG2A_ALWAYS_INLINE int64_t combine_chunk_impl(
+// its number of conflicting elements. One `omp simd` loop over elements around
+// the header's per-element math; kZeroOutput writes exact zeros (every weight
+// zero) and still counts the conflicts.
+template <int KS, bool kZeroOutput, typename scalar_t>
+CG2A_ALWAYS_INLINE int64_t combine_chunk_loop(
     const RowView& view, const Chunk& c, int K, const acc_t<scalar_t>* weights,
     acc_t<scalar_t> gamma, int64_t mask, scalar_t* __restrict__ out) {
   using acc_type = acc_t<scalar_t>;
   constexpr int kSlots = KS > 0 ? KS : kMaxK;
-  alignas(64) acc_type v[kSlots * LANES];
-  alignas(64) acc_type result[LANES];
-  alignas(64) acc_type conflict[LANES];
-  // Per-lane counts, each exactly 0 or 1 per element: exact in acc_type up
-  // to 2^24 > kChunk.
-  alignas(64) acc_type conflicts[LANES] = {};
-  const bool zero_output = all_weights_zero(weights, K);
-
+  const int k = KS > 0 ? KS : K;
+  acc_type w[kSlots];
+  for (int i = 0; i < k; ++i) w[i] = weights[i];
+  const AgreeThresholds<acc_type> thresholds = agree_thresholds<acc_type>(k, mask);
   const scalar_t* __restrict__ base = view.tensor.const_data_ptr<scalar_t>();
-  for (int64_t e = c.begin; e < c.end; e += LANES) {
-    const int count = int(std::min<int64_t>(LANES, c.end - e));
-    load_lanes<KS, LANES>(base, view.row_stride, K, e, count, v);
-    combine_lanes<KS, LANES>(v, LANES, K, weights, gamma, mask, result,
-                             conflict);
-    if (count == LANES) {
-      CG2A_LANES
-      for (int l = 0; l < LANES; ++l) {
-        out[e + l] = static_cast<scalar_t>(zero_output ? acc_type(0) : result[l]);
-        conflicts[l] += conflict[l];
-      }
-    } else {
-      for (int l = 0; l < count; ++l) {
-        out[e + l] = static_cast<scalar_t>(zero_output ? acc_type(0) : result[l]);
-        conflicts[l] += conflict[l];
-      }
+  const int64_t row_stride = view.row_stride;
+  // Each lane's count is a whole number below kChunk < 2^24: exact in float.
+  acc_type conflicts = acc_type(0);
+#pragma omp simd reduction(+ : conflicts)
+  for (int64_t e = c.begin; e < c.end; ++e) {
+    acc_type sum = acc_type(0), positives = acc_type(0), negatives = acc_type(0);
+    CG2A_UNROLL
+    for (int i = 0; i < kSlots; ++i) {
+      if (KS == 0 && i >= k) break;
+      combine_accumulate(w[i], static_cast<acc_type>(base[i * row_stride + e]), sum,
+                         positives, negatives);
     }
+    acc_type disagree;
+    const acc_type result =
+        combine_finish(sum, positives, negatives, thresholds, gamma, disagree);
+    conflicts += disagree;
+    out[e] = static_cast<scalar_t>(kZeroOutput ? acc_type(0) : result);
   }
-  double total = 0.0;
-  for (int l = 0; l < LANES; ++l) total += double(conflicts[l]);
-  return int64_t(total);
+  return int64_t(conflicts);
 }
 
-// Lanes per vector register: 16 bytes (SSE2) or 32 bytes (AVX2).
-template <typename acc_type, int kBytes>
-constexpr int lanes = kBytes / int(sizeof(acc_type));
+template <int KS, typename scalar_t>
+CG2A_ALWAYS_INLINE int64_t combine_chunk_impl(
+    const RowView& view, const Chunk& c, int K, const acc_t<scalar_t>* weights,
+    acc_t<scalar_t> gamma, int64_t mask, scalar_t* out) {
+  return all_weights_zero(weights, K)
+             ? combine_chunk_loop<KS, true>(view, c, K, weights, gamma, mask, out)
+             : combine_chunk_loop<KS, false>(view, c, K, weights, gamma, mask, out);
+}
+
+// Doubles per vector register: 16 bytes (SSE2) or 32 bytes (AVX2).
+constexpr int kBaselineGramLanes = CG2A_VECTOR_EXTENSIONS ? 2 : 1;
+constexpr int kAvx2GramLanes = CG2A_VECTOR_EXTENSIONS ? 4 : 1;
 
 template <int KS, typename scalar_t>
 void gram_chunk_baseline(const RowView& view, const Chunk& c, int K, double* partial) {
-  gram_chunk_impl<KS, lanes<gram_acc_t, 16>, scalar_t>(view, c, K, partial);
+  gram_chunk_impl<KS, kBaselineGramLanes, scalar_t>(view, c, K, partial);
 }
 
 template <int KS, typename scalar_t>
 CG2A_TARGET_AVX2 void gram_chunk_avx2(const RowView& view, const Chunk& c, int K, double* partial) {
-  gram_chunk_impl<KS, lanes<gram_acc_t, 32>, scalar_t>(view, c, K, partial);
+  gram_chunk_impl<KS, kAvx2GramLanes, scalar_t>(view, c, K, partial);
 }
 
 template <int KS, typename scalar_t>
 int64_t combine_chunk_baseline(const RowView& view, const Chunk& c, int K,
-                                          const acc_t<scalar_t>* weights, acc_t<scalar_t> gamma,
-                                          int64_t mask, scalar_t* out) {
-  return combine_chunk_impl<KS, lanes<acc_t<scalar_t>, 16>, scalar_t>(view, c, K, weights, gamma, mask, out);
+                               const acc_t<scalar_t>* weights, acc_t<scalar_t> gamma,
+                               int64_t mask, scalar_t* out) {
+  return combine_chunk_impl<KS, scalar_t>(view, c, K, weights, gamma, mask, out);
 }
 
 template <int KS, typename scalar_t>
 CG2A_TARGET_AVX2 int64_t combine_chunk_avx2(const RowView& view, const Chunk& c, int K,
-                                                       const acc_t<scalar_t>* weights,
-                                                       acc_t<scalar_t> gamma, int64_t mask,
-                                                       scalar_t* out) {
-  return combine_chunk_impl<KS, lanes<acc_t<scalar_t>, 32>, scalar_t>(view, c, K, weights, gamma, mask, out);
+                                            const acc_t<scalar_t>* weights,
+                                            acc_t<scalar_t> gamma, int64_t mask,
+                                            scalar_t* out) {
+  return combine_chunk_impl<KS, scalar_t>(view, c, K, weights, gamma, mask, out);
 }
 
 int64_t total_elements(const std::vector<RowView>& views) {

@@ -85,6 +85,37 @@ def test_runtime_k_path(device, k):
         torch.testing.assert_close(fused.conflict_fraction, ref.conflict_fraction)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("k", [1, 3, 4, 8, 13])
+def test_chunk_boundaries_and_vector_tails(device, dtype, k):
+    """Sizes that end mid-register and cross the 2^15-element chunks of the CPU passes (whose loops
+    are vectorised over elements), with exact zeros (which never agree) and sign-agreeing columns."""
+    gen = torch.Generator().manual_seed(100 * k + len(str(dtype)))
+    sizes = [1, 2, 3, 5, 7, 9, 31, 2**15 - 1, 2**15, 2**15 + 1, 2 * 2**15 + 3]
+    grads = []
+    for n in sizes:
+        g = torch.randn(k, n, generator=gen, dtype=torch.float64)
+        g[:, ::5] = g[:, ::5].abs()        # columns where all K agree (positive)
+        g[:, 1::7] = -g[:, 1::7].abs()     # ... (negative)
+        g[0, 2::11] = 0.0                  # an exact zero disagrees
+        grads.append(g.to(device=device, dtype=dtype))
+    exact = [g.double() for g in grads]   # the oracle sees the same rounded inputs
+    for mask in ("agree", "positive"):
+        fused = ops.aggregate(grads, 0.3, mask=mask)
+        ref = reference.aggregate(exact, 0.3, mask=mask)
+        torch.testing.assert_close(fused.gram.cpu(), ref.gram.cpu(), rtol=1e-12, atol=1e-9)
+        torch.testing.assert_close(fused.weights.cpu(), ref.weights.cpu(), rtol=1e-12, atol=1e-12)
+        # every element's mask decision is exact, so the conflict count is too
+        assert float(fused.conflict_fraction) == pytest.approx(float(ref.conflict_fraction), abs=1e-15)
+        tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 2e-2}[dtype]
+        assert_close_lists([g.double() for g in fused.grads], ref.grads, rtol=tol, atol=tol)
+    # all weights zero (a non-finite input under nonfinite="zero"): exact zeros everywhere
+    grads[-1][0, 17] = float("nan")
+    zeroed = ops.aggregate(grads, 0.3, nonfinite="zero")
+    assert bool(zeroed.nonfinite) and all(bool((g == 0).all()) for g in zeroed.grads)
+
+
 def test_k_above_limit_is_rejected():
     grads = [torch.randn(33, 4)]
     with pytest.raises(ValueError, match="K = 33 exceeds"):
