@@ -10,6 +10,9 @@ The aggregator suite (ops) imports nothing of cg2a_ext.rl; the others are the RL
     python python/bench.py --suite baselines    # soda, sgqn, smg against drq (issue 13)
     python python/bench.py --quick              # small sizes, for a smoke run
 
+Two builds of the aggregator side by side (alternating runs, ratios):
+``python -m cg2a_ext.bench.compare_builds OLD_TREE NEW_TREE``.
+
 Each suite prints a markdown table (the one quoted in BENCHMARKS.md) and all
 rows are written as JSON to --json (default bench_results/<suite>.json).
 """
