@@ -1,0 +1,178 @@
+"""Everything the project measures on a GPU, in one command with a time budget.
+
+GPU time is scarce (a lent machine, a queue slot), so the checks run in order of what they decide,
+each with its own deadline, and every result is written as it arrives:
+
+    tests        the CUDA test cases (pytest -m cuda) and the trainer's speed options
+    bench-ops    aggregate on CUDA: us per call at small P, launches per call, bandwidth at P = 1e7
+    bench-agent  the paper preset's update breakdown and end-to-end agent steps/s (drq, cg2a, ac)
+    baselines    soda, sgqn and smg at the paper preset (agent steps/s)
+    learning     drq and cg2a on cartpole_balance, paper network, action repeat 8, side by side on
+                 one GPU (also the two-runs-per-GPU figure); their evaluations on train
+
+    python python/gpu_checks.py run --out gpu_results                     # all, 9 minutes in all
+    python python/gpu_checks.py run --out gpu_results --stages learning --budget 580
+    python python/gpu_checks.py prepare --python 3.12                     # on a machine with pip
+
+A machine image that lacks the Python packages the trainer imports (tyro and its dependencies,
+tqdm, Pillow) gets them from ``prepare``, run beforehand where pip can download: it writes pure
+wheels and the image's binary ones into ``.device/extra.tgz`` (ignored by git), which ``run`` unpacks
+and puts on the path after the image's own packages. Each stage writes ``<out>/<stage>.log``; ``<out>/summary.json`` lists the stages with
+their exit status and seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EXTRA = ROOT / ".device" / "extra"
+EXTRA_ARCHIVE = ROOT / ".device" / "extra.tgz"     # what travels (the carry limit counts bytes)
+EXTRA_SITE = Path("/tmp/cg2a-extra-site")         # where `run` unpacks it
+EXTRA_PACKAGES = ("tyro", "tqdm", "pillow")
+STAGES = ("tests", "bench-ops", "bench-agent", "baselines", "learning")
+LEARNING = ("--task", "cartpole_balance", "--preset", "paper", "--action_repeat", "8", "--train_steps", "12000",
+            "--eval_freq", "2000", "--eval_episodes", "5", "--eval_modes", "train")
+
+
+def prepare(python_version: str) -> int:
+    """Download the packages the GPU image lacks, for its Python, into the archive .device/extra.tgz."""
+    wheels = EXTRA / "wheels"
+    site = EXTRA / "site"
+    shutil.rmtree(EXTRA, ignore_errors=True)
+    wheels.mkdir(parents=True)
+    tag = python_version.replace(".", "")
+    cmd = [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "--python-version", python_version,
+           "--implementation", "cp", "--abi", f"cp{tag}", "--abi", "abi3", "--abi", "none",
+           "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64",
+           "--platform", "manylinux2014_x86_64", "--platform", "any", "-d", str(wheels), *EXTRA_PACKAGES]
+    if subprocess.run(cmd).returncode != 0:
+        print("gpu_checks.py prepare: pip download failed (is an index reachable?)", file=sys.stderr)
+        return 1
+    for wheel in sorted(wheels.glob("*.whl")):
+        with zipfile.ZipFile(wheel) as z:
+            z.extractall(site)
+    with tarfile.open(EXTRA_ARCHIVE, "w:gz") as tar:
+        tar.add(site, arcname=".")
+    shutil.rmtree(EXTRA)
+    print(f"wrote {EXTRA_ARCHIVE} ({EXTRA_ARCHIVE.stat().st_size / 1e6:.1f} MB): {', '.join(EXTRA_PACKAGES)} "
+          f"and their dependencies for Python {python_version}")
+    return 0
+
+
+def environment() -> dict:
+    env = dict(os.environ)
+    if EXTRA_ARCHIVE.is_file() and not EXTRA_SITE.is_dir():
+        with tarfile.open(EXTRA_ARCHIVE) as tar:
+            tar.extractall(EXTRA_SITE, filter="data")
+    # after the image's own packages: the archive only fills in what is missing
+    paths = [str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    paths += [str(EXTRA_SITE)] if EXTRA_SITE.is_dir() else []
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    env.setdefault("MUJOCO_GL", "egl")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def has_module(name: str, env: dict) -> bool:
+    probe = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({name!r}) is None)"
+    return subprocess.run([sys.executable, "-c", probe], env=env).returncode == 0
+
+
+def run_stage(name: str, commands: list[list[str]], out: Path, env: dict, deadline: float) -> dict:
+    """Runs the commands side by side (one log each), stopping them at the deadline."""
+    start = time.time()
+    procs = []
+    for i, cmd in enumerate(commands):
+        log = open(out / (f"{name}.log" if len(commands) == 1 else f"{name}-{i}.log"), "w")
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        procs.append((subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    status: list = [None] * len(procs)
+    for i, (proc, _) in enumerate(procs):
+        try:
+            status[i] = proc.wait(timeout=max(1.0, deadline - time.time()))
+        except subprocess.TimeoutExpired:
+            break
+    for i, (proc, log) in enumerate(procs):
+        if status[i] is None and proc.poll() is None:
+            proc.send_signal(2)  # SIGINT: a training run checkpoints and says how to resume
+    for i, (proc, log) in enumerate(procs):
+        if status[i] is None:
+            try:
+                code = proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                code = proc.wait()
+            status[i] = code if code == 0 and time.time() < deadline else f"stopped at the deadline (exit {code})"
+        log.close()
+    return {"stage": name, "status": status, "seconds": round(time.time() - start, 1)}
+
+
+def stage_commands(name: str, out: Path, env: dict) -> list[list[str]]:
+    py = sys.executable
+    if name == "tests":
+        return [[py, "-m", "pytest", "-q", "-rs", "-m", "cuda", "tests",
+                 "tests/test_speed_options.py", "tests/test_ops_per_group_grads.py"]]
+    if name == "bench-ops":
+        return [[py, "-m", "cg2a_ext.bench.ops", "--device", "cuda"]]
+    if name == "bench-agent":
+        return [[py, "-m", "cg2a_ext.bench.agent", "--speed", "--presets", "paper"]]
+    if name == "baselines":
+        return [[py, "-m", "cg2a_ext.bench.baselines", "--presets", "paper"]]
+    if name == "learning":
+        tb = [] if has_module("tensorboard", env) else ["--no_tensorboard"]
+        return [[py, "python/train.py", "--algorithm", algorithm, "--seed", "0", *LEARNING, *tb,
+                 "--run_dir", str(out / "runs" / f"{algorithm}-seed0")] for algorithm in ("drq", "cg2a")]
+    raise ValueError(name)
+
+
+def run(out: Path, stages: list[str], budget: float) -> int:
+    out.mkdir(parents=True, exist_ok=True)
+    env = environment()
+    missing = [m for m in ("torch", "dm_control", "tyro", "numpy") if not has_module(m, env)]
+    if missing:
+        print(f"gpu_checks.py: missing Python packages: {', '.join(missing)} (see `prepare`)", file=sys.stderr)
+        return 2
+    end = time.time() + budget
+    summary = []
+    # the budget is shared out in proportion to each stage's usual length; unused time carries over
+    weight = {"tests": 2, "bench-ops": 1, "bench-agent": 2, "baselines": 1, "learning": 4}
+    for i, name in enumerate(stages):
+        rest = sum(weight[s] for s in stages[i:])
+        deadline = time.time() + (end - time.time()) * weight[name] / rest
+        print(f"[{time.strftime('%H:%M:%S')}] {name}: until {time.strftime('%H:%M:%S', time.localtime(deadline))}",
+              flush=True)
+        summary.append(run_stage(name, stage_commands(name, out, env), out, env, deadline))
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        print(f"    {summary[-1]['status']} in {summary[-1]['seconds']} s", flush=True)
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run the checks")
+    r.add_argument("--out", type=Path, required=True, help="folder for the logs, the summary and the runs")
+    r.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    r.add_argument("--budget", type=float, default=540.0, help="seconds for all the stages together")
+    pr = sub.add_parser("prepare", help="download the packages a GPU image lacks into .device/extra")
+    pr.add_argument("--python", default="3.12", help="the GPU image's Python version")
+    args = p.parse_args(argv)
+    if args.command == "prepare":
+        return prepare(args.python)
+    if args.budget <= 0:
+        p.error(f"--budget must be positive, got {args.budget}")
+    return run(args.out, args.stages, args.budget)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
