@@ -120,6 +120,34 @@ def test_progress_reads_the_run_csvs_and_estimates_the_sweep(tmp_path):
     assert "200/1000" in text and "train=250 v_hard=120 @200" in text and "sweep ETA 7:30" in text
 
 
+def test_sweep_eta_plays_queued_runs_through_the_slots_at_their_configurations_speed(tmp_path):
+    def run(name, state, step, train_rows, total=1000):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps({"train_steps": total}))
+        (d / "train.csv").write_text("step,episode,episode_return,episode_length,elapsed_s\n" + "".join(
+            f"{s},{i},0,125,{e}\n" for i, (s, e) in enumerate(train_rows)))
+        snap = snapshot(d)
+        return Row(name, state, 1, snap, total)
+
+    # the wall speed counts evaluations: 500 steps in 100 s although update.csv would say more
+    fast = run("t--drq--seed0", RUNNING, 500, [(250, 40.0), (500, 90.0)])
+    assert fast.snap.wall_steps_per_s == pytest.approx(250 / 50.0)
+    slow = run("t--cg2a--seed0", RUNNING, 500, [(0, 0.0), (500, 250.0)])        # 2 steps/s
+    done = run("t--drq--seed1", "skipped", 1000, [(0, 0.0), (1000, 200.0)])      # 5 steps/s
+    queued_drq = run("t--drq--seed2", "queued", 0, [])
+    queued_cg2a = run("t--cg2a--seed1", "queued", 0, [])
+    queued_new = run("t--svea--seed0", "queued", 0, [])                           # no svea speed yet
+    rows_ = [fast, slow, done, queued_drq, queued_cg2a, queued_new]
+    # two slots: drq0 ends at 100 s, cg2a0 at 250 s; drq2 (5/s: 200 s) 100 -> 300;
+    # cg2a1 (2/s: 500 s) 250 -> 750; svea0 at the median speed of all (5, 2, 5: 5/s, 200 s) 300 -> 500
+    assert sweep_eta(rows_) == pytest.approx(750.0)
+    text = render(rows_)
+    assert "sweep ETA 12:30" in text and "1:40" in text        # drq0's own ETA: 500 steps at 5/s
+    assert sweep_eta([done]) == 0.0
+    assert sweep_eta([queued_new]) is None                          # nothing measured anywhere
+
+
 # --------------------------------------------------------------------------- Ray
 @pytest.fixture(scope="module")
 def ray_session():

@@ -2,11 +2,18 @@
 
 Numbers come from the run folders (``run_state.snapshot``), states from the driver. On a terminal
 the table is redrawn in place; otherwise (a log file, CI) it is printed as plain text with a time
-stamp each time. The sweep's ETA assumes the runs still to do go at the speed of the runs going
-now (the sum of their steps/s), which holds while the sweep keeps as many runs going as now.
+stamp each time.
+
+The ETAs use each run's wall-clock speed over its last few thousand steps, evaluations included
+(``Snapshot.wall_steps_per_s``). The sweep's ETA plays the remaining runs through as many slots as
+there are runs going now: a queued run takes the speed measured for its configuration (its other
+seeds, finished or going), or the median speed of all runs when none has been measured.
 """
 from __future__ import annotations
 
+import heapq
+import re
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -41,13 +48,51 @@ class Row:
     total: int | None
 
 
+_SEED_SUFFIX = re.compile(r"--seed\d+$")
+
+
+def configuration(name: str) -> str:
+    """A run's name without its seed: the runs that should go at the same speed."""
+    return _SEED_SUFFIX.sub("", name)
+
+
+def run_speed(row: Row) -> float | None:
+    """Agent steps per wall second: the recent wall-clock speed, else the last logged one."""
+    return row.snap.wall_steps_per_s or row.snap.steps_per_s or None
+
+
+def run_eta(row: Row) -> float | None:
+    speed = run_speed(row)
+    if row.state != RUNNING or not speed or not row.total:
+        return None
+    return max(0, row.total - row.snap.step) / speed
+
+
 def sweep_eta(rows: list[Row]) -> float | None:
-    """Seconds until every unfinished run is done at the current total speed; None if unknown."""
-    remaining = sum(max(0, (r.total or 0) - r.snap.step) for r in rows if r.state not in DONE + (FAILED,))
-    if remaining == 0:
+    """Seconds until every unfinished run is done; None if no speed is known yet."""
+    todo = [r for r in rows if r.state not in DONE + (FAILED,) and max(0, (r.total or 0) - r.snap.step) > 0]
+    if not todo:
         return 0.0
-    rate = sum(r.snap.steps_per_s or 0.0 for r in rows if r.state == RUNNING)
-    return remaining / rate if rate > 0 else None
+    measured: dict[str, list[float]] = {}
+    for r in rows:
+        if (speed := run_speed(r)) is not None:
+            measured.setdefault(configuration(r.name), []).append(speed)
+    if not measured:
+        return None
+    fallback = statistics.median(s for speeds in measured.values() for s in speeds)
+
+    def seconds(r: Row) -> float:
+        speeds = measured.get(configuration(r.name))
+        speed = run_speed(r) or (statistics.median(speeds) if speeds else fallback)
+        return max(0, (r.total or 0) - r.snap.step) / speed
+
+    running = [seconds(r) for r in todo if r.state == RUNNING]
+    slots = running or [0.0]           # nothing going now: one slot (the runs start one after another)
+    heapq.heapify(slots)
+    for r in todo:
+        if r.state != RUNNING:
+            heapq.heappush(slots, heapq.heappop(slots) + seconds(r))
+    return max(slots)
 
 
 def render(rows: list[Row], now: float | None = None) -> str:
@@ -56,13 +101,11 @@ def render(rows: list[Row], now: float | None = None) -> str:
     for r in rows:
         total = r.total or r.snap.train_steps
         step = f"{r.snap.step}/{total}" if total else str(r.snap.step)
-        speed = f"{r.snap.steps_per_s:.1f}" if r.snap.steps_per_s is not None and r.state == RUNNING else ""
+        speed = f"{run_speed(r):.1f}" if run_speed(r) is not None and r.state == RUNNING else ""
         evaluation = " ".join(f"{_MODE_SHORT.get(m, m)}={v:.0f}" for m, v in r.snap.evaluation.items())
         if evaluation:
             evaluation += f" @{r.snap.eval_step}"
-        eta = ""
-        if r.state == RUNNING and r.snap.steps_per_s and total:
-            eta = format_duration(max(0, total - r.snap.step) / r.snap.steps_per_s)
+        eta = format_duration(run_eta(r)) if run_eta(r) is not None else ""
         state = r.state + (f" #{r.attempt}" if r.attempt > 1 and r.state in (RUNNING, RETRYING, QUEUED) else "")
         body.append([r.name, state, step, speed, evaluation, eta])
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(headers)]

@@ -5,8 +5,8 @@ run with files but no checkpoint yet (its attempt died before the first one) cou
 is nothing to resume, and the sweep starts it again.
 
 ``snapshot`` reads the latest step, speed and evaluation from the run's CSV logs (update.csv:
-step, steps_per_s; eval.csv: step, mode, mean_return). The logs may be half-written while the run
-is going: unreadable rows are skipped.
+step, steps_per_s; train.csv: step, elapsed_s; eval.csv: step, mode, mean_return). The logs may be
+half-written while the run is going: unreadable rows are skipped.
 """
 from __future__ import annotations
 
@@ -76,8 +76,29 @@ class Snapshot:
     step: int = 0
     train_steps: int | None = None
     steps_per_s: float | None = None
+    # agent steps per second of wall time over the last RATE_WINDOW steps, evaluations included:
+    # what the run's remaining steps will take (steps_per_s is the last log interval's alone)
+    wall_steps_per_s: float | None = None
     eval_step: int | None = None
     evaluation: dict[str, float] = field(default_factory=dict)   # mode -> mean return at eval_step
+
+
+RATE_WINDOW = 2000
+
+
+def wall_rate(train_rows: list[dict], window: int = RATE_WINDOW) -> float | None:
+    """Steps per wall second between the last train.csv row and the first within ``window`` steps of it."""
+    points = [(s, e) for row in train_rows
+              if (s := _int(row.get("step"))) is not None and (e := _float(row.get("elapsed_s"))) is not None]
+    if len(points) < 2:
+        return None
+    last_step, last_elapsed = points[-1]
+    first_step, first_elapsed = next((s, e) for s, e in points if s >= last_step - window)
+    if (first_step, first_elapsed) == points[-1]:
+        first_step, first_elapsed = points[-2]
+    if last_step <= first_step or last_elapsed <= first_elapsed:
+        return None
+    return (last_step - first_step) / (last_elapsed - first_elapsed)
 
 
 def snapshot(run_dir) -> Snapshot:
@@ -87,6 +108,12 @@ def snapshot(run_dir) -> Snapshot:
         step, speed = _int(row.get("step")), _float(row.get("steps_per_s"))
         if step is not None and speed is not None:
             snap.step, snap.steps_per_s = step, speed
+            break
+    train_rows = read_rows(run_dir / "train.csv")
+    snap.wall_steps_per_s = wall_rate(train_rows)
+    for row in reversed(train_rows):
+        if (step := _int(row.get("step"))) is not None:
+            snap.step = max(snap.step, step)
             break
     ckpt = checkpoint_steps(run_dir)
     if ckpt:
