@@ -1,0 +1,46 @@
+"""python/gpu_checks.py: the commands it runs on a GPU machine are valid here, and its budget is checked."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def gpu_checks():
+    spec = importlib.util.spec_from_file_location("gpu_checks", ROOT / "python" / "gpu_checks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_learning_runs_are_valid_train_commands(gpu_checks, tmp_path):
+    from cg2a_ext.rl.config import config_from_args
+
+    commands = gpu_checks.stage_commands("learning", tmp_path, {"PYTHONPATH": ""})
+    assert [c[c.index("--algorithm") + 1] for c in commands] == ["drq", "cg2a"]
+    for command in commands:
+        assert command[1] == "python/train.py" and (ROOT / command[1]).is_file()
+        cfg = config_from_args(command[2:])
+        assert (cfg.preset, cfg.action_repeat, cfg.train_steps, cfg.eval_modes) == ("paper", 8, 12000, ("train",))
+        assert Path(cfg.run_dir).parent == tmp_path / "runs"
+
+
+@pytest.mark.parametrize("stage", ["bench-ops", "bench-agent", "baselines"])
+def test_benchmark_stages_name_modules_that_exist(gpu_checks, tmp_path, stage):
+    command = gpu_checks.stage_commands(stage, tmp_path, {})
+    module = command[0][command[0].index("-m") + 1]
+    assert importlib.util.find_spec(module) is not None
+
+
+def test_bad_budget_and_stage_are_refused(gpu_checks, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        gpu_checks.main(["run", "--out", str(tmp_path), "--budget", "0"])
+    assert "--budget must be positive" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        gpu_checks.main(["run", "--out", str(tmp_path), "--stages", "nonsense"])
+    assert "invalid choice" in capsys.readouterr().err
