@@ -184,3 +184,19 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, algorithm
     for k in sa:
         assert torch.equal(sa[k], sb[k]), k
     assert [r["critic_loss"] for r in _rows(full / "update.csv")] == [r["critic_loss"] for r in _rows(part / "update.csv")]
+
+
+@pytest.mark.parametrize("algorithm,decoders", [("sgqn", ("decoder",)), ("smg", ("fore_decoder", "back_decoder"))])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_decoders_follow_the_agents_convolution_layout(algorithm, decoders, channels_last):
+    """The auxiliary decoders take the layout of the trunk that feeds them (--channels_last)."""
+    from baselines_support import A, OBS, tiny_cfg
+    from cg2a_ext.rl.agent import make_agent
+
+    agent = make_agent(OBS, A, tiny_cfg(algorithm, channels_last=channels_last), "cpu")
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for name in decoders:
+        weights = [p for p in getattr(agent.algorithm, name).parameters() if p.dim() == 4]
+        assert weights and all(w.is_contiguous(memory_format=fmt) for w in weights)
+        if channels_last:   # a real NHWC layout, not a 1x1 map that is trivially both
+            assert not all(w.is_contiguous() for w in weights)

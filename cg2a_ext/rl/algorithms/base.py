@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from cg2a_ext.rl.seeding import SeedStreams
@@ -138,6 +139,15 @@ class Algorithm(abc.ABC):
 
     def attach(self, agent: "SACAgent") -> None:
         """Build auxiliary networks and optimizers once the agent's networks exist (default: none)."""
+
+    def place(self, agent: "SACAgent", module: nn.Module) -> nn.Module:
+        """An auxiliary module on the agent's device, with channels-last convolution weights where the agent's
+        networks have them (``--channels_last``): the decoders of sgqn and smg then run in the layout of the
+        trunk feeding them (1.5x faster forward and backward on one CPU core, oneDNN)."""
+        module = module.to(self.device)
+        if agent.channels_last:
+            module.to(memory_format=torch.channels_last)
+        return module
 
     # ------------------------------------------------------------------ the update
     def augment_observations(self, obs_u8: torch.Tensor) -> torch.Tensor:

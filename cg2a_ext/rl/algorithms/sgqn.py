@@ -92,8 +92,8 @@ class SGQN(Algorithm):
     def attach(self, agent) -> None:
         c, h, w = agent.obs_shape
         encoder = agent.critic.encoder
-        self.decoder = AttributionDecoder(encoder.out_dim, agent.action_dim, encoder.shared_cnn.out_shape,
-                                          (h, w), c).to(self.device)
+        self.decoder = self.place(agent, AttributionDecoder(encoder.out_dim, agent.action_dim,
+                                                            encoder.shared_cnn.out_shape, (h, w), c))
         self.params = list(encoder.parameters()) + list(self.decoder.parameters())   # f, P_c, D
         self.optimizer = torch.optim.Adam(self.params, lr=self.cfg.sgqn_aux_lr,
                                           betas=(self.cfg.sgqn_aux_beta1, 0.999))

@@ -135,8 +135,8 @@ class SMG(Algorithm):
         self.fore_head = FrameHead(d, self.frames).to(self.device)
         # the background branch starts as a copy of the foreground encoder; it shares nothing with the RL networks
         self.back_encoder = BackgroundEncoder(copy.deepcopy(encoder), copy.deepcopy(self.fore_head))
-        self.fore_decoder = ImageMaskDecoder(d, trunk_shape, (h, w)).to(self.device)
-        self.back_decoder = ImageDecoder(d, trunk_shape, (h, w)).to(self.device)
+        self.fore_decoder = self.place(agent, ImageMaskDecoder(d, trunk_shape, (h, w)))
+        self.back_decoder = self.place(agent, ImageDecoder(d, trunk_shape, (h, w)))
         from cg2a_ext.rl.agent.networks import mlp, weight_init
 
         self.inverse_dynamics = mlp(2 * d, INVERSE_DYNAMICS_HIDDEN, agent.action_dim).to(self.device)
