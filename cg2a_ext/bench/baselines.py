@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,11 +45,27 @@ def config(preset: str, algorithm: str, options=()):
                              "--device", device, *options])
 
 
+def random_replay(obs_shape, action_dim: int, frames: int, frame_stack: int) -> "FrameReplayBuffer":
+    """A replay buffer of ``frames`` random frames (what an update samples does not change its cost)."""
+    from cg2a_ext.rl.replay import FrameReplayBuffer
+
+    rb = FrameReplayBuffer(obs_shape, action_dim, 2000, frame_stack=frame_stack, episode_steps=250)
+    rng = np.random.default_rng(0)
+    rb.add_first(rng.integers(0, 256, obs_shape, dtype=np.uint8))
+    for _ in range(frames):
+        rb.add(rng.uniform(-1, 1, action_dim), 0.0, rng.integers(0, 256, obs_shape, dtype=np.uint8), False)
+    return rb
+
+
+def update_time(agent, rb, device, reps: int) -> float:
+    """Seconds per update: the median over ``reps`` pairs of updates (the auxiliary steps run every second one)."""
+    return median_time(lambda: (agent.update(rb), agent.update(rb)), device, reps, warmup=1) / 2
+
+
 def step_times(cfg, reps: int) -> dict:
     """Seconds per update, act and env step for ``cfg``."""
     from cg2a_ext.rl.agent import make_agent
     from cg2a_ext.rl.envs import make_env
-    from cg2a_ext.rl.replay import FrameReplayBuffer
 
     device = torch.device(cfg.device)
     env = make_env(cfg.task, seed=0, image_size=cfg.image_size, frame_stack=cfg.frame_stack,
@@ -60,15 +77,28 @@ def step_times(cfg, reps: int) -> dict:
     env.close()
     torch.manual_seed(0)
     agent = make_agent(obs_shape, adim, cfg, device)
-    rb = FrameReplayBuffer(obs_shape, adim, 2000, frame_stack=cfg.frame_stack, episode_steps=250)
-    rng = np.random.default_rng(0)
-    rb.add_first(rng.integers(0, 256, obs_shape, dtype=np.uint8))
-    for _ in range(1000):
-        rb.add(rng.uniform(-1, 1, adim), 0.0, rng.integers(0, 256, obs_shape, dtype=np.uint8), False)
-    update = median_time(lambda: (agent.update(rb), agent.update(rb)), device, reps, warmup=1) / 2
-    obs = rng.integers(0, 256, obs_shape, dtype=np.uint8)
+    rb = random_replay(obs_shape, adim, 1000, cfg.frame_stack)
+    update = update_time(agent, rb, device, reps)
+    obs = np.random.default_rng(1).integers(0, 256, obs_shape, dtype=np.uint8)
     act = median_time(lambda: agent.act(obs, sample=True), device, 20, warmup=2)
     return {"update": update, "act": act, "env": env_t, "steps_per_s": 1.0 / (update + act + env_t)}
+
+
+def update_only(algorithms: list[str], preset: str, reps: int) -> None:
+    """Prints the ms per update of each algorithm (no environment): for comparing two trees, e.g.
+    ``PYTHONPATH=OLD_TREE python cg2a_ext/bench/baselines.py --update_only smg`` against this tree."""
+    import cg2a_ext
+    from cg2a_ext.rl.agent import make_agent
+
+    for algorithm in algorithms:
+        cfg = config(preset, algorithm)
+        device = torch.device(cfg.device)
+        obs_shape = (3 * cfg.frame_stack, cfg.image_size, cfg.image_size)
+        torch.manual_seed(0)
+        agent = make_agent(obs_shape, 1, cfg, device)
+        rb = random_replay(obs_shape, 1, 500, cfg.frame_stack)
+        print(f"{algorithm} ({preset}, {torch.get_num_threads()} threads, {Path(cg2a_ext.__file__).parents[1]}): "
+              f"{update_time(agent, rb, device, reps) * 1e3:.0f} ms per update", flush=True)
 
 
 def run(quick: bool = False, presets: list[str] | None = None) -> list[dict]:
@@ -106,7 +136,12 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--presets", default="", help="comma-separated presets (default: cpu, plus paper with CUDA)")
     parser.add_argument("--json", default="", help="also write the rows to this JSON file")
+    parser.add_argument("--update_only", nargs="+", default=None, metavar="ALGORITHM",
+                        help="only the ms per update of these algorithms (no environment), at the first preset")
     args = parser.parse_args()
+    if args.update_only:
+        update_only(args.update_only, (args.presets.split(",")[0] or "cpu"), 3 if args.quick else 5)
+        raise SystemExit(0)
     result = run(quick=args.quick, presets=[p for p in args.presets.split(",") if p] or None)
     print(format_table(result))
     if args.json:
