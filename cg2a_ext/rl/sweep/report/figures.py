@@ -53,6 +53,7 @@ def aggregates(summary: Summary, out_path: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(modes), figsize=(3.6 * len(modes), 0.5 + 0.45 * len(summary.methods) + 1),
                              squeeze=False, sharey=True)
     methods = summary.methods
+    labelled: set[str] = set()   # each metric named once in the legend, at its first plotted point
     for ax, mode in zip(axes[0], modes):
         per = summary.aggregates[mode]
         for k, (metric, offset, colour) in enumerate((("iqm", -0.15, "C0"), ("mean", 0.15, "C1"))):
@@ -61,7 +62,8 @@ def aggregates(summary: Summary, out_path: Path) -> Path | None:
                     continue
                 e = per[method][metric]
                 y = i + offset
-                ax.plot([e.value], [y], "o", color=colour, label=metric.upper() if (i == 0 and ax is axes[0][0]) else None)
+                ax.plot([e.value], [y], "o", color=colour, label=None if metric in labelled else metric.upper())
+                labelled.add(metric)
                 if e.low is not None:
                     ax.plot([e.low, e.high], [y, y], "-", color=colour, lw=2)
         ax.set_title(mode)

@@ -35,7 +35,8 @@ class Cell:
 
     @property
     def std(self) -> float:
-        return float(np.std(self.run_means))
+        """Population std over runs; None with a single run (a spread of 0 would claim what one run cannot show)."""
+        return float(np.std(self.run_means)) if len(self.run_means) > 1 else None
 
     def to_dict(self) -> dict:
         return {"task": self.task, "method": self.method, "algorithm": self.algorithm, "mode": self.mode,
@@ -91,6 +92,13 @@ def build_cells(runs: list[RunInfo], modes) -> Summary:
             cell.run_means.append(float(z["mean"]))
             if z.get("data_source") and z["data_source"] not in cell.data_sources:
                 cell.data_sources.append(z["data_source"])
+    # columns as in the paper's tables: the registry's order with cg2a last; an algorithm's plain run
+    # before its variants, variants by name
+    from cg2a_ext.rl import algorithms
+
+    order = [n for n in algorithms.NAMES if n != "cg2a"] + ["cg2a"]
+    rank = {name: i for i, name in enumerate(order)}
+    methods.sort(key=lambda m: (rank.get(algorithm_of[m], len(rank)), m != algorithm_of[m], m))
     return Summary(list(modes), tasks, methods, algorithm_of, cells)
 
 

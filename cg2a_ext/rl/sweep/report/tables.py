@@ -135,7 +135,7 @@ def retention_table(summary: Summary) -> str:
             row = [task, method, _pm(train.mean, train.std)]
             for m in test_modes:
                 r = summary.retention.get((task, method, m))
-                row.append(f"{np.mean(r):.2f} ± {np.std(r):.2f}" if r else "")
+                row.append((f"{np.mean(r):.2f} ± {np.std(r):.2f}" if len(r) > 1 else f"{r[0]:.2f}") if r else "")
             rows.append(row)
     return _md(["task", "method", "train return"] + [f"{m} / train" for m in test_modes], rows)
 
