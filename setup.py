@@ -179,6 +179,16 @@ def extensions():
             # setuptools would keep it, as it is newer than the sources.
             self.force = True
 
+        def copy_file(self, infile, outfile, *args, **kwargs):
+            # An in-place build replaces cg2a_ext/_C*.so with a new file (rename) instead of rewriting
+            # it: a training run or sweep that has the old library mapped would die of SIGBUS.
+            if self.dry_run or os.path.isdir(outfile):
+                return super().copy_file(infile, outfile, *args, **kwargs)
+            partial = f"{outfile}.partial-{os.getpid()}"
+            shutil.copy2(infile, partial)
+            os.replace(partial, outfile)
+            return outfile, 1
+
     return [ext], PersistentBuildExtension
 
 

@@ -188,3 +188,20 @@ def test_cmake_build_registers_working_ops(tmp_path):
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr
+
+
+def test_in_place_build_replaces_the_library_file_instead_of_rewriting_it(tmp_path):
+    """A process that has the old _C mapped keeps a valid file: the new one gets a new inode."""
+    from setuptools import Distribution
+
+    ext_modules, build_ext = SETUP["extensions"]()
+    cmd = build_ext(Distribution({"ext_modules": ext_modules}))
+    old, new = tmp_path / "_C.so", tmp_path / "built.so"
+    old.write_bytes(b"old library")
+    new.write_bytes(b"new library")
+    with open(old, "rb") as held:                     # as a running process holds it
+        inode = os.fstat(held.fileno()).st_ino
+        assert cmd.copy_file(str(new), str(old)) == (str(old), 1)
+        assert held.read() == b"old library"          # the open file is untouched
+    assert old.read_bytes() == b"new library" and old.stat().st_ino != inode
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["_C.so", "built.so"]   # no partial file left
