@@ -120,6 +120,22 @@ def test_progress_reads_the_run_csvs_and_estimates_the_sweep(tmp_path):
     assert "200/1000" in text and "train=250 v_hard=120 @200" in text and "sweep ETA 7:30" in text
 
 
+def test_launch_order_gives_every_configuration_its_first_seed_first():
+    from cg2a_ext.rl.sweep.grid import order_runs
+
+    runs = build_spec(None, ["cartpole_balance", "walker_walk"], ["drq", "cg2a"], [3, 1],
+                      ["train_steps=100"], ["augmentations=overlay|conv overlay"]).runs()
+    assert len(runs) == 12
+    seeds = order_runs(runs, "seeds")
+    # 6 configurations (2 tasks x (drq + cg2a with 2 combinations)), each with its first seed (3), then its second (1)
+    assert [r.seed for r in seeds] == [3] * 6 + [1] * 6
+    assert [r.name for r in seeds[:6]] == [r.name for r in runs if r.seed == 3]     # the grid's order within a round
+    assert sorted(r.name for r in seeds) == sorted(r.name for r in runs)
+    assert order_runs(runs, "grid") == runs
+    with pytest.raises(GridError, match="unknown order 'random'"):
+        order_runs(runs, "random")
+
+
 def test_sweep_eta_plays_queued_runs_through_the_slots_at_their_configurations_speed(tmp_path):
     def run(name, state, step, train_rows, total=1000):
         d = tmp_path / name

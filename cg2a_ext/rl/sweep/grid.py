@@ -243,6 +243,26 @@ class SweepSpec:
 
 
 # --------------------------------------------------------------------------- parsing
+ORDERS = ("seeds", "grid")
+
+
+def order_runs(runs: Sequence[RunSpec], order: str = "seeds") -> list[RunSpec]:
+    """The launch order. ``seeds``: every configuration's first seed before any configuration's second
+    (a first comparison of all methods arrives early, and every later seed tightens it); ``grid``: as
+    the grid lists them (all seeds of one configuration, then the next)."""
+    if order not in ORDERS:
+        raise GridError(f"unknown order {order!r}; expected one of {', '.join(ORDERS)}")
+    if order == "grid":
+        return list(runs)
+    rank: dict[str, int] = {}
+    configuration_seeds: dict[tuple, int] = {}
+    for run in runs:
+        key = (run.task, run.algorithm, tuple(sorted((k, str(v)) for k, v in run.named.items())))
+        rank[run.name] = configuration_seeds.get(key, 0)
+        configuration_seeds[key] = rank[run.name] + 1
+    return sorted(runs, key=lambda r: rank[r.name])      # stable: grid order within a round of seeds
+
+
 def parse_assignment(text: str, what: str) -> tuple[str, str]:
     if "=" not in text:
         raise GridError(f"{what} expects KEY=VALUE, got {text!r}")

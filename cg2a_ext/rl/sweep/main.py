@@ -34,6 +34,10 @@ def parser() -> argparse.ArgumentParser:
                    help="a train.py option for every run, e.g. preset=cpu, 'eval_modes=train video_hard', gas=false")
     g.add_argument("--vary", action="append", nargs="+", default=[], metavar="KEY=V1|V2",
                    help="an option with one run per value ('|' between values), named in the run folders")
+    g.add_argument("--order", choices=("seeds", "grid"), default="seeds",
+                   help="launch order: seeds (each configuration's first seed, then the second seeds, ...: a "
+                        "first comparison of every method early) or grid (all seeds of one configuration "
+                        "first); runs with a checkpoint always resume first")
     g.add_argument("--dry_run", action="store_true", help="print the runs and their train.py options; run nothing")
     r = p.add_argument_group("Ray")
     r.add_argument("--address", default=None, help="a running Ray cluster (e.g. auto); default: start Ray here")
@@ -50,14 +54,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from .grid import GridError, build_spec
+    from .grid import GridError, build_spec, order_runs
 
     p = parser()
     args = p.parse_args(argv)
     flat = lambda items: [x for group in items for x in group]
     try:
         spec = build_spec(args.config, args.tasks, args.algorithms, args.seeds, flat(args.set), flat(args.vary))
-        runs = spec.runs()
+        runs = order_runs(spec.runs(), args.order)
     except GridError as e:
         p.error(str(e))
     root = args.root or spec.root

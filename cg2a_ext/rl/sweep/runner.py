@@ -209,6 +209,8 @@ class SweepRunner:
                 self._event(rec, "skipped", "finished already" + note, step=step)
             else:
                 todo.append(rec)
+        # runs with a checkpoint first (finish what has started), then in the order given (stable sort)
+        todo.sort(key=lambda rec: run_status(self.root / rec.spec.name) != PARTIAL)
         return todo
 
     def _start_ray(self) -> bool:
