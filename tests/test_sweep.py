@@ -230,6 +230,38 @@ def _final_state(d):
     return torch.load(sorted((d / "checkpoints").glob("step_*.pt"))[-1], weights_only=True)
 
 
+def test_zero_shot_options_are_checked(capsys, tmp_path):
+    from cg2a_ext.rl.sweep.main import main
+
+    base = ["--root", str(tmp_path), "--tasks", "cartpole_balance", "--algorithms", "drq", "--seeds", "0", "--dry_run"]
+    with pytest.raises(SystemExit):
+        main(base + ["--zero_shot_modes", "train", "video_medium"])
+    assert "unknown --zero_shot_modes video_medium" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(base + ["--zero_shot_episodes", "-1"])
+    assert "--zero_shot_episodes must be >= 0" in capsys.readouterr().err
+    assert main(base + ["--zero_shot_episodes", "10"]) == 0
+
+
+def test_worker_evaluates_a_finished_run_zero_shot_for_the_report(tmp_path):
+    """--zero_shot_episodes: the worker evaluates the trained run in its slot and caches it; the report's
+    evaluation then finds nothing to do and gives the same numbers."""
+    from cg2a_ext.rl.sweep.report.zero_shot import evaluate_run, load_cache, modes_to_evaluate
+    from cg2a_ext.rl.sweep.worker import execute_run
+
+    (run,) = tiny_runs(("drq",), (0,), extra=["train_steps=60", "eval_freq=0", "checkpoint_freq=30"])
+    result = execute_run(str(tmp_path), run.to_dict(), attempt=1,
+                         zero_shot={"modes": ["train", "color_easy"], "episodes": 2})
+    assert result["status"] == "finished" and result["zero_shot"].startswith("zero-shot: train=")
+    d = tmp_path / run.name
+    cache = load_cache(d)["modes"]
+    assert set(cache) == {"train", "color_easy"} and all(len(m["returns"]) == 2 for m in cache.values())
+    assert modes_to_evaluate(d, ["train", "color_easy"], 2, 60) == []
+    assert evaluate_run(d, ["train"], 2)["train"]["returns"] == cache["train"]["returns"]
+    assert "==== zero-shot evaluation: train color_easy, 2 episodes each" in \
+        manifest.log_path(tmp_path, run.name).read_text()
+
+
 def test_killed_worker_is_retried_and_ends_like_an_uninterrupted_run(ray_session, tmp_path):
     from cg2a_ext.rl.sweep.worker import execute_run
 

@@ -48,6 +48,12 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--retries", type=int, default=3, help="retries of a run whose worker dies or errs")
     r.add_argument("--refresh", type=float, default=None,
                    help="seconds between progress tables (default 5 on a terminal, 30 otherwise)")
+    z = p.add_argument_group("zero-shot evaluation in the sweep (what report.py would do afterwards)")
+    z.add_argument("--zero_shot_episodes", type=int, default=0,
+                   help="evaluate each run, once trained, on --zero_shot_modes with this many episodes per mode, in "
+                        "its own slot (cached in the run folder: report.py then reuses it); 0: leave it to report.py")
+    z.add_argument("--zero_shot_modes", nargs="+", default=None, metavar="MODE",
+                   help="modes of that evaluation (default: all five)")
     r.add_argument("--stop_timeout", type=float, default=120.0,
                    help="seconds stopped runs get to checkpoint before they are killed")
     return p
@@ -72,6 +78,17 @@ def main(argv=None) -> int:
             p.error(f"--{name} must be {'positive' if name == 'cpus_per_run' else '>= 0'}, got {value}")
     if args.gpus_per_run < 0:
         p.error(f"--gpus_per_run must be >= 0, got {args.gpus_per_run}")
+    from typing import get_args
+
+    from cg2a_ext.rl.config import Mode
+
+    MODES = get_args(Mode)
+    if args.zero_shot_episodes < 0:
+        p.error(f"--zero_shot_episodes must be >= 0, got {args.zero_shot_episodes}")
+    zero_shot_modes = tuple(args.zero_shot_modes or MODES)
+    unknown = [m for m in zero_shot_modes if m not in MODES]
+    if unknown:
+        p.error(f"unknown --zero_shot_modes {', '.join(unknown)}; known modes: {', '.join(MODES)}")
     if args.dry_run:
         for run in runs:
             print(f"{run.name}\n    train.py {' '.join(run.argv())}")
@@ -86,7 +103,8 @@ def main(argv=None) -> int:
 
     options = RunnerOptions(root=Path(root), address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
                             cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run, retries=args.retries,
-                            refresh=args.refresh, stop_timeout=args.stop_timeout)
+                            refresh=args.refresh, stop_timeout=args.stop_timeout,
+                            zero_shot_episodes=args.zero_shot_episodes, zero_shot_modes=zero_shot_modes)
     runner = SweepRunner(runs, options, spec=spec.to_dict(), handle_signals=True)
     try:
         code = runner.run()

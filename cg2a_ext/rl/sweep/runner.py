@@ -47,6 +47,8 @@ class RunnerOptions:
     retries: int = 3
     refresh: float | None = None        # progress interval in seconds (None: 5 on a terminal, 30 otherwise)
     stop_timeout: float = 120.0         # seconds a stopped run gets to write its checkpoint and end
+    zero_shot_episodes: int = 0         # > 0: each run, once trained, is evaluated zero-shot in its slot
+    zero_shot_modes: tuple[str, ...] = ()
 
     def resources(self) -> dict:
         return {"address": self.address, "num_cpus": self.num_cpus, "num_gpus": self.num_gpus,
@@ -241,7 +243,8 @@ class SweepRunner:
         rec.state = QUEUED
         ref = self._remote.options(num_cpus=self.options.cpus_per_run, num_gpus=self.options.gpus_per_run,
                                    max_retries=0, retry_exceptions=False, name=f"sweep:{rec.spec.name}") \
-            .remote(str(self.root.resolve()), rec.spec.to_dict(), rec.attempt, self.threads, self.launch_id)
+            .remote(str(self.root.resolve()), rec.spec.to_dict(), rec.attempt, self.threads, self.launch_id,
+                    {"modes": list(self.options.zero_shot_modes), "episodes": self.options.zero_shot_episodes})
         self._running[ref] = rec.spec.name
 
     def _launch_all(self, todo: list[RunRecord]) -> None:
@@ -284,8 +287,9 @@ class SweepRunner:
             rec.state = FINISHED
             how = {"resumed": f", resumed from step {result.get('resumed_from')}",
                    "skipped": ", already finished"}.get(result.get("action"), "")
-            self._event(rec, "finished", f"finished at step {result.get('step')}{how}", step=result.get("step"),
-                        action=result.get("action"), resumed_from=result.get("resumed_from"))
+            zero_shot = f"; {result['zero_shot']}" if result.get("zero_shot") else ""
+            self._event(rec, "finished", f"finished at step {result.get('step')}{how}{zero_shot}",
+                        step=result.get("step"), action=result.get("action"), resumed_from=result.get("resumed_from"))
         elif status == "failed":
             rec.state, rec.error = FAILED, result["error"]
             self._event(rec, "failed", f"failed (not retried): {result['error']}", permanent=True,

@@ -14,6 +14,11 @@ Errors come back as a result, sorted by whether retrying can help:
 
 A worker that dies (killed, out of memory, node lost) returns nothing; the driver sees Ray's error
 and retries. KeyboardInterrupt (``ray.cancel`` on Ctrl-C) is let through.
+
+With ``zero_shot`` (``sweep.py --zero_shot_episodes N``), a run that finishes training is then
+evaluated zero-shot in the same slot and the results are cached in the run folder, as ``report.py``
+does (``report.zero_shot``), so the report has nothing left to evaluate. An evaluation that fails or
+is stopped leaves the run finished: the report evaluates what the cache lacks.
 """
 from __future__ import annotations
 
@@ -70,8 +75,32 @@ def run_argv(run: RunSpec, run_dir: Path, resume: bool, threads: int) -> list[st
     return argv + (["--resume"] if resume else []) + ["--run_dir", str(run_dir)]
 
 
-def execute_run(root: str, run: dict, attempt: int, threads: int = 1, launch: str = "") -> dict:
-    """Run (or resume, or skip) one run of the sweep in this process; see the module docstring."""
+def _zero_shot(run_dir: Path, zero_shot: dict, threads: int, out) -> str:
+    """Evaluates the finished run on zero_shot["modes"] x zero_shot["episodes"]; returns a one-line summary."""
+    import json
+
+    from .report.zero_shot import evaluate_run
+
+    try:
+        device = json.loads((run_dir / "config.json").read_text()).get("device", "cpu")
+    except (OSError, ValueError):
+        device = "cpu"
+    device = "cpu" if device in ("", "auto") or not str(device).startswith("cuda") else device
+    try:
+        results = evaluate_run(run_dir, list(zero_shot["modes"]), int(zero_shot["episodes"]), device=device,
+                               threads=threads)
+    except KeyboardInterrupt:
+        return "zero-shot evaluation stopped (report.py evaluates what is missing)"
+    except Exception as e:                                              # noqa: BLE001 - the run itself is done
+        out.write(traceback.format_exc())
+        return f"zero-shot evaluation failed ({type(e).__name__}: {e}); report.py evaluates what is missing"
+    return "zero-shot: " + ", ".join(f"{m}={r['mean']:.0f}" for m, r in results.items())
+
+
+def execute_run(root: str, run: dict, attempt: int, threads: int = 1, launch: str = "",
+                zero_shot: dict | None = None) -> dict:
+    """Run (or resume, or skip) one run of the sweep in this process; see the module docstring.
+    ``zero_shot``: {"modes": [...], "episodes": N} to evaluate the run once it has finished training."""
     spec = RunSpec.from_dict(run)
     root_path = Path(root)
     run_dir = root_path / spec.name
@@ -118,4 +147,14 @@ def execute_run(root: str, run: dict, attempt: int, threads: int = 1, launch: st
     step = steps[-1] if steps else 0
     if not (run_dir / FINISHED_FILE).is_file():
         return {**result, "status": "incomplete", "step": step}
+    if zero_shot and zero_shot.get("episodes", 0) > 0 and zero_shot.get("modes"):
+        with open(log, "a") as f:
+            f.write(f"==== zero-shot evaluation: {' '.join(zero_shot['modes'])}, "
+                    f"{zero_shot['episodes']} episodes each\n")
+            f.flush()
+            tee = _Tee(f)
+            with contextlib.redirect_stdout(tee), contextlib.redirect_stderr(tee):
+                summary = _zero_shot(run_dir, zero_shot, threads, tee)
+            f.write(summary + "\n")
+        result["zero_shot"] = summary
     return {**result, "status": "finished", "step": step}
