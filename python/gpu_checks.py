@@ -9,6 +9,8 @@ each with its own deadline, and every result is written as it arrives:
     baselines    soda, sgqn and smg at the paper preset (agent steps/s)
     learning     drq and cg2a on cartpole_balance, paper network, action repeat 8, side by side on
                  one GPU (also the two-runs-per-GPU figure); their evaluations on train
+    sanitizer    compute-sanitizer memcheck and racecheck over the ops' CUDA cases against the
+                 float64 reference (after any kernel change; not in the default list)
 
     python python/gpu_checks.py run --out gpu_results                     # all, 9 minutes in all
     python python/gpu_checks.py run --out gpu_results --stages learning --budget 580
@@ -38,7 +40,8 @@ EXTRA = ROOT / ".device" / "extra"
 EXTRA_ARCHIVE = ROOT / ".device" / "extra.tgz"     # what travels (the carry limit counts bytes)
 EXTRA_SITE = Path("/tmp/cg2a-extra-site")         # where `run` unpacks it
 EXTRA_PACKAGES = ("tyro", "tqdm", "pillow")
-STAGES = ("tests", "bench-ops", "bench-agent", "baselines", "learning")
+STAGES = ("tests", "bench-ops", "bench-agent", "baselines", "learning", "sanitizer")
+DEFAULT_STAGES = STAGES[:-1]
 LEARNING = ("--task", "cartpole_balance", "--preset", "paper", "--action_repeat", "8", "--train_steps", "12000",
             "--eval_freq", "2000", "--eval_episodes", "5", "--eval_modes", "train")
 
@@ -128,6 +131,10 @@ def stage_commands(name: str, out: Path, env: dict) -> list[list[str]]:
         return [[py, "-m", "cg2a_ext.bench.agent", "--speed", "--presets", "paper"]]
     if name == "baselines":
         return [[py, "-m", "cg2a_ext.bench.baselines", "--presets", "paper"]]
+    if name == "sanitizer":
+        cases = [py, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/test_ops.py", "-k", "cuda"]
+        return [["compute-sanitizer", "--tool", tool, "--error-exitcode", "9", *cases]
+                for tool in ("memcheck", "racecheck")]
     if name == "learning":
         tb = [] if has_module("tensorboard", env) else ["--no_tensorboard"]
         return [[py, "python/train.py", "--algorithm", algorithm, "--seed", "0", *LEARNING, *tb,
@@ -145,7 +152,7 @@ def run(out: Path, stages: list[str], budget: float) -> int:
     end = time.time() + budget
     summary = []
     # the budget is shared out in proportion to each stage's usual length; unused time carries over
-    weight = {"tests": 2, "bench-ops": 1, "bench-agent": 2, "baselines": 1, "learning": 4}
+    weight = {"tests": 2, "bench-ops": 1, "bench-agent": 2, "baselines": 1, "learning": 4, "sanitizer": 3}
     for i, name in enumerate(stages):
         rest = sum(weight[s] for s in stages[i:])
         deadline = time.time() + (end - time.time()) * weight[name] / rest
@@ -162,7 +169,7 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run", help="run the checks")
     r.add_argument("--out", type=Path, required=True, help="folder for the logs, the summary and the runs")
-    r.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    r.add_argument("--stages", nargs="+", choices=STAGES, default=list(DEFAULT_STAGES))
     r.add_argument("--budget", type=float, default=540.0, help="seconds for all the stages together")
     pr = sub.add_parser("prepare", help="download the packages a GPU image lacks into .device/extra")
     pr.add_argument("--python", default="3.12", help="the GPU image's Python version")

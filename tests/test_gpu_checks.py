@@ -44,3 +44,10 @@ def test_bad_budget_and_stage_are_refused(gpu_checks, tmp_path, capsys):
     with pytest.raises(SystemExit):
         gpu_checks.main(["run", "--out", str(tmp_path), "--stages", "nonsense"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_sanitizer_stage_runs_the_ops_cuda_cases_under_two_tools(gpu_checks, tmp_path):
+    commands = gpu_checks.stage_commands("sanitizer", tmp_path, {})
+    assert [c[2] for c in commands] == ["memcheck", "racecheck"]
+    assert all(c[0] == "compute-sanitizer" and "tests/test_ops.py" in c for c in commands)
+    assert "sanitizer" not in gpu_checks.DEFAULT_STAGES
