@@ -243,6 +243,27 @@ def test_zero_shot_options_are_checked(capsys, tmp_path):
     assert main(base + ["--zero_shot_episodes", "10"]) == 0
 
 
+def test_a_runs_log_stream_kept_after_the_run_does_not_fail(tmp_path, capfd):
+    """A handler that kept a run's redirected stderr (absl's) writes to the process's stderr after the run."""
+    import logging
+
+    from cg2a_ext.rl.sweep.worker import _Tee
+
+    with open(tmp_path / "run.log", "w") as f:
+        tee = _Tee(f)
+        handler = logging.StreamHandler(tee)
+        logger = logging.getLogger("kept-by-a-library")
+        logger.addHandler(handler)
+        logger.warning("during the run")
+    try:
+        logger.warning("after the run")         # the log file is closed now
+    finally:
+        logger.removeHandler(handler)
+    assert (tmp_path / "run.log").read_text() == "during the run\n"
+    err = capfd.readouterr().err
+    assert "after the run" in err and "Logging error" not in err
+
+
 def test_worker_evaluates_a_finished_run_zero_shot_for_the_report(tmp_path):
     """--zero_shot_episodes: the worker evaluates the trained run in its slot and caches it; the report's
     evaluation then finds nothing to do and gives the same numbers."""

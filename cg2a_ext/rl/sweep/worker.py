@@ -26,6 +26,7 @@ import contextlib
 import io
 import shutil
 import signal
+import sys
 import traceback
 from pathlib import Path
 
@@ -43,7 +44,12 @@ STOPPED_EXIT_CODES = (128 + signal.SIGINT, 128 + signal.SIGTERM)
 
 
 class _Tee(io.TextIOBase):
-    """Write to a log file and keep the last characters for the error report."""
+    """Write to a log file and keep the last characters for the error report.
+
+    A library can keep the stream it found as sys.stderr while a run's output was redirected here:
+    absl's logging handler, created when dm_control is first imported. Ray reuses worker processes
+    for later runs, so once this run's log is closed, what still arrives goes to the process's own
+    stderr (Ray's worker log) instead of failing."""
 
     def __init__(self, file, keep: int = 4000) -> None:
         self.file = file
@@ -51,13 +57,16 @@ class _Tee(io.TextIOBase):
         self.tail = ""
 
     def write(self, s: str) -> int:
+        if self.file.closed:
+            return sys.__stderr__.write(s) if sys.__stderr__ is not None else len(s)
         self.file.write(s)
         self.file.flush()
         self.tail = (self.tail + s)[-self.keep:]
         return len(s)
 
     def flush(self) -> None:
-        self.file.flush()
+        if not self.file.closed:
+            self.file.flush()
 
 
 def _last_lines(text: str, n: int = 6) -> str:
@@ -143,18 +152,17 @@ def execute_run(root: str, run: dict, attempt: int, threads: int = 1, launch: st
             f.write(traceback.format_exc())
             permanent = isinstance(e, PERMANENT_ERRORS)
             return {**result, "status": "failed" if permanent else "error", "permanent": permanent, "error": text}
-    steps = checkpoint_steps(run_dir)
-    step = steps[-1] if steps else 0
-    if not (run_dir / FINISHED_FILE).is_file():
-        return {**result, "status": "incomplete", "step": step}
-    if zero_shot and zero_shot.get("episodes", 0) > 0 and zero_shot.get("modes"):
-        with open(log, "a") as f:
+        steps = checkpoint_steps(run_dir)
+        step = steps[-1] if steps else 0
+        if not (run_dir / FINISHED_FILE).is_file():
+            return {**result, "status": "incomplete", "step": step}
+        if zero_shot and zero_shot.get("episodes", 0) > 0 and zero_shot.get("modes"):
+            # the same log and tee as the training: streams kept from it (absl's) still land in this log
             f.write(f"==== zero-shot evaluation: {' '.join(zero_shot['modes'])}, "
                     f"{zero_shot['episodes']} episodes each\n")
             f.flush()
-            tee = _Tee(f)
             with contextlib.redirect_stdout(tee), contextlib.redirect_stderr(tee):
                 summary = _zero_shot(run_dir, zero_shot, threads, tee)
             f.write(summary + "\n")
-        result["zero_shot"] = summary
+            result["zero_shot"] = summary
     return {**result, "status": "finished", "step": step}
