@@ -154,3 +154,30 @@ def test_aggregates_match_plain_float64_references():
     assert one.low is None and "no interval" in one.text()
     per_task, tasks = stats.score_matrix({"b": [100.0, 300.0, 500.0], "a": [200.0, 400.0]})
     assert tasks == ["a", "b"] and per_task.tolist() == [[0.2, 0.1], [0.4, 0.3]]
+
+
+def test_report_names_the_overlay_images_each_run_trained_with(tmp_path, monkeypatch):
+    from cg2a_ext.rl.image_bank import OVERLAY_ENV_VAR, image_bank_source
+    from cg2a_ext.rl.sweep.report.collect import overlay_images
+
+    monkeypatch.delenv(OVERLAY_ENV_VAR, raising=False)
+    assert image_bank_source(None) == "procedural"
+    monkeypatch.setenv(OVERLAY_ENV_VAR, str(tmp_path))
+    assert image_bank_source(None) == str(tmp_path.resolve())
+
+    recorded, old, folder = tmp_path / "recorded", tmp_path / "old", tmp_path / "folder"
+    for d in (recorded, old, folder):
+        d.mkdir()
+    (recorded / "plan.json").write_text(json.dumps({"overlay_images": "procedural"}))
+    assert overlay_images(recorded, {"image_bank": ""}) == "procedural"
+    assert overlay_images(old, {"image_bank": ""}).startswith("procedural, unless CG2A_OVERLAY_DATA was set")
+    assert overlay_images(folder, {"image_bank": "/data/places"}) == "/data/places"
+    assert overlay_images(old, {}) == ""                                  # never started: nothing to say
+
+    runs = [_run("walker_walk", "svea", "svea", s, {"train": 1.0}) for s in (0, 1)]
+    runs[0].overlay_images, runs[1].overlay_images = "procedural", "/data/places"
+    text = tables.overlay_sources(runs)
+    assert "- procedural: 1 runs (svea)" in text and "- /data/places: 1 runs (svea)" in text
+    assert "approximation" in text
+    runs[0].overlay_images = "/data/places"
+    assert "approximation" not in tables.overlay_sources(runs)

@@ -62,6 +62,9 @@ def test_algorithm_end_to_end(tmp_path, algorithm):
                                             for r in ev if r["step"] == "100"}
     plan = json.loads((d / "plan.json").read_text())
     assert plan["algorithm"] == algorithm and plan["K"] >= 1 and plan["estimated_seconds"] > 0
+    from cg2a_ext.rl.image_bank import image_bank_source
+
+    assert plan["overlay_images"] == image_bank_source(None)    # no --image_bank: CG2A_OVERLAY_DATA or procedural
     diag = d / "diagnostics.csv"
     if algorithm in ("ac", "cg2a"):
         dr = rows(diag)

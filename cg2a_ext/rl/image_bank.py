@@ -160,6 +160,14 @@ class FolderImageBank(ImageBank):
 _default_banks: dict[str, ImageBank] = {}
 
 
+def image_bank_source(bank: "str | os.PathLike | None" = None) -> str:
+    """Where the overlay images of ``resolve_image_bank(bank)`` come from, without loading them:
+    ``"procedural"`` or the folder's absolute path (``CG2A_OVERLAY_DATA`` when ``bank`` is None)."""
+    if bank is None:
+        bank = os.environ.get(OVERLAY_ENV_VAR, "").strip() or None
+    return "procedural" if bank is None else str(Path(bank).expanduser().resolve())
+
+
 def resolve_image_bank(bank: "ImageBank | str | os.PathLike | None" = None) -> ImageBank:
     """An :class:`ImageBank` from an instance, a folder path, or None.
 

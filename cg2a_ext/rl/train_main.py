@@ -117,6 +117,7 @@ def plan(cfg, device, K: int, run_dir: Path, start_step: int, rates, evaluation_
     """What the run will do and how long it should take (printed at start and saved as plan.json)."""
     import torch
 
+    from cg2a_ext.rl.image_bank import image_bank_source
     from cg2a_ext.rl.run_logging import remaining_seconds
 
     eta = remaining_seconds(cfg, start_step, rates, evaluation_pending)
@@ -129,6 +130,8 @@ def plan(cfg, device, K: int, run_dir: Path, start_step: int, rates, evaluation_
                         "at_episode_end": cfg.checkpoint_at_episode_end},
         "measured": {"seed_steps_per_s": 1.0 / rates.seed_step, "train_steps_per_s": 1.0 / rates.train_step,
                      "eval_episode_s": rates.eval_episode},
+        # the images every overlay augmentation of this run draws from (procedural: not Places365)
+        "overlay_images": image_bank_source(cfg.image_bank or None),
         "estimated_seconds": eta,
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

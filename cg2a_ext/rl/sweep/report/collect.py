@@ -30,6 +30,7 @@ class RunInfo:
     zero_shot: dict = field(default_factory=dict)             # mode -> result (report.zero_shot)
     zero_shot_error: str | None = None
     eval_sources: dict = field(default_factory=dict)          # mode -> data sources seen in eval.csv
+    overlay_images: str = ""                                   # plan.json's record (see overlay_images())
 
     @property
     def train_steps(self) -> int | None:
@@ -87,5 +88,18 @@ def collect(root) -> list[RunInfo]:
         status = run_status(d) if d.is_dir() else NEW
         steps = checkpoint_steps(d)
         runs.append(RunInfo(name, d, task, algorithm, seed, method, status, cfg, steps[-1] if steps else 0,
-                             eval_sources=_eval_sources(d)))
+                             eval_sources=_eval_sources(d), overlay_images=overlay_images(d, cfg)))
     return runs
+
+
+def overlay_images(run_dir: Path, cfg: dict) -> str:
+    """The overlay images the run trained with: plan.json's record, else what its config says."""
+    try:
+        recorded = json.loads((run_dir / "plan.json").read_text()).get("overlay_images")
+    except (OSError, ValueError):
+        recorded = None
+    if recorded:
+        return recorded
+    if cfg.get("image_bank"):
+        return str(cfg["image_bank"])
+    return "procedural, unless CG2A_OVERLAY_DATA was set (not recorded by this run)" if cfg else ""

@@ -58,6 +58,11 @@ def write_page(root: Path, out: Path, runs, summary, curve_paths, diag_paths, ag
         lines += [f"Options of every run: `{fixed or '(defaults)'}`.", ""]
     lines += ["## What each cell rests on", "", tables.basis_table(summary), "## Data used by each mode", "",
               tables.data_sources(summary, runs)]
+    overlays = tables.overlay_sources(runs)
+    if overlays:
+        lines += ["## Overlay images used in training", "",
+                  "Drawn by the overlay augmentations (svea, soda, sgqn, smg, and ac / cg2a with overlay or "
+                  "overlay_s); drq and sac do not overlay images.", "", overlays]
     for mode in modes:
         table = tables.MODE_TABLE.get(mode)
         title = f"## {mode}: " + (f"the paper's Table {table} layout" if table else "not reported in the paper")

@@ -150,3 +150,23 @@ def data_sources(summary: Summary, runs: list[RunInfo]) -> str:
             text += f"; evaluations during training: {'; '.join(tr)}"
         lines.append(text)
     return "\n".join(lines) + "\n"
+
+
+def overlay_sources(runs: list[RunInfo]) -> str:
+    """Which overlay images the runs trained with (only methods that overlay images use them)."""
+    by_source: dict[str, list[str]] = {}
+    for r in runs:
+        if r.overlay_images:
+            by_source.setdefault(r.overlay_images, [])
+            if r.method not in by_source[r.overlay_images]:
+                by_source[r.overlay_images].append(r.method)
+    if not by_source:
+        return ""
+    lines = []
+    for source, methods in by_source.items():
+        n = sum(r.overlay_images == source for r in runs)
+        lines.append(f"- {source}: {n} runs ({', '.join(methods)})")
+    if any(s.startswith("procedural") for s in by_source):
+        lines.append("\nThe procedural images stand in for Places365, which the published methods overlay: "
+                     "results of overlaying methods trained with them are an approximation of those methods.")
+    return "\n".join(lines) + "\n"
