@@ -92,6 +92,17 @@ def per_group_grads(
         if x.dim() < 1 or x.shape[0] != k:
             raise ValueError(f"per_group_grads: group_inputs[{i}] has leading dim {tuple(x.shape[:1])}, expected K = {k}")
     named = dict(module.named_parameters())
+    names = _param_names(module, params)
+    shared_inputs = tuple(shared_inputs)
+    if method == "auto":
+        return _auto(module, loss_fn, group_inputs, shared_inputs, names)
+    if method == "loop":
+        return _loop(module, loss_fn, group_inputs, shared_inputs, [named[n] for n in names])
+    return _vmap(module, loss_fn, group_inputs, shared_inputs, names)
+
+
+def _param_names(module: nn.Module, params: Sequence[nn.Parameter] | None) -> list[str]:
+    named = dict(module.named_parameters())
     if params is None:
         names = [n for n, p in named.items() if p.requires_grad]
     else:
@@ -102,12 +113,22 @@ def per_group_grads(
         names = [by_id[id(p)] for p in params]
     if not names:
         raise ValueError("per_group_grads: no parameter to differentiate (none requires grad)")
-    shared_inputs = tuple(shared_inputs)
-    if method == "auto":
-        return _auto(module, loss_fn, group_inputs, shared_inputs, names)
-    if method == "loop":
-        return _loop(module, loss_fn, group_inputs, shared_inputs, [named[n] for n in names])
-    return _vmap(module, loss_fn, group_inputs, shared_inputs, names)
+    return names
+
+
+def auto_method(
+    module: nn.Module,
+    loss_fn: Callable[..., Tensor],
+    group_inputs: Sequence[Tensor],
+    shared_inputs: Sequence[object] = (),
+    params: Sequence[nn.Parameter] | None = None,
+) -> str | None:
+    """The method ("vmap" or "loop") that "auto" chose in this process for these arguments' device and
+    model signature; None before its first "auto" call with them. The two methods can differ in the
+    last bits, so a run that must give the same numbers after a restart records this choice and passes
+    it as ``method`` from then on (the timing behind "auto" can differ between processes)."""
+    names = _param_names(module, params)
+    return _AUTO_CHOICE.get(_signature(module, loss_fn, tuple(group_inputs), tuple(shared_inputs), names))
 
 
 def _vmap(

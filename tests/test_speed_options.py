@@ -427,3 +427,33 @@ def test_env_stepper_gives_the_transitions_of_direct_stepping():
             assert np.array_equal(d, t)
         else:
             assert np.array_equal(d[0], t[0]) and d[1:] == t[1:]
+
+
+@pytest.mark.parametrize("algorithm", ["ac", "cg2a"])
+def test_per_loss_gradient_method_is_chosen_once_and_kept_across_a_restart(algorithm, monkeypatch):
+    """per_group_grads' "auto" picks by timing; the algorithm keeps its first choice in its state, so a
+    resumed run (a new process, a new measurement) computes its gradients the same way."""
+    import sys
+
+    pgg = sys.modules["cg2a_ext.per_group_grads"]
+    monkeypatch.setattr(pgg, "_AUTO_CHOICE", {})
+    torch.manual_seed(0)
+    agent = make_agent(OBS, A, tiny_cfg(algorithm=algorithm, augmentations=("overlay",)), "cpu")
+    obs, action, target = float_batch()
+    assert agent.algorithm.grad_method is None and agent.algorithm.state_dict()["grad_method"] == ""
+    agent.algorithm.per_loss_grads(agent, obs, action, target)
+    chosen = agent.algorithm.grad_method
+    assert chosen in ("vmap", "loop") and list(pgg._AUTO_CHOICE.values()) == [chosen]
+    state = agent.algorithm.state_dict()
+    assert state["grad_method"] == chosen
+
+    # "a new process": nothing measured yet, and measuring again would be a failure
+    monkeypatch.setattr(pgg, "_AUTO_CHOICE", {})
+    monkeypatch.setattr(pgg, "_timed", lambda *a, **k: pytest.fail("auto measured again after a restore"))
+    resumed = make_agent(OBS, A, tiny_cfg(algorithm=algorithm, augmentations=("overlay",)), "cpu")
+    resumed.algorithm.load_state_dict(state)
+    assert resumed.algorithm.grad_method == chosen
+    resumed.algorithm.per_loss_grads(resumed, obs, action, target)
+    older = {k: v for k, v in state.items() if k != "grad_method"}      # a checkpoint from before the record
+    resumed.algorithm.load_state_dict(older)
+    assert resumed.algorithm.grad_method is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 
 from cg2a_ext import per_group_grads
+from cg2a_ext.per_group_grads import auto_method
 
 from .base import Algorithm, critic_loss
 
@@ -29,6 +30,7 @@ class AugmentationCombination(Algorithm):
         from cg2a_ext.rl.augmentations import make_combination
 
         self.combination = make_combination(list(cfg.augmentations), image_bank=cfg.image_bank or None)
+        self.grad_method: str | None = None    # per_group_grads' method, fixed at the first update
 
     def views(self, obs: torch.Tensor) -> torch.Tensor:
         """[K, B, C, H, W]: the clean batch and its augmented copies."""
@@ -36,6 +38,21 @@ class AugmentationCombination(Algorithm):
         return torch.stack([obs, *copies])
 
     def per_loss_grads(self, agent, obs, action, target):
-        """The K per-loss critic gradients (list of [K, *shape]) and the K losses, one batched backward."""
-        return per_group_grads(agent.critic, critic_loss, (self.views(obs),), (action, target),
-                               params=agent.critic_params)
+        """The K per-loss critic gradients (list of [K, *shape]) and the K losses, one batched backward.
+
+        The first call lets per_group_grads measure vmap against the loop ("auto"); the choice is kept
+        (and checkpointed), so a resumed run computes its gradients the same way, bit for bit."""
+        views = self.views(obs)
+        result = per_group_grads(agent.critic, critic_loss, (views,), (action, target),
+                                 params=agent.critic_params, method=self.grad_method or "auto")
+        if self.grad_method is None:
+            self.grad_method = auto_method(agent.critic, critic_loss, (views,), (action, target),
+                                           params=agent.critic_params)
+        return result
+
+    def state_dict(self):
+        return {**super().state_dict(), "grad_method": self.grad_method or ""}
+
+    def load_state_dict(self, state) -> None:
+        super().load_state_dict(state)
+        self.grad_method = state.get("grad_method") or None     # checkpoints before it: measured again
