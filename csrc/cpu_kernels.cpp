@@ -121,36 +121,25 @@ CG2A_ALWAYS_INLINE void gram_chunk_impl(const RowView& view, const Chunk& c,
 
   const scalar_t* __restrict__ base = view.tensor.const_data_ptr<scalar_t>();
   const int64_t row_stride = view.row_stride;
+  // Elements [e, e + count) of the K rows into v (count = W, a constant, in the main loop; fewer,
+  // zero-padded, for a short last block), then into the Gram and the probe.
+  auto accumulate = [&](int64_t e, auto count) {
+    for (int i = 0; i < k; ++i) {
+      const scalar_t* row = base + i * row_stride + e;
+      if constexpr (W == 1) {
+        v[i] = double(row[0]);
+      } else {
+        lanes_t x = {};
+        for (int l = 0; l < int(count); ++l) x[l] = double(row[l]);
+        v[i] = x;
+      }
+    }
+    gram_accumulate<KS, 1>(v, 1, k, acc);
+    if constexpr (kProbe) finite_probe_accumulate<KS, 1>(v, 1, k, probe);
+  };
   int64_t e = c.begin;
-  for (; e + W <= c.end; e += W) {
-    for (int i = 0; i < k; ++i) {
-      const scalar_t* row = base + i * row_stride + e;
-      if constexpr (W == 1) {
-        v[i] = double(row[0]);
-      } else {
-        lanes_t x = {};
-        for (int l = 0; l < W; ++l) x[l] = double(row[l]);
-        v[i] = x;
-      }
-    }
-    gram_accumulate<KS, 1>(v, 1, k, acc);
-    if constexpr (kProbe) finite_probe_accumulate<KS, 1>(v, 1, k, probe);
-  }
-  if (e < c.end) {
-    const int count = int(c.end - e);
-    for (int i = 0; i < k; ++i) {
-      const scalar_t* row = base + i * row_stride + e;
-      if constexpr (W == 1) {
-        v[i] = double(row[0]);
-      } else {
-        lanes_t x = {};
-        for (int l = 0; l < count; ++l) x[l] = double(row[l]);
-        v[i] = x;
-      }
-    }
-    gram_accumulate<KS, 1>(v, 1, k, acc);
-    if constexpr (kProbe) finite_probe_accumulate<KS, 1>(v, 1, k, probe);
-  }
+  for (; e + W <= c.end; e += W) accumulate(e, std::integral_constant<int, W>{});
+  if (e < c.end) accumulate(e, int(c.end - e));
   auto lane_sum = [](const lanes_t& x) {
     if constexpr (W == 1) {
       return double(x);
