@@ -9,6 +9,8 @@ each with its own deadline, and every result is written as it arrives:
     baselines    soda, sgqn and smg at the paper preset (agent steps/s)
     learning     drq and cg2a on cartpole_balance, paper network, action repeat 8, side by side on
                  one GPU (also the two-runs-per-GPU figure); their evaluations on train
+    profile      where one aggregate call's and one update's time goes (cg2a_ext.bench.profile): host
+                 time, kernel time, launches and synchronisations per call (not in the default list)
     sanitizer    compute-sanitizer memcheck and racecheck over the ops' CUDA cases against the
                  float64 reference (after any kernel change; not in the default list)
 
@@ -40,8 +42,8 @@ EXTRA = ROOT / ".device" / "extra"
 EXTRA_ARCHIVE = ROOT / ".device" / "extra.tgz"     # what travels (the carry limit counts bytes)
 EXTRA_SITE = Path("/tmp/cg2a-extra-site")         # where `run` unpacks it
 EXTRA_PACKAGES = ("tyro", "tqdm", "pillow")
-STAGES = ("tests", "bench-ops", "bench-agent", "baselines", "learning", "sanitizer")
-DEFAULT_STAGES = STAGES[:-1]
+STAGES = ("tests", "bench-ops", "bench-agent", "baselines", "learning", "profile", "sanitizer")
+DEFAULT_STAGES = STAGES[:5]
 LEARNING = ("--task", "cartpole_balance", "--preset", "paper", "--action_repeat", "8", "--train_steps", "12000",
             "--eval_freq", "2000", "--eval_episodes", "5", "--eval_modes", "train")
 
@@ -123,8 +125,12 @@ def run_stage(name: str, commands: list[list[str]], out: Path, env: dict, deadli
 def stage_commands(name: str, out: Path, env: dict) -> list[list[str]]:
     py = sys.executable
     if name == "tests":
-        return [[py, "-m", "pytest", "-q", "-rs", "-m", "cuda", "tests",
+        # every CUDA case (marked `cuda`), and the trainer's speed options and per-loss gradients whole
+        return [[py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-m", "cuda", "tests"],
+                [py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-m", "not cuda",
                  "tests/test_speed_options.py", "tests/test_ops_per_group_grads.py"]]
+    if name == "profile":
+        return [[py, "-m", "cg2a_ext.bench.profile", "--device", "cuda", "--presets", "paper"]]
     if name == "bench-ops":
         return [[py, "-m", "cg2a_ext.bench.ops", "--device", "cuda"]]
     if name == "bench-agent":
@@ -152,7 +158,7 @@ def run(out: Path, stages: list[str], budget: float) -> int:
     end = time.time() + budget
     summary = []
     # the budget is shared out in proportion to each stage's usual length; unused time carries over
-    weight = {"tests": 2, "bench-ops": 1, "bench-agent": 2, "baselines": 1, "learning": 4, "sanitizer": 3}
+    weight = {"tests": 2, "bench-ops": 1, "bench-agent": 2, "baselines": 1, "learning": 4, "profile": 1, "sanitizer": 3}
     for i, name in enumerate(stages):
         rest = sum(weight[s] for s in stages[i:])
         deadline = time.time() + (end - time.time()) * weight[name] / rest

@@ -30,7 +30,7 @@ def test_learning_runs_are_valid_train_commands(gpu_checks, tmp_path):
         assert Path(cfg.run_dir).parent == tmp_path / "runs"
 
 
-@pytest.mark.parametrize("stage", ["bench-ops", "bench-agent", "baselines"])
+@pytest.mark.parametrize("stage", ["bench-ops", "bench-agent", "baselines", "profile"])
 def test_benchmark_stages_name_modules_that_exist(gpu_checks, tmp_path, stage):
     command = gpu_checks.stage_commands(stage, tmp_path, {})
     module = command[0][command[0].index("-m") + 1]

@@ -11,7 +11,7 @@ import torch
 from cg2a_ext import has_cuda_kernels, reference
 from cg2a_ext import ops
 
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]  # conftest skips it without a device
 
 
 def random_shapes(gen: torch.Generator, count: int) -> list[tuple[int, ...]]:

@@ -9,8 +9,8 @@ import torch
 
 from cg2a_ext import has_cuda_kernels, ops, reference
 
-pytestmark = pytest.mark.skipif(not (torch.cuda.is_available() and has_cuda_kernels()),
-                                reason="no CUDA device, or cg2a_ext built without its CUDA kernels")
+pytestmark = [pytest.mark.cuda,  # conftest skips these without a device
+              pytest.mark.skipif(not has_cuda_kernels(), reason="cg2a_ext built without its CUDA kernels")]
 
 
 def cuda_grads(k: int = 4, sizes=(1000, 37, 4096, 5), dtype=torch.float32, seed: int = 0):

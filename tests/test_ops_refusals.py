@@ -19,7 +19,7 @@ from cg2a_ext import ops, reference
 # Subprocesses run where the cg2a_ext under test lies (site-packages when installed, the checkout when
 # built in place), so `python -c` imports that one and not a source tree without its compiled _C.
 IMPORTED_FROM = Path(cg2a_ext.__file__).resolve().parents[1]
-DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]  # conftest skips it without a device
 FLOAT32_MAX = torch.finfo(torch.float32).max
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -67,3 +68,17 @@ def test_dmcgb_data_tests_use_the_folder_the_variable_names(tmp_path):
     assert "1 error" in out and "(CG2A_EXPECT_DMCGB_DATA=1)" in out, out[-3000:]
     out = run_pytest(tmp_path, data_test, CG2A_DMCGB_DATA=str(tmp_path / "missing"), CG2A_EXPECT_DMCGB_DATA=None)
     assert "1 error" in out and "is not a folder" in out, out[-3000:]
+
+
+def test_every_cuda_case_carries_the_cuda_marker(tmp_path):
+    """`pytest -m cuda` (what a GPU session runs) selects the CUDA cases of the op tests, and
+    `-m "not cuda"` leaves none of them: a CUDA case skipped by its own skipif would be missed."""
+    files = [str(TESTS / name) for name in ("test_ops.py", "test_ops_cuda.py", "test_ops_refusals.py")]
+    selected = run_pytest(tmp_path, ["--collect-only", "-q", "-m", "cuda", *files])
+    rest = run_pytest(tmp_path, ["--collect-only", "-q", "-m", "not cuda", *files])
+    cuda_ids = [line for line in selected.splitlines() if "::" in line]
+    assert any("test_ops_cuda.py::" in i for i in cuda_ids) and any("test_ops.py::" in i for i in cuda_ids)
+    assert any("test_ops_refusals.py::" in i for i in cuda_ids), selected[-2000:]
+    cuda_param = re.compile(r"\[(.*-)?cuda(-.*)?\]$")
+    leaked = [line for line in rest.splitlines() if "::" in line and (cuda_param.search(line) or "test_ops_cuda.py" in line)]
+    assert not leaked, leaked[:5]
