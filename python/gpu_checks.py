@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -76,8 +77,15 @@ def prepare(python_version: str) -> int:
 def environment() -> dict:
     env = dict(os.environ)
     if EXTRA_ARCHIVE.is_file() and not EXTRA_SITE.is_dir():
+        # unpacked beside it and renamed into place: a second gpu_checks started at the same time
+        # never sees a half-unpacked folder
+        partial = EXTRA_SITE.with_name(f"{EXTRA_SITE.name}.{os.getpid()}.tmp")
         with tarfile.open(EXTRA_ARCHIVE) as tar:
-            tar.extractall(EXTRA_SITE, filter="data")
+            tar.extractall(partial, filter="data")
+        try:
+            partial.rename(EXTRA_SITE)
+        except OSError:   # the other one was first
+            shutil.rmtree(partial, ignore_errors=True)
     # after the image's own packages: the archive only fills in what is missing
     paths = [str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     paths += [str(EXTRA_SITE)] if EXTRA_SITE.is_dir() else []
@@ -148,6 +156,48 @@ def stage_commands(name: str, out: Path, env: dict) -> list[list[str]]:
     raise ValueError(name)
 
 
+def compilers(library: Path) -> list[str]:
+    """The compilers named in a shared library's .comment section (``GCC: (...) 13.3.1``)."""
+    data = library.read_bytes()
+    return sorted({m.decode(errors="replace") for m in re.findall(rb"GCC: \([^)]*\) [0-9][0-9.]*[^\x00]*", data)})
+
+
+PROBE = """
+import torch
+from cg2a_ext._extension import require_fused_ops
+require_fused_ops()
+for device in ("cpu", "cuda"):
+    try:
+        torch.ops.cg2a.gram([torch.randn(3, 4, device=device), torch.randn(2, 4, device=device)])
+    except ValueError:
+        print(device, "error reached Python", flush=True)
+"""
+
+
+def preflight(out: Path, env: dict) -> bool:
+    """Which compilers built the extension and torch, and whether an op's error reaches Python (a
+    C++ runtime that differs from torch's can turn every thrown error into a crash: then every
+    stage's failures would mislead)."""
+    import torch  # noqa: F401  (the image's)
+
+    lines = []
+    ext = sorted((ROOT / "cg2a_ext").glob("_C*.so"))
+    c10 = Path(torch.__file__).parent / "lib" / "libc10.so"
+    for name, lib in (("cg2a_ext", ext[0] if ext else None), ("torch (libc10)", c10)):
+        lines.append(f"{name}: {', '.join(compilers(lib)) if lib and lib.is_file() else 'not found'}")
+    result = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True, text=True)
+    ok = result.returncode == 0 and result.stdout.count("error reached Python") == 2
+    lines.append(f"op errors reach Python on cpu and cuda: {ok} (exit {result.returncode})")
+    if not ok:
+        lines.append("An error thrown inside cg2a_ext crashed or escaped: rebuild with the compiler torch was "
+                     "built with (e.g. CC=/usr/bin/gcc CXX=/usr/bin/g++ before `source .device/setup.sh`, "
+                     "after removing cg2a_ext/_C*.so and build/).")
+        lines.append(result.stdout[-2000:] + result.stderr[-2000:])
+    (out / "preflight.log").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[:4]), flush=True)
+    return ok
+
+
 def run(out: Path, stages: list[str], budget: float) -> int:
     out.mkdir(parents=True, exist_ok=True)
     env = environment()
@@ -155,6 +205,10 @@ def run(out: Path, stages: list[str], budget: float) -> int:
     if missing:
         print(f"gpu_checks.py: missing Python packages: {', '.join(missing)} (see `prepare`)", file=sys.stderr)
         return 2
+    if not preflight(out, env):
+        print("gpu_checks.py: stopping before the stages: op errors do not reach Python (preflight.log)",
+              file=sys.stderr)
+        return 3
     end = time.time() + budget
     summary = []
     # the budget is shared out in proportion to each stage's usual length; unused time carries over

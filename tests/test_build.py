@@ -92,6 +92,16 @@ def test_setup_needs_the_installed_torch(monkeypatch):
     assert SETUP["import_torch"]().__version__ == "2.13.0+cpu"
 
 
+def test_untested_torch_builds_only_when_asked_and_says_so(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch", fake_torch("2.11.0+cu130", "13.0"))
+    monkeypatch.setenv("CG2A_ALLOW_UNTESTED_TORCH", "1")
+    assert SETUP["import_torch"]().__version__ == "2.11.0+cu130"
+    assert "WARNING: building against torch 2.11.0+cu130, older than the oldest tested, 2.13" in capsys.readouterr().err
+    monkeypatch.setenv("CG2A_ALLOW_UNTESTED_TORCH", "0")
+    with pytest.raises(SystemExit, match="older than the oldest supported"):
+        SETUP["import_torch"]()
+
+
 def test_setup_builds_cpu_kernels_only_for_a_cpu_torch(tmp_path, monkeypatch, capsys):
     toolkit = fake_toolkit(tmp_path / "cuda", "13.0")
     cpu_torch = fake_torch("2.13.0+cpu", None)
@@ -161,6 +171,41 @@ def test_cuda_kernels_run_on_the_device():
     torch.testing.assert_close(torch.ops.cg2a.gram(on_gpu).cpu(), flat @ flat.T)
     out, _ = torch.ops.cg2a.combine(on_gpu, torch.ones(3, dtype=torch.float64, device="cuda"), 1.0, 0)
     torch.testing.assert_close(torch.cat([o.reshape(-1) for o in out]).cpu(), flat.sum(0))
+
+
+EXCEPTION_PROBE = textwrap.dedent("""
+    import torch
+    from cg2a_ext._extension import require_fused_ops
+    require_fused_ops()
+    device = {device!r}
+    try:
+        torch.ops.cg2a.gram([torch.randn(3, 4, device=device), torch.randn(2, 4, device=device)])
+    except ValueError as error:
+        print("caught:", error)
+    else:
+        raise SystemExit("no error for grads with different K")
+""")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_an_error_inside_the_extension_reaches_python(device):
+    """A refusal thrown in the library arrives as a Python ValueError. Run in a child process: a
+    compiler whose C++ runtime does not match torch's can crash the process on the first throw
+    (seen on a GPU image: every op error was a segmentation fault), and that must read as a
+    failure that names the cause, not kill the test run."""
+    if device == "cuda" and not has_cuda_kernels():
+        pytest.skip("cg2a_ext._C was built without its CUDA kernels")
+    import cg2a_ext
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(Path(cg2a_ext.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, "-c", EXCEPTION_PROBE.format(device=device)],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0 and "caught:" in result.stdout, (
+        f"an op error did not reach Python (exit {result.returncode}): a crash here usually means the "
+        f"extension was built with a compiler whose C++ runtime differs from torch's; rebuild with the "
+        f"compiler torch was built with (CC/CXX).\n{result.stdout[-1500:]}{result.stderr[-1500:]}")
+    assert "grads[1] has K = 2" in result.stdout
 
 
 # ------------------------------------------------------------------ CMake build

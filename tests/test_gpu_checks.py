@@ -51,3 +51,24 @@ def test_sanitizer_stage_runs_the_ops_cuda_cases_under_two_tools(gpu_checks, tmp
     assert [c[2] for c in commands] == ["memcheck", "racecheck"]
     assert all(c[0] == "compute-sanitizer" and "tests/test_ops.py" in c for c in commands)
     assert "sanitizer" not in gpu_checks.DEFAULT_STAGES
+
+
+def test_compilers_are_read_from_the_library_comment(gpu_checks, tmp_path):
+    lib = tmp_path / "lib.so"
+    lib.write_bytes(b"\x7fELF junk\x00GCC: (GNU) 13.3.1 20240611 (Red Hat 13.3.1-2)\x00more\x00"
+                    b"GCC: (Debian 12.2.0-14+deb12u1) 12.2.0\x00")
+    assert gpu_checks.compilers(lib) == ["GCC: (Debian 12.2.0-14+deb12u1) 12.2.0",
+                                         "GCC: (GNU) 13.3.1 20240611 (Red Hat 13.3.1-2)"]
+
+
+def test_preflight_reports_and_refuses_where_op_errors_do_not_reach_python(gpu_checks, tmp_path, monkeypatch):
+    """Here (no CUDA device) the CUDA half of the probe cannot run, which must read as not passed."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without a CUDA device")
+    env = gpu_checks.environment()
+    assert gpu_checks.preflight(tmp_path, env) is False
+    log = (tmp_path / "preflight.log").read_text()
+    assert "cg2a_ext: GCC" in log and "torch (libc10): GCC" in log
+    assert "op errors reach Python on cpu and cuda: False" in log and "CC=/usr/bin/gcc" in log
