@@ -213,3 +213,40 @@ def test_env_overlap_gives_the_same_run(tmp_path):
     a, b = _state(serial), _state(overlapped)
     for k in a["agent"]["critic"]:
         assert torch.equal(a["agent"]["critic"][k], b["agent"]["critic"][k]), k
+
+
+def test_speed_measurement_leaves_first_compilations_out(monkeypatch):
+    """The start-of-run speed estimate times updates after a whole warm-up cycle: the actor's and
+    the auxiliary step's first (compiling) updates come every 2nd update and must not be timed."""
+    import time as time_module
+
+    import cg2a_ext.rl.agent as agent_module
+    from cg2a_ext.rl.config import config_from_args
+    from cg2a_ext.rl.train_main import measure_rates
+
+    class FirstCallsSlow:
+        def __init__(self):
+            self.calls = 0
+
+        def update(self, replay):
+            self.calls += 1
+            if self.calls <= 2:   # the critic's and then the actor's first compilation
+                time_module.sleep(0.3)
+            return {}
+
+        def act(self, obs, sample=False):
+            return torch.zeros(1)
+
+    class StillEnv:
+        def reset(self, seed=None):
+            return None, {}
+
+        def step(self, action):
+            return None, 0.0, False, False, {}
+
+    fake = FirstCallsSlow()
+    monkeypatch.setattr(agent_module, "make_agent", lambda *a, **k: fake)
+    cfg = config_from_args(["--preset", "cpu", "--task", "cartpole_balance"])
+    rates = measure_rates(cfg, StillEnv(), (3 * cfg.frame_stack, 8, 8), 1, torch.device("cpu"))
+    assert fake.calls == 2 * max(cfg.actor_update_freq, cfg.aux_update_freq, 2)
+    assert rates.train_step < 0.1, rates

@@ -94,9 +94,14 @@ def measure_rates(cfg, env, obs_shape, action_dim, device):
         replay.add_first(frame())
         for _ in range(32):
             replay.add(rng.uniform(-1, 1, action_dim).astype(np.float32), 0.0, frame(), False)
-        agent.update(replay)                       # warm-up (lazy initialisations, image pools)
+        # warm-up over one whole cycle of the update (the actor, the targets and an auxiliary step run
+        # every few updates): lazy initialisations, image pools and torch.compile's first compilations
+        # of each part happen here and not in the timed updates
+        cycle = max(cfg.actor_update_freq, cfg.critic_target_update_freq, cfg.aux_update_freq, 2)
+        for _ in range(cycle):
+            agent.update(replay)
         sync()
-        n_upd = 2
+        n_upd = cycle
         t = time.perf_counter()
         for _ in range(n_upd):
             agent.update(replay)
