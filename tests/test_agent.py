@@ -9,17 +9,10 @@ from cg2a_ext.rl.algorithms.base import critic_loss
 from cg2a_ext.rl.config import ConfigError, TrainConfig, config_from_args, field_docs
 from cg2a_ext.rl.replay import FrameReplayBuffer
 
-from baselines_support import filled_replay
+from agent_support import filled_replay, small_agent_cfg
 
 OBS = (9, 32, 32)
 A = 2
-
-
-def tiny_cfg(**kw) -> TrainConfig:
-    base = dict(task="cartpole_balance", image_size=32, num_conv_layers=2, num_filters=8, projection_dim=16,
-                hidden_dim=32, batch_size=8, device="cpu")
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 def batch(b=8, seed=0):
@@ -49,7 +42,7 @@ def test_paper_encoder_shape():
 @pytest.mark.parametrize("algorithm", ["ac", "cg2a"])
 def test_per_loss_grads_equal_separate_backward(algorithm):
     torch.manual_seed(0)
-    agent = make_agent(OBS, A, tiny_cfg(algorithm=algorithm), "cpu")
+    agent = make_agent(OBS, A, small_agent_cfg(algorithm=algorithm), "cpu")
     strat = agent.algorithm
     obs, action, target = batch()
     views = strat.views(obs)
@@ -73,8 +66,8 @@ def _grads_after(agent, obs, action, target, diagnostics):
 def test_ac_mean_equals_diagnostic_path_and_cg2a_without_gas_sgs():
     torch.manual_seed(0)
     obs, action, target = batch()
-    ac = make_agent(OBS, A, tiny_cfg(algorithm="ac"), "cpu")
-    cg = make_agent(OBS, A, tiny_cfg(algorithm="cg2a", gas=False, sgs=False), "cpu")
+    ac = make_agent(OBS, A, small_agent_cfg(algorithm="ac"), "cpu")
+    cg = make_agent(OBS, A, small_agent_cfg(algorithm="cg2a", gas=False, sgs=False), "cpu")
     cg.critic.load_state_dict(ac.critic.state_dict())
     # same augmentation draws: identical generator states
     def run(agent, diag):
@@ -96,7 +89,7 @@ def test_ac_mean_equals_diagnostic_path_and_cg2a_without_gas_sgs():
 def test_cg2a_full_changes_gradient_and_reports_gamma():
     torch.manual_seed(0)
     obs, action, target = batch()
-    cg = make_agent(OBS, A, tiny_cfg(algorithm="cg2a", gamma=(0.2, 0.2)), "cpu")
+    cg = make_agent(OBS, A, small_agent_cfg(algorithm="cg2a", gamma=(0.2, 0.2)), "cpu")
     g, out = _grads_after(cg, obs, action, target, True)
     assert out.finite and abs(out.diagnostics["gamma"] - 0.2) < 1e-6
     assert abs(sum(out.diagnostics[f"weight_{i}"] for i in range(4))) <= 1 + 1e-5
@@ -105,7 +98,7 @@ def test_cg2a_full_changes_gradient_and_reports_gamma():
 def test_svea_loss_is_weighted_sum():
     torch.manual_seed(0)
     obs, action, target = batch()
-    ag = make_agent(OBS, A, tiny_cfg(algorithm="svea"), "cpu")
+    ag = make_agent(OBS, A, small_agent_cfg(algorithm="svea"), "cpu")
     strat = ag.algorithm
     strat.generator.manual_seed(3)
     out = strat.critic_gradient(ag, obs, action, target)
@@ -119,7 +112,7 @@ def test_svea_loss_is_weighted_sum():
 def test_nonfinite_gradient_skips_step():
     torch.manual_seed(0)
     for algo in ("drq", "cg2a"):
-        ag = make_agent(OBS, A, tiny_cfg(algorithm=algo), "cpu")
+        ag = make_agent(OBS, A, small_agent_cfg(algorithm=algo), "cpu")
         obs, action, target = batch()
         target[0] = float("nan")
         before = [p.detach().clone() for p in ag.critic_params]
@@ -127,14 +120,14 @@ def test_nonfinite_gradient_skips_step():
         assert ag.skipped_critic_steps == 1, algo
         for p, b in zip(ag.critic_params, before):
             assert torch.equal(p, b)
-        ag2 = make_agent(OBS, A, tiny_cfg(algorithm=algo, nonfinite="raise"), "cpu")
+        ag2 = make_agent(OBS, A, small_agent_cfg(algorithm=algo, nonfinite="raise"), "cpu")
         with pytest.raises(FloatingPointError):
             ag2.update_critic(obs, action, target)
 
 
 def test_agent_update_runs_and_state_roundtrip():
     torch.manual_seed(0)
-    cfg = tiny_cfg(algorithm="cg2a")
+    cfg = small_agent_cfg(algorithm="cg2a")
     ag = make_agent(OBS, A, cfg, "cpu")
     rb = FrameReplayBuffer(OBS, A, 100, frame_stack=3, episode_steps=10, seed=0)
     rng = np.random.default_rng(0)
@@ -284,7 +277,7 @@ def test_seed_streams_are_named_and_independent():
 
 def test_agent_and_replay_own_their_rng_state():
     """Every generator of the agent (its algorithm's) and the buffer's sampler come back from their state dicts."""
-    cfg = tiny_cfg(algorithm="cg2a")
+    cfg = small_agent_cfg(algorithm="cg2a")
     ag = make_agent(OBS, A, cfg, "cpu")
     rb = filled_replay()
     ag.update(rb)
@@ -315,7 +308,7 @@ def test_trunk_layout_and_normalisation_match_plain_formula():
 
 def test_actor_update_with_one_trunk_pass_equals_separate_passes():
     """The actor update runs the (detached) trunk once for actor and critic: same loss and gradients."""
-    cfg = tiny_cfg(algorithm="drq")
+    cfg = small_agent_cfg(algorithm="drq")
     torch.manual_seed(0)
     ag = make_agent(OBS, A, cfg, "cpu")
     obs, _, _ = batch()
@@ -338,8 +331,8 @@ def test_actor_update_with_one_trunk_pass_equals_separate_passes():
 def test_cg2a_with_identity_copies_takes_drq_step():
     """The whole cg2a path (preprocess, K-view per-loss gradients, GAS, SGS, Adam) with a copy that is the
     clean batch itself must reduce to drq: equal gradients get w = 1/2 each and agree in sign everywhere."""
-    drq = make_agent(OBS, A, tiny_cfg(algorithm="drq"), "cpu")
-    cg = make_agent(OBS, A, tiny_cfg(algorithm="cg2a", augmentations=("identity",)), "cpu")
+    drq = make_agent(OBS, A, small_agent_cfg(algorithm="drq"), "cpu")
+    cg = make_agent(OBS, A, small_agent_cfg(algorithm="cg2a", augmentations=("identity",)), "cpu")
     for name in ("actor", "critic", "critic_target"):
         getattr(cg, name).load_state_dict(getattr(drq, name).state_dict())
     rb_drq, rb_cg = filled_replay(), filled_replay()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from baselines_support import A, OBS, batch, filled_replay, flat_tensors, tiny_cfg
+from agent_support import A, OBS, batch, filled_replay, flat_tensors, tiny_cfg
 from cg2a_ext.rl import algorithms
 from cg2a_ext.rl.agent import make_agent
 from cg2a_ext.rl.replay import FrameReplayBuffer
@@ -190,7 +190,7 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, algorithm
 @pytest.mark.parametrize("channels_last", [True, False])
 def test_decoders_follow_the_agents_convolution_layout(algorithm, decoders, channels_last):
     """The auxiliary decoders take the layout of the trunk that feeds them (--channels_last)."""
-    from baselines_support import A, OBS, tiny_cfg
+    from agent_support import A, OBS, tiny_cfg
     from cg2a_ext.rl.agent import make_agent
 
     agent = make_agent(OBS, A, tiny_cfg(algorithm, channels_last=channels_last), "cpu")

@@ -22,15 +22,10 @@ from cg2a_ext.rl.env_stepper import EnvStepper
 from cg2a_ext.rl.precision import autocast_dtype, matmul_precision, resolve_precision
 from cg2a_ext.rl.replay import FrameReplayBuffer, NumpyFrames, TorchFrames, frames_device_for
 
+from agent_support import small_agent_cfg
+
 OBS = (9, 32, 32)
 A = 2
-
-
-def tiny_cfg(**kw) -> TrainConfig:
-    base = dict(task="cartpole_balance", image_size=32, num_conv_layers=2, num_filters=8, projection_dim=16,
-                hidden_dim=32, batch_size=8, device="cpu")
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 def filled_replay(frames_device=None, steps=40, capacity=100, episode_steps=20, seed=0, done_every=0, obs_shape=OBS):
@@ -49,9 +44,9 @@ def filled_replay(frames_device=None, steps=40, capacity=100, episode_steps=20, 
 def twin_agents(algorithm, first: dict, second: dict):
     """Two agents with the same initial networks, differing in the options ``first`` / ``second``."""
     torch.manual_seed(0)
-    a = make_agent(OBS, A, tiny_cfg(algorithm=algorithm, **first), "cpu")
+    a = make_agent(OBS, A, small_agent_cfg(algorithm=algorithm, **first), "cpu")
     torch.manual_seed(0)
-    b = make_agent(OBS, A, tiny_cfg(algorithm=algorithm, **second), "cpu")
+    b = make_agent(OBS, A, small_agent_cfg(algorithm=algorithm, **second), "cpu")
     for name in ("actor", "critic", "critic_target"):
         getattr(b, name).load_state_dict(getattr(a, name).state_dict())
     return a, b
@@ -72,7 +67,7 @@ def test_precision_names_resolve_per_device():
     with pytest.raises(ValueError, match="unknown precision 'fp16'"):
         resolve_precision("fp16", "cpu")
     with pytest.raises(ConfigError, match="unknown precision 'half'"):
-        tiny_cfg(precision="half").validate()
+        small_agent_cfg(precision="half").validate()
     # the CUDA switches are left alone on a CPU device
     before = torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
     with matmul_precision("tf32", "cpu"):
@@ -105,7 +100,7 @@ def test_fp32_critic_gradient_is_the_plain_float_path(algorithm, monkeypatch):
 
     monkeypatch.setattr(sys.modules["cg2a_ext.per_group_grads"], "_AUTO_CHOICE", AlwaysLoop())
     torch.manual_seed(0)
-    agent = make_agent(OBS, A, tiny_cfg(algorithm=algorithm, precision="fp32"), "cpu")
+    agent = make_agent(OBS, A, small_agent_cfg(algorithm=algorithm, precision="fp32"), "cpu")
     assert agent.precision == "fp32" and agent.critic.autocast_dtype is None
     obs, action, target = float_batch()
     obs = obs.contiguous(memory_format=torch.channels_last)
@@ -166,7 +161,7 @@ def test_bf16_update_gives_finite_fp32_gradients_close_to_fp32(algorithm):
 def test_bf16_per_loss_gradients_by_vmap_and_loop_agree():
     """Autocast inside per_group_grads: both methods give the same float32 gradients."""
     torch.manual_seed(0)
-    agent = make_agent(OBS, A, tiny_cfg(algorithm="cg2a", precision="bf16"), "cpu")
+    agent = make_agent(OBS, A, small_agent_cfg(algorithm="cg2a", precision="bf16"), "cpu")
     obs, action, target = float_batch()
     views = agent.algorithm.views(agent.preprocess(obs.to(torch.uint8)))
     res = {m: per_group_grads(agent.critic, critic_loss, (views,), (action, target), params=agent.critic_params,
@@ -206,7 +201,7 @@ def test_channels_last_networks_equal_contiguous_in_float64():
 def test_per_group_grads_vmap_on_channels_last_critic():
     """vmap used to fail on the channels-last trunk (a memory-format copy inside vmap); it equals the loop now."""
     torch.manual_seed(0)
-    agent = make_agent(OBS, A, tiny_cfg(algorithm="cg2a", channels_last=True), "cpu")
+    agent = make_agent(OBS, A, small_agent_cfg(algorithm="cg2a", channels_last=True), "cpu")
     agent.critic.double()
     obs, action, target = float_batch()
     views = agent.algorithm.views(obs.double().contiguous(memory_format=torch.channels_last))
@@ -287,7 +282,7 @@ def test_frames_device_choice():
     with pytest.raises(ValueError, match="unknown replay_device 'gpu'"):
         frames_device_for("gpu", "cpu", OBS, 1000)
     with pytest.raises(ConfigError, match="replay_device cuda needs a CUDA --device"):
-        tiny_cfg(replay_device="cuda").validate()
+        small_agent_cfg(replay_device="cuda").validate()
 
 
 def test_speed_options_are_cli_switches_and_may_change_on_resume(tmp_path):
@@ -438,7 +433,7 @@ def test_per_loss_gradient_method_is_chosen_once_and_kept_across_a_restart(algor
     pgg = sys.modules["cg2a_ext.per_group_grads"]
     monkeypatch.setattr(pgg, "_AUTO_CHOICE", {})
     torch.manual_seed(0)
-    agent = make_agent(OBS, A, tiny_cfg(algorithm=algorithm, augmentations=("overlay",)), "cpu")
+    agent = make_agent(OBS, A, small_agent_cfg(algorithm=algorithm, augmentations=("overlay",)), "cpu")
     obs, action, target = float_batch()
     assert agent.algorithm.grad_method is None and agent.algorithm.state_dict()["grad_method"] == ""
     agent.algorithm.per_loss_grads(agent, obs, action, target)
@@ -450,7 +445,7 @@ def test_per_loss_gradient_method_is_chosen_once_and_kept_across_a_restart(algor
     # "a new process": nothing measured yet, and measuring again would be a failure
     monkeypatch.setattr(pgg, "_AUTO_CHOICE", {})
     monkeypatch.setattr(pgg, "_timed", lambda *a, **k: pytest.fail("auto measured again after a restore"))
-    resumed = make_agent(OBS, A, tiny_cfg(algorithm=algorithm, augmentations=("overlay",)), "cpu")
+    resumed = make_agent(OBS, A, small_agent_cfg(algorithm=algorithm, augmentations=("overlay",)), "cpu")
     resumed.algorithm.load_state_dict(state)
     assert resumed.algorithm.grad_method == chosen
     resumed.algorithm.per_loss_grads(resumed, obs, action, target)

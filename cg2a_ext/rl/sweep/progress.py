@@ -101,11 +101,12 @@ def render(rows: list[Row], now: float | None = None) -> str:
     for r in rows:
         total = r.total or r.snap.train_steps
         step = f"{r.snap.step}/{total}" if total else str(r.snap.step)
-        speed = f"{run_speed(r):.1f}" if run_speed(r) is not None and r.state == RUNNING else ""
+        steps_per_s, seconds_left = run_speed(r), run_eta(r)
+        speed = f"{steps_per_s:.1f}" if steps_per_s is not None and r.state == RUNNING else ""
         evaluation = " ".join(f"{_MODE_SHORT.get(m, m)}={v:.0f}" for m, v in r.snap.evaluation.items())
         if evaluation:
             evaluation += f" @{r.snap.eval_step}"
-        eta = format_duration(run_eta(r)) if run_eta(r) is not None else ""
+        eta = format_duration(seconds_left) if seconds_left is not None else ""
         state = r.state + (f" #{r.attempt}" if r.attempt > 1 and r.state in (RUNNING, RETRYING, QUEUED) else "")
         body.append([r.name, state, step, speed, evaluation, eta])
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(headers)]

@@ -1,4 +1,4 @@
-"""Shared set-up of the baseline tests (soda, sgqn, smg): a tiny config, a filled replay, state comparison."""
+"""Shared set-up of the agent tests: tiny configs, a filled replay, state comparison."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,6 +9,15 @@ from cg2a_ext.rl.replay import FrameReplayBuffer
 
 OBS = (9, 32, 32)
 A = 2
+
+
+def small_agent_cfg(**kw) -> TrainConfig:
+    """A CPU config with a two-layer, eight-filter trunk and batch 8 (not validated: tests pass
+    options the validation would refuse)."""
+    base = dict(task="cartpole_balance", image_size=OBS[-1], num_conv_layers=2, num_filters=8, projection_dim=16,
+                hidden_dim=32, batch_size=8, device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)
 
 
 def tiny_cfg(algorithm: str, **kw) -> TrainConfig:
