@@ -287,16 +287,31 @@ def test_frames_device_choice():
 
 def test_speed_options_are_cli_switches_and_may_change_on_resume(tmp_path):
     cfg = config_from_args(["--task", "cartpole_balance", "--preset", "cpu", "--precision", "bf16",
-                            "--no-channels_last", "--compile", "on", "--replay_device", "cpu", "--no-env_overlap"])
+                            "--no-channels_last", "--compile", "on", "--replay_device", "cpu", "--env_overlap", "off"])
     assert (cfg.precision, cfg.channels_last, cfg.compile, cfg.replay_device, cfg.env_overlap) == \
-        ("bf16", False, "on", "cpu", False)
+        ("bf16", False, "on", "cpu", "off")
     run = tmp_path / "run"
     run.mkdir()
     TrainConfig(task="cartpole_balance", run_dir=str(run)).save(run / "config.json")
     resumed = config_from_args(["--resume", "--run_dir", str(run), "--precision", "fp32", "--compile", "off",
-                                "--no-env_overlap", "--no-channels_last", "--replay_device", "cpu"])
+                                "--env_overlap", "on", "--no-channels_last", "--replay_device", "cpu"])
     assert (resumed.precision, resumed.compile, resumed.env_overlap, resumed.channels_last) == \
-        ("fp32", "off", False, False)
+        ("fp32", "off", "on", False)
+
+
+def test_env_overlap_auto_is_on_for_a_cpu_and_off_for_cuda_and_old_switches_load(tmp_path):
+    from cg2a_ext.rl.env_stepper import resolve_env_overlap
+
+    assert resolve_env_overlap("auto", "cpu") and not resolve_env_overlap("auto", "cuda")
+    assert resolve_env_overlap("on", "cuda") and not resolve_env_overlap("off", "cpu")
+    with pytest.raises(ValueError, match="unknown env_overlap setting 'yes'"):
+        resolve_env_overlap("yes", "cpu")
+    with pytest.raises(ConfigError, match="unknown env_overlap"):
+        small_agent_cfg(env_overlap=True).validate()
+    # a config.json written when the option was a switch (true/false) still loads
+    old = small_agent_cfg().to_dict() | {"env_overlap": False}
+    (tmp_path / "config.json").write_text(__import__("json").dumps(old))
+    assert TrainConfig.load(tmp_path / "config.json").env_overlap == "off"
 
 
 # ------------------------------------------------------------------------------------------ compile

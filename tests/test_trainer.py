@@ -204,8 +204,8 @@ def test_help_lists_every_option(capsys):
 def test_env_overlap_gives_the_same_run(tmp_path):
     """Stepping the environment in a worker thread while the update runs changes nothing: same rows, same networks."""
     common = ["--algorithm", "drq", "--train_steps", "50", "--eval_freq", "0", "--checkpoint_freq", "50"]
-    serial = run(tmp_path, "serial", *common, "--no-env_overlap")
-    overlapped = run(tmp_path, "overlapped", *common, "--env_overlap")
+    serial = run(tmp_path, "serial", *common, "--env_overlap", "off")
+    overlapped = run(tmp_path, "overlapped", *common, "--env_overlap", "on")
     assert [r["episode_return"] for r in rows(serial / "train.csv")] == \
         [r["episode_return"] for r in rows(overlapped / "train.csv")]
     assert [r["critic_loss"] for r in rows(serial / "update.csv")] == \

@@ -26,6 +26,15 @@ from typing import Any
 import numpy as np
 
 
+def resolve_env_overlap(setting: str, device) -> bool:
+    """``--env_overlap``: on, off, or auto (on for a CPU device, off for CUDA: BENCHMARKS.md)."""
+    import torch
+
+    if setting not in ("auto", "on", "off"):
+        raise ValueError(f"unknown env_overlap setting {setting!r}; choose auto, on or off")
+    return setting == "on" or (setting == "auto" and torch.device(device).type != "cuda")
+
+
 class EnvStepper:
     """Drives one environment from a dedicated worker thread (or inline, ``overlap=False``)."""
 

@@ -274,7 +274,7 @@ def _train(cfg, run_dir: Path, prog: str, command: str, rd, load_resumable) -> P
     import torch
 
     from cg2a_ext.rl.agent import make_agent
-    from cg2a_ext.rl.env_stepper import EnvStepper
+    from cg2a_ext.rl.env_stepper import EnvStepper, resolve_env_overlap
     from cg2a_ext.rl.envs import make_env
     from cg2a_ext.rl.evaluation import make_eval_envs
     from cg2a_ext.rl.host_memory import keep_freed_host_memory
@@ -296,7 +296,7 @@ def _train(cfg, run_dir: Path, prog: str, command: str, rd, load_resumable) -> P
                    frame_stack=cfg.frame_stack, action_repeat=cfg.action_repeat, episode_length=cfg.episode_length,
                    data_dir=cfg.data_dir or None)
     # the env renders on the stepper's thread only (an OpenGL context stays on the thread that made it)
-    env = EnvStepper(env, overlap=cfg.env_overlap)
+    env = EnvStepper(env, overlap=resolve_env_overlap(cfg.env_overlap, device))
     eval_envs: dict = {}
     logger = progress = None
     try:

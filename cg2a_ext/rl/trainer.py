@@ -42,7 +42,7 @@ import torch
 
 from .algorithms.base import Algorithm
 from .checkpoint import save_checkpoint
-from .env_stepper import EnvStepper
+from .env_stepper import EnvStepper, resolve_env_overlap
 from .evaluation import evaluate_modes
 from .run_dir import IMAGES, VIDEOS, write_finished
 from .seeding import SeedStreams
@@ -126,7 +126,8 @@ class Trainer:
                  resume_state: dict | None = None):
         self.cfg = cfg
         # every call to the training env goes through the stepper (its own thread with --env_overlap)
-        self.stepper = env if isinstance(env, EnvStepper) else EnvStepper(env, overlap=cfg.env_overlap)
+        self.stepper = env if isinstance(env, EnvStepper) else EnvStepper(
+            env, overlap=resolve_env_overlap(cfg.env_overlap, agent.device))
         self.env = self.stepper.env
         self.agent = agent
         self.replay = replay
