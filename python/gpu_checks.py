@@ -9,6 +9,9 @@ each with its own deadline, and every result is written as it arrives:
     baselines    soda, sgqn and smg at the paper preset (agent steps/s)
     learning     drq and cg2a on cartpole_balance, paper network, action repeat 8, side by side on
                  one GPU (also the two-runs-per-GPU figure); their evaluations on train
+    learning-baselines
+                 soda, sgqn and smg on cartpole_balance, cpu preset network, 10k agent steps, side by
+                 side (RESULTS.md's baselines check; not in the default list)
     profile      where one aggregate call's and one update's time goes (cg2a_ext.bench.profile): host
                  time, kernel time, launches and synchronisations per call (not in the default list)
     sanitizer    compute-sanitizer memcheck and racecheck over the ops' CUDA cases against the
@@ -16,6 +19,7 @@ each with its own deadline, and every result is written as it arrives:
 
     python python/gpu_checks.py run --out gpu_results                     # all, 9 minutes in all
     python python/gpu_checks.py run --out gpu_results --stages learning --budget 580
+    python python/gpu_checks.py run --out /tmp/gpu --archive $OUT    # then pack what comes back
     python python/gpu_checks.py prepare --python 3.12                     # on a machine with pip
 
 A machine image that lacks the Python packages the trainer imports (tyro and its dependencies,
@@ -43,10 +47,14 @@ EXTRA = ROOT / ".device" / "extra"
 EXTRA_ARCHIVE = ROOT / ".device" / "extra.tgz"     # what travels (the carry limit counts bytes)
 EXTRA_SITE = Path("/tmp/cg2a-extra-site")         # where `run` unpacks it
 EXTRA_PACKAGES = ("tyro", "tqdm", "pillow")
-STAGES = ("tests", "bench-ops", "bench-agent", "baselines", "learning", "profile", "sanitizer")
+STAGES = ("tests", "bench-ops", "bench-agent", "baselines", "learning", "learning-baselines", "profile", "sanitizer")
 DEFAULT_STAGES = STAGES[:5]
 LEARNING = ("--task", "cartpole_balance", "--preset", "paper", "--action_repeat", "8", "--train_steps", "12000",
             "--eval_freq", "2000", "--eval_episodes", "5", "--eval_modes", "train")
+# the baselines' learning check of RESULTS.md (the cpu preset's network, as on the CPU machine)
+LEARNING_BASELINES = ("--task", "cartpole_balance", "--preset", "cpu", "--action_repeat", "8", "--train_steps",
+                      "10000", "--seed_steps", "500", "--eval_freq", "1000", "--eval_episodes", "3",
+                      "--checkpoint_freq", "1000", "--log_freq", "250", "--eval_modes", "train")
 
 
 def prepare(python_version: str) -> int:
@@ -149,10 +157,12 @@ def stage_commands(name: str, out: Path, env: dict) -> list[list[str]]:
         cases = [py, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/test_ops.py", "-k", "cuda"]
         return [["compute-sanitizer", "--tool", tool, "--error-exitcode", "9", *cases]
                 for tool in ("memcheck", "racecheck")]
-    if name == "learning":
+    if name in ("learning", "learning-baselines"):
         tb = [] if has_module("tensorboard", env) else ["--no_tensorboard"]
-        return [[py, "python/train.py", "--algorithm", algorithm, "--seed", "0", *LEARNING, *tb,
-                 "--run_dir", str(out / "runs" / f"{algorithm}-seed0")] for algorithm in ("drq", "cg2a")]
+        options, algorithms = ((LEARNING, ("drq", "cg2a")) if name == "learning"
+                               else (LEARNING_BASELINES, ("soda", "sgqn", "smg")))
+        return [[py, "python/train.py", "--algorithm", algorithm, "--seed", "0", *options, *tb,
+                 "--run_dir", str(out / "runs" / f"{algorithm}-seed0")] for algorithm in algorithms]
     raise ValueError(name)
 
 
@@ -212,7 +222,8 @@ def run(out: Path, stages: list[str], budget: float) -> int:
     end = time.time() + budget
     summary = []
     # the budget is shared out in proportion to each stage's usual length; unused time carries over
-    weight = {"tests": 2, "bench-ops": 1, "bench-agent": 2, "baselines": 1, "learning": 4, "profile": 1, "sanitizer": 3}
+    weight = {"tests": 2, "bench-ops": 1, "bench-agent": 2, "baselines": 1, "learning": 4, "learning-baselines": 4,
+              "profile": 1, "sanitizer": 3}
     for i, name in enumerate(stages):
         rest = sum(weight[s] for s in stages[i:])
         deadline = time.time() + (end - time.time()) * weight[name] / rest
@@ -224,6 +235,25 @@ def run(out: Path, stages: list[str], budget: float) -> int:
     return 0
 
 
+def archive(out: Path, dest: Path) -> list[Path]:
+    """What a lent machine may send back (a few files of limited size): ``gpu-logs.tgz`` with every
+    log, summary and run file except checkpoints and replay buffers, and ``run-<name>.tgz`` per run
+    with its newest checkpoint (for the zero-shot evaluation on a machine with the video data)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    runs = sorted(p for p in (out / "runs").glob("*") if p.is_dir()) if (out / "runs").is_dir() else []
+    heavy = lambda name: name.endswith((".pt", ".npz"))  # noqa: E731
+    written = [dest / "gpu-logs.tgz"]
+    with tarfile.open(written[0], "w:gz") as tar:
+        tar.add(out, arcname=out.name, filter=lambda info: None if heavy(info.name) else info)
+    for run_dir in runs:
+        checkpoints = sorted(run_dir.glob("checkpoints/step_*.pt"))
+        if checkpoints:
+            written.append(dest / f"run-{run_dir.name}.tgz")
+            with tarfile.open(written[-1], "w:gz") as tar:
+                tar.add(checkpoints[-1], arcname=f"{run_dir.name}/checkpoints/{checkpoints[-1].name}")
+    return written
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
@@ -231,6 +261,9 @@ def main(argv=None) -> int:
     r.add_argument("--out", type=Path, required=True, help="folder for the logs, the summary and the runs")
     r.add_argument("--stages", nargs="+", choices=STAGES, default=list(DEFAULT_STAGES))
     r.add_argument("--budget", type=float, default=540.0, help="seconds for all the stages together")
+    r.add_argument("--archive", type=Path, default=None,
+                   help="afterwards, pack the results into this folder as a few .tgz files (gpu-logs.tgz, and "
+                        "run-NAME.tgz with each run's newest checkpoint): what a lent machine can send back")
     pr = sub.add_parser("prepare", help="download the packages a GPU image lacks into .device/extra")
     pr.add_argument("--python", default="3.12", help="the GPU image's Python version")
     args = p.parse_args(argv)
@@ -238,7 +271,11 @@ def main(argv=None) -> int:
         return prepare(args.python)
     if args.budget <= 0:
         p.error(f"--budget must be positive, got {args.budget}")
-    return run(args.out, args.stages, args.budget)
+    status = run(args.out, args.stages, args.budget)
+    if args.archive is not None and args.out.is_dir():
+        for path in archive(args.out, args.archive):
+            print(f"packed {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return status
 
 
 if __name__ == "__main__":

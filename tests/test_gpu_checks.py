@@ -72,3 +72,35 @@ def test_preflight_reports_and_refuses_where_op_errors_do_not_reach_python(gpu_c
     log = (tmp_path / "preflight.log").read_text()
     assert "cg2a_ext: GCC" in log and "torch (libc10): GCC" in log
     assert "op errors reach Python on cpu and cuda: False" in log and "CC=/usr/bin/gcc" in log
+
+
+def test_baselines_learning_runs_are_valid_train_commands(gpu_checks, tmp_path):
+    from cg2a_ext.rl.config import config_from_args
+
+    commands = gpu_checks.stage_commands("learning-baselines", tmp_path, {"PYTHONPATH": ""})
+    assert [c[c.index("--algorithm") + 1] for c in commands] == ["soda", "sgqn", "smg"]
+    for command in commands:
+        cfg = config_from_args(command[2:])
+        assert (cfg.preset, cfg.action_repeat, cfg.train_steps, cfg.eval_freq) == ("cpu", 8, 10000, 1000)
+        assert Path(cfg.run_dir).parent == tmp_path / "runs"
+
+
+def test_archive_packs_logs_without_weights_and_one_checkpoint_per_run(gpu_checks, tmp_path):
+    import tarfile
+
+    out = tmp_path / "gpu"
+    (out / "runs" / "drq-seed0" / "checkpoints").mkdir(parents=True)
+    (out / "tests-0.log").write_text("passed")
+    run = out / "runs" / "drq-seed0"
+    (run / "eval.csv").write_text("step,mode\n")
+    (run / "checkpoints" / "step_000001000.pt").write_bytes(b"old")
+    (run / "checkpoints" / "step_000002000.pt").write_bytes(b"new")
+    (run / "checkpoints" / "replay_000002000.npz").write_bytes(b"big")
+    written = gpu_checks.archive(out, tmp_path / "back")
+    assert [p.name for p in written] == ["gpu-logs.tgz", "run-drq-seed0.tgz"]
+    with tarfile.open(written[0]) as tar:
+        names = tar.getnames()
+    assert "gpu/tests-0.log" in names and "gpu/runs/drq-seed0/eval.csv" in names
+    assert not any(n.endswith((".pt", ".npz")) for n in names)
+    with tarfile.open(written[1]) as tar:
+        assert tar.getnames() == ["drq-seed0/checkpoints/step_000002000.pt"]
