@@ -32,6 +32,13 @@ require_fused_ops()
 
 from cg2a_ext import _C  # noqa: E402  (after the check, for its message)
 
+# The op overloads, looked up once (each attribute step costs a dictionary walk per call).
+_GRAM = torch.ops.cg2a.gram.default
+_COMBINE = torch.ops.cg2a.combine.default
+_COMBINE_OUT = torch.ops.cg2a.combine_out.default
+_AGGREGATE = torch.ops.cg2a.aggregate.default
+_AGGREGATE_OUT = torch.ops.cg2a.aggregate_out.default
+
 MAX_K: int = _C.MAX_K
 """Largest K the fused ops accept (the library's limit)."""
 MASKS: tuple[str, ...] = tuple(_C.MASKS)
@@ -64,7 +71,7 @@ def gram(grads: Sequence[Tensor]) -> Tensor:
     """K x K Gram matrix G_ij = <g_i, g_j> over all tensors, accumulated in
     float64 and returned in the accumulation dtype (float64 for float64
     inputs, float32 otherwise). Differentiable w.r.t. grads."""
-    return torch.ops.cg2a.gram.default(_list(grads, "cg2a.gram"))
+    return _GRAM(_list(grads, "cg2a.gram"))
 
 
 def combine(
@@ -83,10 +90,10 @@ def combine(
         weights = torch.as_tensor(weights, dtype=torch.float64)
     mask_id = _mask_id(mask)
     if out is None:
-        results, _ = torch.ops.cg2a.combine.default(grads, weights, float(gamma), mask_id)
+        results, _ = _COMBINE(grads, weights, float(gamma), mask_id)
         return list(results)
     out = list(out)
-    torch.ops.cg2a.combine_out.default(grads, weights, float(gamma), mask_id, out)
+    _COMBINE_OUT(grads, weights, float(gamma), mask_id, out)
     return out
 
 
@@ -134,12 +141,12 @@ def aggregate(
     gamma_used = float(gamma) if sgs else 1.0
     try:
         if out is None:
-            results, g, weights, fraction, flags = torch.ops.cg2a.aggregate.default(
+            results, g, weights, fraction, flags = _AGGREGATE(
                 grads, gamma_used, bool(gas), mask, nonfinite)
             results = list(results)
         else:
             results = list(out)
-            g, weights, fraction, flags = torch.ops.cg2a.aggregate_out.default(
+            g, weights, fraction, flags = _AGGREGATE_OUT(
                 grads, gamma_used, bool(gas), mask, nonfinite, results)
     except ValueError as error:
         raise _translate(error) from None
