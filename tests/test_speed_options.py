@@ -467,3 +467,13 @@ def test_per_loss_gradient_method_is_chosen_once_and_kept_across_a_restart(algor
     older = {k: v for k, v in state.items() if k != "grad_method"}      # a checkpoint from before the record
     resumed.algorithm.load_state_dict(older)
     assert resumed.algorithm.grad_method is None
+
+
+def test_compile_auto_is_off_on_every_device():
+    """`--compile auto` compiles nothing: the compiled blocks measured no gain on an H100 (BENCHMARKS.md)."""
+    from cg2a_ext.rl.agent.sac import resolve_compile
+
+    assert not resolve_compile("auto", "cuda") and not resolve_compile("auto", "cpu")
+    assert resolve_compile("on", "cpu") and not resolve_compile("off", "cuda")
+    with pytest.raises(ValueError, match="unknown compile setting 'maybe'"):
+        resolve_compile("maybe", "cpu")

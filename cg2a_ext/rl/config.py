@@ -258,7 +258,8 @@ class TrainConfig:
     (cuDNN) and CPU (oneDNN)."""
     compile: CompileName = "auto"
     """torch.compile the networks' building blocks (trunk, projections, heads; forward and backward): on, off, or
-    auto (on for CUDA; off on a CPU, where compiling costs more than a short run gains: BENCHMARKS.md)."""
+    auto (off: on a CPU compiling costs more than a short run gains, and on an H100 it measured 1.00x for cg2a and
+    0.97x for drq, since the update's cost is its many launches, not the blocks' code: BENCHMARKS.md)."""
     replay_device: ReplayDeviceName = "auto"
     """Where the replay frames live: cuda (sampled on the GPU), cpu (batches staged in pinned memory when training on
     CUDA), auto (cuda when the frame ring fits comfortably in free GPU memory, else cpu)."""
