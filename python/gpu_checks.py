@@ -203,6 +203,13 @@ def preflight(out: Path, env: dict) -> bool:
                      "built with (e.g. CC=/usr/bin/gcc CXX=/usr/bin/g++ before `source .device/setup.sh`, "
                      "after removing cg2a_ext/_C*.so and build/).")
         lines.append(result.stdout[-2000:] + result.stderr[-2000:])
+        debugger = shutil.which("gdb") or shutil.which("cuda-gdb")   # the GPU image has cuda-gdb only
+        if debugger and result.returncode < 0:   # killed by a signal: where?
+            trace = subprocess.run([debugger, "-q", "-batch", "-ex", "run", "-ex", "bt 40", "--args",
+                                    sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True,
+                                   text=True, timeout=300)
+            frames = [line for line in trace.stdout.splitlines() if line.startswith("#") or "signal" in line]
+            lines.append(f"backtrace ({debugger}):\n" + "\n".join(frames[-60:]))
     (out / "preflight.log").write_text("\n".join(lines) + "\n")
     print("\n".join(lines[:4]), flush=True)
     return ok
