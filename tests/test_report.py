@@ -173,6 +173,11 @@ def test_report_names_the_overlay_images_each_run_trained_with(tmp_path, monkeyp
     assert overlay_images(old, {"image_bank": ""}).startswith("procedural, unless CG2A_OVERLAY_DATA was set")
     assert overlay_images(folder, {"image_bank": "/data/places"}) == "/data/places"
     assert overlay_images(old, {}) == ""                                  # never started: nothing to say
+    # runs that overlay nothing name no source, though their plan records one
+    assert overlay_images(recorded, {"algorithm": "drq"}) == ""
+    assert overlay_images(recorded, {"algorithm": "cg2a", "augmentations": ["conv"]}) == ""
+    assert overlay_images(recorded, {"algorithm": "cg2a", "augmentations": ["conv", "overlay_s"]}) == "procedural"
+    assert overlay_images(recorded, {"algorithm": "svea", "svea_augmentation": "conv"}) == ""
 
     runs = [_run("walker_walk", "svea", "svea", s, {"train": 1.0}) for s in (0, 1)]
     runs[0].overlay_images, runs[1].overlay_images = "procedural", "/data/places"
