@@ -69,6 +69,14 @@ def test_report_lists_every_run_and_its_tables_add_up_to_the_run_folders(sweep_r
     assert agg["value"] == pytest.approx(cells[("drq", "train")]["mean"] / 1000)
     assert agg["low"] <= agg["value"] <= agg["high"]
     assert any(p["x"] == "cg2a" and p["y"] == "drq" for p in data["probability_of_improvement"]["train"])
+    # the share of train return kept, compared: P(a cg2a run keeps more than a drq run), from the ratios
+    ratios = {(r["method"], r["mode"]): r["ratios"] for r in data["retention"]}
+    test_mode = next(m for m in data["retention_improvement"] if data["retention_improvement"][m])
+    kept = next(p for p in data["retention_improvement"][test_mode] if p["x"] == "cg2a" and p["y"] == "drq")
+    x, y = ratios[("cg2a", test_mode)], ratios[("drq", test_mode)]
+    pairs = [(a > b) + 0.5 * (a == b) for a in x for b in y]
+    assert kept["value"] == pytest.approx(sum(pairs) / len(pairs))
+    assert "P(X keeps more than Y)" in page
     # the data each mode used, and the figures
     assert "- `train`: zero-shot: train" in page and re.search(r"- `color_hard`: zero-shot: \S", page)
     for png in ("curves_cartpole_balance.png", "aggregates.png", "diagnostics_cartpole_balance_cg2a.png"):

@@ -84,6 +84,10 @@ def write_page(root: Path, out: Path, runs, summary, curve_paths, diag_paths, ag
         lines += ["## Return kept under each shift", "",
                   "Each run's zero-shot return on a test mode divided by its train-mode return; mean ± std over runs.",
                   "", tables.retention_table(summary)]
+        if any(summary.retention_improvement.values()):
+            lines += ["The same ratios compared: the chance that a run of X keeps a larger share of its train "
+                      "return than a run of Y (ties count half), with its 95 % stratified-bootstrap interval.", "",
+                      tables.retention_improvement_table(summary)]
     lines += ["## Learning curves", "", "Periodic evaluations during training (each run's eval.csv); "
               "band: ± one std over seeds.", ""]
     lines += [f"![{p.stem}]({p.name})" for p in curve_paths] + [""]

@@ -54,6 +54,7 @@ class Summary:
     aggregates: dict = field(default_factory=dict)       # mode -> method -> {"iqm": Estimate, "mean": Estimate, "tasks"}
     improvement: dict = field(default_factory=dict)      # mode -> (x, y) -> Estimate
     retention: dict = field(default_factory=dict)        # (task, method, mode) -> list of per-run ratios
+    retention_improvement: dict = field(default_factory=dict)  # test mode -> (x, y) -> Estimate on the ratios
 
     def to_dict(self) -> dict:
         return {
@@ -64,6 +65,8 @@ class Summary:
             "probability_of_improvement": {m: [{"x": x, "y": y, **e.to_dict()} for (x, y), e in per.items()]
                                            for m, per in self.improvement.items()},
             "retention": [{"task": t, "method": meth, "mode": m, "ratios": r} for (t, meth, m), r in self.retention.items()],
+            "retention_improvement": {m: [{"x": x, "y": y, **e.to_dict()} for (x, y), e in per.items()]
+                                      for m, per in self.retention_improvement.items()},
         }
 
 
@@ -116,20 +119,9 @@ def add_statistics(summary: Summary, runs: list[RunInfo], reps: int = 2000, seed
             per_method[method] = {"iqm": stats.aggregate(matrix, "iqm", reps, seed),
                                   "mean": stats.aggregate(matrix, "mean", reps, seed), "tasks": tasks}
         summary.aggregates[mode] = per_method
-        pairs = {}
-        for x in summary.methods:
-            if summary.algorithm_of[x] != "cg2a":
-                continue
-            for y in summary.methods:
-                if summary.algorithm_of[y] == "cg2a":
-                    continue
-                common = [t for t in summary.tasks if (t, x, mode) in summary.cells and (t, y, mode) in summary.cells]
-                if not common:
-                    continue
-                mx, _ = stats.score_matrix({t: summary.cells[(t, x, mode)].run_means for t in common})
-                my, _ = stats.score_matrix({t: summary.cells[(t, y, mode)].run_means for t in common})
-                pairs[(x, y)] = stats.probability_of_improvement(mx, my, reps, seed)
-        summary.improvement[mode] = pairs
+        summary.improvement[mode] = _cg2a_pairs(
+            summary, lambda t, m: summary.cells[(t, m, mode)].run_means if (t, m, mode) in summary.cells else None,
+            reps, seed)
     for r in runs:
         train = r.zero_shot.get("train") if r.finished else None
         if not train or not train["mean"]:
@@ -138,4 +130,28 @@ def add_statistics(summary: Summary, runs: list[RunInfo], reps: int = 2000, seed
             z = r.zero_shot.get(mode)
             if mode != "train" and z:
                 summary.retention.setdefault((r.task, r.method, mode), []).append(z["mean"] / train["mean"])
+    for mode in summary.modes:
+        if mode != "train":
+            # does cg2a keep more of its train return under this shift than each other method?
+            summary.retention_improvement[mode] = _cg2a_pairs(
+                summary, lambda t, m: summary.retention.get((t, m, mode)), reps, seed)
     return summary
+
+
+def _cg2a_pairs(summary: Summary, scores, reps: int, seed: int) -> dict:
+    """P(X > Y) with its interval for each cg2a method X and each method Y of another algorithm, over the
+    tasks where both have scores; ``scores(task, method)`` gives one score per run, or None."""
+    pairs = {}
+    for x in summary.methods:
+        if summary.algorithm_of[x] != "cg2a":
+            continue
+        for y in summary.methods:
+            if summary.algorithm_of[y] == "cg2a":
+                continue
+            common = [t for t in summary.tasks if scores(t, x) and scores(t, y)]
+            if not common:
+                continue
+            mx, _ = stats.score_matrix({t: scores(t, x) for t in common})
+            my, _ = stats.score_matrix({t: scores(t, y) for t in common})
+            pairs[(x, y)] = stats.probability_of_improvement(mx, my, reps, seed)
+    return pairs

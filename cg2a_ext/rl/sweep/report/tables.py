@@ -124,6 +124,12 @@ def improvement_table(summary: Summary) -> str:
     return _md(["mode", "X", "Y", "tasks", "runs per task", "P(X > Y) [95% CI]"], rows)
 
 
+def retention_improvement_table(summary: Summary) -> str:
+    rows = [[mode, x, y, str(e.tasks), str(e.runs_per_task), e.text(2)]
+            for mode, per in summary.retention_improvement.items() for (x, y), e in per.items()]
+    return _md(["mode", "X", "Y", "tasks", "runs per task", "P(X keeps more than Y) [95% CI]"], rows)
+
+
 def retention_table(summary: Summary) -> str:
     test_modes = [m for m in summary.modes if m != "train"]
     rows = []
