@@ -215,7 +215,14 @@ def preflight(out: Path, env: dict) -> bool:
     return ok
 
 
-def run(out: Path, stages: list[str], budget: float) -> int:
+def only_algorithms(commands: list[list[str]], algorithms: list[str] | None) -> list[list[str]]:
+    """The learning runs of the named algorithms (all when None); other stages' commands unchanged."""
+    if not algorithms:
+        return commands
+    return [c for c in commands if "--algorithm" not in c or c[c.index("--algorithm") + 1] in algorithms]
+
+
+def run(out: Path, stages: list[str], budget: float, algorithms: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     env = environment()
     missing = [m for m in ("torch", "dm_control", "tyro", "numpy") if not has_module(m, env)]
@@ -236,7 +243,11 @@ def run(out: Path, stages: list[str], budget: float) -> int:
         deadline = time.time() + (end - time.time()) * weight[name] / rest
         print(f"[{time.strftime('%H:%M:%S')}] {name}: until {time.strftime('%H:%M:%S', time.localtime(deadline))}",
               flush=True)
-        summary.append(run_stage(name, stage_commands(name, out, env), out, env, deadline))
+        commands = only_algorithms(stage_commands(name, out, env), algorithms)
+        if not commands:
+            print(f"    {name}: no run left after --only {' '.join(algorithms)}", flush=True)
+            continue
+        summary.append(run_stage(name, commands, out, env, deadline))
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
         print(f"    {summary[-1]['status']} in {summary[-1]['seconds']} s", flush=True)
     return 0
@@ -268,6 +279,8 @@ def main(argv=None) -> int:
     r.add_argument("--out", type=Path, required=True, help="folder for the logs, the summary and the runs")
     r.add_argument("--stages", nargs="+", choices=STAGES, default=list(DEFAULT_STAGES))
     r.add_argument("--budget", type=float, default=540.0, help="seconds for all the stages together")
+    r.add_argument("--only", nargs="+", default=None, metavar="ALGORITHM",
+                   help="the learning stages run only these algorithms (e.g. --only cg2a: one run alone is faster)")
     r.add_argument("--archive", type=Path, default=None,
                    help="afterwards, pack the results into this folder as a few .tgz files (gpu-logs.tgz, and "
                         "run-NAME.tgz with each run's newest checkpoint): what a lent machine can send back")
@@ -278,7 +291,7 @@ def main(argv=None) -> int:
         return prepare(args.python)
     if args.budget <= 0:
         p.error(f"--budget must be positive, got {args.budget}")
-    status = run(args.out, args.stages, args.budget)
+    status = run(args.out, args.stages, args.budget, args.only)
     if args.archive is not None and args.out.is_dir():
         for path in archive(args.out, args.archive):
             print(f"packed {path} ({path.stat().st_size / 1e6:.1f} MB)")

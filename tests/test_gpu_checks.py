@@ -104,3 +104,12 @@ def test_archive_packs_logs_without_weights_and_one_checkpoint_per_run(gpu_check
     assert not any(n.endswith((".pt", ".npz")) for n in names)
     with tarfile.open(written[1]) as tar:
         assert tar.getnames() == ["drq-seed0/checkpoints/step_000002000.pt"]
+
+
+def test_only_keeps_the_named_learning_runs(gpu_checks, tmp_path):
+    learning = gpu_checks.stage_commands("learning", tmp_path, {"PYTHONPATH": ""})
+    kept = gpu_checks.only_algorithms(learning, ["cg2a"])
+    assert [c[c.index("--algorithm") + 1] for c in kept] == ["cg2a"]
+    tests = gpu_checks.stage_commands("tests", tmp_path, {})
+    assert gpu_checks.only_algorithms(tests, ["cg2a"]) == tests
+    assert gpu_checks.only_algorithms(learning, None) == learning
