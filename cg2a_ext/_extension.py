@@ -34,3 +34,19 @@ def has_cuda_kernels() -> bool:
     from cg2a_ext import _C
 
     return bool(_C.has_cuda_kernels())
+
+
+def op_error_message(device: str) -> str:
+    """The ValueError message of an op refusing bad input on ``device`` (grads with different K).
+
+    Run it in a child process (``python -c "from cg2a_ext._extension import op_error_message;
+    print(op_error_message('cpu'))"``): built with a compiler whose C++ runtime does not match
+    torch's, the first thrown error can crash the whole process instead of raising."""
+    import torch
+
+    require_fused_ops()
+    try:
+        torch.ops.cg2a.gram([torch.randn(3, 4, device=device), torch.randn(2, 4, device=device)])
+    except ValueError as error:
+        return str(error)
+    raise AssertionError("cg2a::gram accepted grads with different K")

@@ -172,16 +172,9 @@ def compilers(library: Path) -> list[str]:
     return sorted({m.decode(errors="replace") for m in re.findall(rb"GCC: \([^)]*\) [0-9][0-9.]*[^\x00]*", data)})
 
 
-PROBE = """
-import torch
-from cg2a_ext._extension import require_fused_ops
-require_fused_ops()
-for device in ("cpu", "cuda"):
-    try:
-        torch.ops.cg2a.gram([torch.randn(3, 4, device=device), torch.randn(2, 4, device=device)])
-    except ValueError:
-        print(device, "error reached Python", flush=True)
-"""
+PROBE = ("from cg2a_ext._extension import op_error_message\n"
+         "for device in ('cpu', 'cuda'):\n"
+         "    print(device, 'error reached Python:', op_error_message(device), flush=True)\n")
 
 
 def preflight(out: Path, env: dict) -> bool:

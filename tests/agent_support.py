@@ -21,10 +21,8 @@ def small_agent_cfg(**kw) -> TrainConfig:
 
 
 def tiny_cfg(algorithm: str, **kw) -> TrainConfig:
-    base = dict(task="cartpole_balance", algorithm=algorithm, image_size=OBS[-1], num_conv_layers=2, num_filters=8,
-                projection_dim=16, hidden_dim=32, batch_size=8, soda_batch_size=16, device="cpu")
-    base.update(kw)
-    return TrainConfig(**base).validate()
+    """``small_agent_cfg`` for ``algorithm`` with SODA's own batch scaled down too, validated."""
+    return small_agent_cfg(algorithm=algorithm, **{"soda_batch_size": 16, **kw}).validate()
 
 
 def filled_replay(obs_shape=OBS, action_dim=A, steps=40, seed=0) -> FrameReplayBuffer:

@@ -186,6 +186,11 @@ def test_report_names_the_overlay_images_each_run_trained_with(tmp_path, monkeyp
     assert overlay_images(recorded, {"algorithm": "cg2a", "augmentations": ["conv"]}) == ""
     assert overlay_images(recorded, {"algorithm": "cg2a", "augmentations": ["conv", "overlay_s"]}) == "procedural"
     assert overlay_images(recorded, {"algorithm": "svea", "svea_augmentation": "conv"}) == ""
+    from cg2a_ext.rl.config import TrainConfig
+    from cg2a_ext.rl.image_bank import draws_overlay_images
+
+    assert not draws_overlay_images(TrainConfig(algorithm="drq").to_dict())      # a TrainConfig works too
+    assert draws_overlay_images(TrainConfig(algorithm="svea").to_dict())
 
     runs = [_run("walker_walk", "svea", "svea", s, {"train": 1.0}) for s in (0, 1)]
     runs[0].overlay_images, runs[1].overlay_images = "procedural", "/data/places"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import abc
 import os
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -158,6 +159,20 @@ class FolderImageBank(ImageBank):
 
 
 _default_banks: dict[str, ImageBank] = {}
+
+
+def draws_overlay_images(cfg: "Mapping[str, object]") -> bool:
+    """Whether a run configuration (``TrainConfig.to_dict()`` or a run's config.json) overlays images at
+    all: drq and sac never do; ac and cg2a only with overlay or overlay_s among their augmentations;
+    svea and soda unless their augmentation is set to conv; sgqn and smg always."""
+    algorithm = cfg.get("algorithm")
+    if algorithm in ("drq", "sac"):
+        return False
+    if algorithm in ("ac", "cg2a"):
+        return any(a in ("overlay", "overlay_s") for a in cfg.get("augmentations", ()))
+    if algorithm in ("svea", "soda"):
+        return cfg.get(f"{algorithm}_augmentation", "overlay") == "overlay"
+    return True
 
 
 def image_bank_source(bank: "str | os.PathLike | None" = None) -> str:

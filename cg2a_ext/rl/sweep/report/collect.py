@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ...image_bank import draws_overlay_images
 from .. import manifest
 from ..run_state import FINISHED, NEW, checkpoint_steps, read_rows, run_status
 
@@ -92,23 +93,10 @@ def collect(root) -> list[RunInfo]:
     return runs
 
 
-def overlays_images(cfg: dict) -> bool:
-    """Whether the run's configuration draws overlay images at all (drq and sac never do; ac and cg2a
-    only with overlay or overlay_s among their augmentations; svea and soda unless set to conv)."""
-    algorithm = cfg.get("algorithm")
-    if algorithm in ("drq", "sac"):
-        return False
-    if algorithm in ("ac", "cg2a"):
-        return any(a in ("overlay", "overlay_s") for a in cfg.get("augmentations", ()))
-    if algorithm in ("svea", "soda"):
-        return cfg.get(f"{algorithm}_augmentation", "overlay") == "overlay"
-    return True
-
-
 def overlay_images(run_dir: Path, cfg: dict) -> str:
     """The overlay images the run trained with: plan.json's record, else what its config says; nothing for
-    a run that overlays no images (its plan still records the source it would have drawn from)."""
-    if cfg and not overlays_images(cfg):
+    a run that overlays no images (its plan records the source it would have drawn from)."""
+    if cfg and not draws_overlay_images(cfg):
         return ""
     try:
         recorded = json.loads((run_dir / "plan.json").read_text()).get("overlay_images")
