@@ -186,10 +186,13 @@ def test_an_error_inside_the_extension_reaches_python(device):
         pytest.skip("cg2a_ext._C was built without its CUDA kernels")
     import cg2a_ext
 
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(Path(cg2a_ext.__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]))
+    # The child must import the very package under test: `python -c` puts its working directory
+    # first on sys.path, so run it from the folder that holds this cg2a_ext (a repository checkout
+    # without an in-place build would otherwise shadow an installed one).
+    package_root = str(Path(cg2a_ext.__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")]))
     result = subprocess.run([sys.executable, "-c", EXCEPTION_PROBE.format(device=device)],
-                            capture_output=True, text=True, timeout=300, env=env)
+                            capture_output=True, text=True, timeout=300, env=env, cwd=package_root)
     assert result.returncode == 0 and "caught:" in result.stdout, (
         f"an op error did not reach Python (exit {result.returncode}): a crash here usually means the "
         f"extension was built with a compiler whose C++ runtime differs from torch's; rebuild with the "
