@@ -4,7 +4,7 @@ Public API:
     ops.gram / ops.combine / ops.aggregate   fused C++/CUDA operators
     reference.*                              the same in plain PyTorch
     CG2A                                     draws gamma and aggregates
-    per_group_grads                          K per-loss gradients, one batched backward
+    per_group_grads                          K per-loss gradients (loop, vmap or split; auto picks)
     has_cuda_kernels()                       CUDA kernels compiled into this build
 
 The RL application (environments, augmentations, agents, trainer) lives in

@@ -2,16 +2,23 @@
 inputs (e.g. the clean and augmented copies of a batch), stacked [K, *shape]
 per parameter.
 
-Two exact methods:
+Three exact methods:
 * "vmap": one batched backward (torch.func.vmap over grad): the K groups run
-  as one K*B batch. Usually the fast choice on GPUs.
-* "loop": K forward/backward passes of B samples each. Usually the faster one
-  on CPUs: under vmap the per-group weight gradients of convolutions become
-  grouped convolutions, which oneDNN runs slowly (BENCHMARKS.md).
-"auto" measures both once per device and model signature (parameter and
-input shapes, dtypes and layouts, the loss function) and keeps the faster;
-a model that vmap cannot run gets "loop". The two agree to rounding, not bit
-for bit, so a run that must be bit-reproducible across machines names one.
+  as one K*B batch.
+* "loop": K forward/backward passes of B samples each. Usually faster than
+  vmap on CPUs: under vmap the per-group weight gradients of convolutions
+  become grouped convolutions, which oneDNN runs slowly (BENCHMARKS.md).
+* "split": one forward and one backward over the K*B batch, with only the
+  weight-gradient step of each layer done per group (`_split_grads`). For
+  networks of Linear, Conv2d and LayerNorm layers whose samples do not
+  interact; refused with the reason otherwise.
+"auto" measures the methods the model supports once per device and model
+signature (parameter and input shapes, dtypes and layouts, the loss function)
+and keeps the fastest; a model that vmap cannot run gets "loop". Before
+"split" can be chosen its gradients must agree with the loop's on that first
+call (a guard against a model that mixes samples in a way no layer type
+shows). The methods agree to rounding, not bit for bit, so a run that must be
+bit-reproducible across machines names one.
 
 Memory formats under vmap. vmap supports only contiguous and preserved
 memory formats; a model that asks for another (e.g. channels-last
@@ -29,7 +36,9 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad_and_value, vmap
 from torch.overrides import TorchFunctionMode
 
-METHODS = ("auto", "vmap", "loop")
+from cg2a_ext._split_grads import SplitUnsupported, split_grads, unsupported_reason
+
+METHODS = ("auto", "vmap", "loop", "split")
 
 _NATIVE_FORMATS = (torch.contiguous_format, torch.preserve_format)
 
@@ -74,9 +83,10 @@ def per_group_grads(
         shared_inputs: values passed unchanged to every group (targets, actions).
         params: the parameters to differentiate (default: every parameter with
             requires_grad, in module.parameters() order); the others are constants.
-        method: "vmap" (one batched backward), "loop" (K backward passes) or
-            "auto" (the faster of the two, measured once per device and model
-            signature); all give the same gradients (to rounding).
+        method: "vmap" (one batched backward), "loop" (K backward passes),
+            "split" (one backward, per-group weight-gradient steps) or "auto"
+            (the fastest the model supports, measured once per device and
+            model signature); all give the same gradients (to rounding).
 
     Returns:
         (grads, losses): grads[t] has shape [K, *params[t].shape]; losses [K],
@@ -98,6 +108,8 @@ def per_group_grads(
         return _auto(module, loss_fn, group_inputs, shared_inputs, names)
     if method == "loop":
         return _loop(module, loss_fn, group_inputs, shared_inputs, [named[n] for n in names])
+    if method == "split":
+        return _split(module, loss_fn, group_inputs, shared_inputs, names)
     return _vmap(module, loss_fn, group_inputs, shared_inputs, names)
 
 
@@ -184,32 +196,60 @@ def _timed(fn: Callable[[], tuple[list[Tensor], Tensor]], device: torch.device):
     return time.perf_counter() - start, result
 
 
+# "auto" keeps "split" only if its first result is this close to the loop's (relative, over all
+# gradients): loose enough for bfloat16 autocast, far below what mixing samples would do.
+SPLIT_AGREEMENT_RTOL = 1e-2
+
+
+def _agree(a: tuple[list[Tensor], Tensor], b: tuple[list[Tensor], Tensor], rtol: float) -> bool:
+    """Whether gradients and losses ``a`` equal ``b`` to ``rtol`` relative to ``b``'s norm."""
+    def flat(result):
+        grads, losses = result
+        return torch.cat([g.reshape(-1).double() for g in grads]), losses.double()
+
+    (ga, la), (gb, lb) = flat(a), flat(b)
+    return bool(torch.linalg.vector_norm(ga - gb) <= rtol * torch.linalg.vector_norm(gb)
+                and torch.linalg.vector_norm(la - lb) <= rtol * torch.linalg.vector_norm(lb))
+
+
 def _auto(module, loss_fn, group_inputs, shared_inputs, names) -> tuple[list[Tensor], Tensor]:
     """The method measured fastest for this device and model signature."""
     key = _signature(module, loss_fn, group_inputs, shared_inputs, names)
     named = dict(module.named_parameters())
     params = [named[n] for n in names]
-
-    def loop():
-        return _loop(module, loss_fn, group_inputs, shared_inputs, params)
-
-    def batched():
-        return _vmap(module, loss_fn, group_inputs, shared_inputs, names)
-
+    device = group_inputs[0].device
+    methods = {
+        "loop": lambda: _loop(module, loss_fn, group_inputs, shared_inputs, params),
+        "vmap": lambda: _vmap(module, loss_fn, group_inputs, shared_inputs, names),
+        "split": lambda: _split(module, loss_fn, group_inputs, shared_inputs, names),
+    }
     choice = _AUTO_CHOICE.get(key)
-    if choice == "loop":
-        return loop()
-    if choice == "vmap":
-        return batched()
-    loop_seconds, result = _timed(loop, group_inputs[0].device)
+    if choice is not None:
+        return methods[choice]()
+    loop_seconds, loop_result = _timed(methods["loop"], device)
+    timings = {"loop": (loop_seconds, loop_result)}
     try:
-        vmap_seconds, vmap_result = _timed(batched, group_inputs[0].device)
+        timings["vmap"] = _timed(methods["vmap"], device)
     except RuntimeError:
-        # An op without a batching rule: this model runs with the loop only.
-        _AUTO_CHOICE[key] = "loop"
-        return result
-    _AUTO_CHOICE[key] = "vmap" if vmap_seconds < loop_seconds else "loop"
-    return vmap_result if _AUTO_CHOICE[key] == "vmap" else result
+        pass    # an op without a batching rule: vmap cannot run this model
+    if unsupported_reason(module, names) is None:
+        try:
+            split_seconds, split_result = _timed(methods["split"], device)
+        except SplitUnsupported:
+            pass
+        else:
+            if _agree(split_result, loop_result, SPLIT_AGREEMENT_RTOL):
+                timings["split"] = (split_seconds, split_result)
+    best = min(timings, key=lambda m: timings[m][0])
+    _AUTO_CHOICE[key] = best
+    return timings[best][1]
+
+
+def _split(module, loss_fn, group_inputs, shared_inputs, names) -> tuple[list[Tensor], Tensor]:
+    try:
+        return split_grads(module, loss_fn, group_inputs, shared_inputs, names)
+    except SplitUnsupported as error:
+        raise SplitUnsupported(f"per_group_grads: method 'split' cannot compute these gradients: {error}") from None
 
 
 def _loop(

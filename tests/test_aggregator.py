@@ -84,7 +84,7 @@ def critic_loss(model, obs, action, target):
     return ((q1 - target) ** 2).mean() + ((q2 - target) ** 2).mean()
 
 
-@pytest.mark.parametrize("method", ["vmap", "loop", "auto"])
+@pytest.mark.parametrize("method", ["vmap", "loop", "split", "auto"])
 @pytest.mark.parametrize("k", [1, 4])
 def test_per_group_grads_equal_separate_backward_passes(k, method):
     torch.manual_seed(k)
@@ -104,7 +104,7 @@ def test_per_group_grads_equal_separate_backward_passes(k, method):
             torch.testing.assert_close(g[i], e)
 
 
-@pytest.mark.parametrize("method", ["vmap", "loop"])
+@pytest.mark.parametrize("method", ["vmap", "loop", "split"])
 def test_per_group_grads_subset_of_params(method):
     critic = TinyCritic().double()
     obs = torch.randn(2, 3, 3, 11, 11, dtype=torch.float64)

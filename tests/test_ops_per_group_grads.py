@@ -1,7 +1,8 @@
 """per_group_grads on the package's own DMC-GB critic, in every layout the
 trainer uses (channels-last input and channels-last weights included): vmap ==
-loop == K separate backward passes, in float64; and "auto" measures once per
-device and model signature."""
+loop == split == K separate backward passes, in float64; "auto" measures once
+per device and model signature; "split" on every layer option it handles, and
+its refusals."""
 from __future__ import annotations
 
 import copy
@@ -50,7 +51,7 @@ def test_vmap_loop_and_separate_passes_agree_on_the_package_critic(layout):
     obs, action, target = inputs(layout)
     params = [p for p in critic.parameters() if p.requires_grad]
     separate = [torch.autograd.grad(critic_loss(critic, obs[i], action, target), params) for i in range(K)]
-    for method in ("vmap", "loop", "auto"):
+    for method in ("vmap", "loop", "split", "auto"):
         grads, losses = per_group_grads(critic, critic_loss, (obs,), (action, target), method=method)
         assert len(grads) == len(params)
         for i in range(K):
@@ -64,12 +65,12 @@ def test_auto_measures_once_per_signature_and_reuses_the_choice(monkeypatch):
     critic = package_critic()
     obs, action, target = inputs("contiguous")
     _AUTO_CHOICE.clear()
-    calls = {"vmap": 0, "loop": 0}
+    calls = {"vmap": 0, "loop": 0, "split": 0}
     import sys
 
     module = sys.modules["cg2a_ext.per_group_grads"]  # the package attribute is the function
 
-    real_vmap, real_loop = module._vmap, module._loop
+    real_vmap, real_loop, real_split = module._vmap, module._loop, module._split
 
     def counted_vmap(*args, **kwargs):
         calls["vmap"] += 1
@@ -79,15 +80,20 @@ def test_auto_measures_once_per_signature_and_reuses_the_choice(monkeypatch):
         calls["loop"] += 1
         return real_loop(*args, **kwargs)
 
+    def counted_split(*args, **kwargs):
+        calls["split"] += 1
+        return real_split(*args, **kwargs)
+
+    monkeypatch.setattr(module, "_split", counted_split)
     monkeypatch.setattr(module, "_vmap", counted_vmap)
     monkeypatch.setattr(module, "_loop", counted_loop)
     first, _ = per_group_grads(critic, critic_loss, (obs,), (action, target), method="auto")
-    assert calls == {"vmap": 2, "loop": 2}  # warm-up and one timed run of each
+    assert calls == {"vmap": 2, "loop": 2, "split": 2}  # warm-up and one timed run of each
     assert len(_AUTO_CHOICE) == 1
     (choice,) = _AUTO_CHOICE.values()
-    assert choice in ("vmap", "loop")
+    assert choice in ("vmap", "loop", "split")
     again, _ = per_group_grads(critic, critic_loss, (obs,), (action, target), method="auto")
-    assert calls[choice] == 3 and sum(calls.values()) == 5  # the cached choice, run once
+    assert calls[choice] == 3 and sum(calls.values()) == 7  # the cached choice, run once
     for a, b in zip(first, again):
         torch.testing.assert_close(a, b)
     # another signature (batch size) is measured again

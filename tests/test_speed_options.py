@@ -158,17 +158,18 @@ def test_bf16_update_gives_finite_fp32_gradients_close_to_fp32(algorithm):
     assert a.dtype == np.float32 and np.isfinite(a).all()
 
 
-def test_bf16_per_loss_gradients_by_vmap_and_loop_agree():
-    """Autocast inside per_group_grads: both methods give the same float32 gradients."""
+def test_bf16_per_loss_gradients_by_vmap_split_and_loop_agree():
+    """Autocast inside per_group_grads: the three methods give the same float32 gradients."""
     torch.manual_seed(0)
     agent = make_agent(OBS, A, small_agent_cfg(algorithm="cg2a", precision="bf16"), "cpu")
     obs, action, target = float_batch()
     views = agent.algorithm.views(agent.preprocess(obs.to(torch.uint8)))
     res = {m: per_group_grads(agent.critic, critic_loss, (views,), (action, target), params=agent.critic_params,
-                              method=m) for m in ("vmap", "loop")}
-    for gv, gl in zip(res["vmap"][0], res["loop"][0]):
-        assert gv.dtype == torch.float32
+                              method=m) for m in ("vmap", "loop", "split")}
+    for gv, gs, gl in zip(res["vmap"][0], res["split"][0], res["loop"][0]):
+        assert gv.dtype == gs.dtype == torch.float32
         torch.testing.assert_close(gv, gl, rtol=2e-2, atol=1e-4)
+        torch.testing.assert_close(gs, gl, rtol=2e-2, atol=1e-4)
 
 
 # ------------------------------------------------------------------------------------ channels_last
@@ -453,7 +454,7 @@ def test_per_loss_gradient_method_is_chosen_once_and_kept_across_a_restart(algor
     assert agent.algorithm.grad_method is None and agent.algorithm.state_dict()["grad_method"] == ""
     agent.algorithm.per_loss_grads(agent, obs, action, target)
     chosen = agent.algorithm.grad_method
-    assert chosen in ("vmap", "loop") and list(pgg._AUTO_CHOICE.values()) == [chosen]
+    assert chosen in ("vmap", "loop", "split") and list(pgg._AUTO_CHOICE.values()) == [chosen]
     state = agent.algorithm.state_dict()
     assert state["grad_method"] == chosen
 

@@ -162,6 +162,9 @@ def bench_per_loss_grads(device: str, quick: bool) -> list[dict]:
     def looped():
         per_group_grads(critic, loss_fn, (obs,), (action, target), method="loop")
 
+    def split():
+        per_group_grads(critic, loss_fn, (obs,), (action, target), method="split")
+
     def separate():
         for i in range(k):
             torch.autograd.grad(loss_fn(critic, obs[i], action, target), params)
@@ -175,12 +178,14 @@ def bench_per_loss_grads(device: str, quick: bool) -> list[dict]:
     t_concat = median_time(concatenated, device, repeats, warmup=1)
     t_batched = median_time(batched, device, repeats, warmup=1)
     t_looped = median_time(looped, device, repeats, warmup=1)
+    t_split = median_time(split, device, repeats, warmup=1)
     t_separate = median_time(separate, device, repeats, warmup=1)
     config = f"K={k}, B={batch}, {layers} conv x {filters}, {size}x{size}"
     return [{
         "suite": "ops", "name": "per-loss gradients", "device": device, "config": config,
         "batched_ms": t_batched * 1e3, "looped_ms": t_looped * 1e3, "separate_ms": t_separate * 1e3,
-        "concatenated_ms": t_concat * 1e3, "batched_over_concatenated": t_batched / t_concat,
+        "split_ms": t_split * 1e3, "concatenated_ms": t_concat * 1e3,
+        "batched_over_concatenated": t_batched / t_concat, "split_over_concatenated": t_split / t_concat,
         "looped_over_concatenated": t_looped / t_concat, "separate_over_concatenated": t_separate / t_concat,
     }]
 
@@ -224,7 +229,8 @@ def format_table(rows: list[dict]) -> str:
                 f"\nPer-loss gradients ({row['device']}, {row['config']}): one backward over the concatenated batch "
                 f"{row['concatenated_ms']:.0f} ms; per_group_grads(method='vmap') {row['batched_ms']:.0f} ms "
                 f"({row['batched_over_concatenated']:.2f}x); per_group_grads(method='loop') {row['looped_ms']:.0f} ms "
-                f"({row['looped_over_concatenated']:.2f}x); K separate autograd.grad calls {row['separate_ms']:.0f} ms "
+                f"({row['looped_over_concatenated']:.2f}x); per_group_grads(method='split') {row['split_ms']:.0f} ms "
+                f"({row['split_over_concatenated']:.2f}x); K separate autograd.grad calls {row['separate_ms']:.0f} ms "
                 f"({row['separate_over_concatenated']:.2f}x)\n"
             )
     return "\n".join(lines)

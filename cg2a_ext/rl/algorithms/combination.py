@@ -40,7 +40,7 @@ class AugmentationCombination(Algorithm):
     def per_loss_grads(self, agent, obs, action, target):
         """The K per-loss critic gradients (list of [K, *shape]) and the K losses, one batched backward.
 
-        The first call lets per_group_grads measure vmap against the loop ("auto"); the choice is kept
+        The first call lets per_group_grads measure its methods (vmap, loop, split: "auto"); the choice is kept
         (and checkpointed), so a resumed run computes its gradients the same way, bit for bit."""
         views = self.views(obs)
         result = per_group_grads(agent.critic, critic_loss, (views,), (action, target),
