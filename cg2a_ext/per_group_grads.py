@@ -169,7 +169,7 @@ def _vmap(
 
 
 def _signature(module: nn.Module, loss_fn: Callable, group_inputs, shared_inputs, names) -> tuple:
-    """What the speed of the two methods depends on."""
+    """What the methods' speed, and whether split can run, depend on."""
     def describe(x: object) -> object:
         if isinstance(x, Tensor):
             return (tuple(x.shape), x.dtype, x.stride(), str(x.device))
@@ -178,6 +178,7 @@ def _signature(module: nn.Module, loss_fn: Callable, group_inputs, shared_inputs
     named = dict(module.named_parameters())
     return (
         str(group_inputs[0].device), type(module).__qualname__, getattr(loss_fn, "__qualname__", repr(loss_fn)),
+        unsupported_reason(module, names),     # e.g. a compiled twin of a model measured eagerly
         tuple((n, *describe(named[n])) for n in names),
         tuple(describe(x) for x in group_inputs), tuple(describe(x) for x in shared_inputs),
     )

@@ -241,7 +241,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, fewer repeats")
     parser.add_argument("--device", action="append", choices=["cpu", "cuda"], help="default: cpu, and cuda if present")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd reference")
+    parser.add_argument("--per-loss-grads-only", action="store_true",
+                        help="only the per-loss gradient rows (per_group_grads' methods against one backward)")
     args = parser.parse_args()
+    if args.per_loss_grads_only:
+        from cg2a_ext.rl.host_memory import keep_freed_host_memory
+
+        keep_freed_host_memory()    # as train.py does: large K*B batches would otherwise pay page faults
+        devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+        print(format_table([row for d in devices for row in bench_per_loss_grads(d, args.quick)]))
+        return
     print(format_table(run(args.quick, args.device, not args.no_compile)))
 
 

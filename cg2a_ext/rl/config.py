@@ -160,7 +160,8 @@ class TrainConfig:
     """cg2a: SGS agreement test, agree (all K of one strict sign) or positive (all > 0, paper Eq. 9 literally)."""
     nonfinite: Literal["skip", "raise"] = "skip"
     """On a non-finite gradient (critic, actor, temperature, auxiliary): skip the optimizer step (counted in the
-    logs; the aggregator zeroes its output) or raise FloatingPointError."""
+    logs; the aggregator zeroes its output; decided on the device, no host read-back) or raise FloatingPointError
+    (reads a flag back every step)."""
     aux_update_freq: int = 2
     """Run the algorithm's auxiliary update (SODA, SGQN, SMG) every this many updates."""
 

@@ -11,10 +11,11 @@ import math
 import numpy as np
 import torch
 
-from cg2a_ext.rl.algorithms.base import Algorithm, Batch, check_finite
+from cg2a_ext.rl.algorithms.base import Algorithm, Batch
 from cg2a_ext.rl.precision import autocast_dtype, matmul_precision, resolve_precision
 
 from .networks import build_networks, compile_blocks, set_autocast
+from .optim import adam, guarded_step
 
 
 def soft_update(net, target, tau: float) -> None:
@@ -73,14 +74,14 @@ class SACAgent:
         self.target_entropy = -float(action_dim)
         self.actor_params = self.actor.own_parameters()
         self.critic_params = [p for p in self.critic.parameters() if p.requires_grad]
-        self.actor_optimizer = torch.optim.Adam(self.actor_params, lr=cfg.actor_lr, betas=(cfg.actor_beta1, 0.999))
-        self.critic_optimizer = torch.optim.Adam(self.critic_params, lr=cfg.critic_lr,
-                                                 betas=(cfg.critic_beta1, 0.999))
-        self.log_alpha_optimizer = torch.optim.Adam([self.log_alpha], lr=cfg.alpha_lr,
-                                                    betas=(cfg.alpha_beta1, 0.999))
+        # fused Adam: a step with a non-finite gradient is skipped on the device (``optim``)
+        self.actor_optimizer = adam(self.actor_params, cfg.actor_lr, cfg.actor_beta1)
+        self.critic_optimizer = adam(self.critic_params, cfg.critic_lr, cfg.critic_beta1)
+        self.log_alpha_optimizer = adam([self.log_alpha], cfg.alpha_lr, cfg.alpha_beta1)
         self.num_updates = 0
-        self.skipped_critic_steps = 0
-        self.skipped_actor_steps = 0
+        # device counters (0-d float32): counting a skipped step reads nothing back
+        self.skipped_critic_steps = torch.zeros((), device=self.device)
+        self.skipped_actor_steps = torch.zeros((), device=self.device)
         algorithm.attach(self)
 
     # ------------------------------------------------------------------ acting
@@ -120,10 +121,10 @@ class SACAgent:
     def update_critic(self, obs, action, target, diagnostics: bool = False) -> dict:
         out = self.algorithm.critic_gradient(self, obs, action, target, diagnostics=diagnostics)
         metrics = {"critic_loss": out.loss, **out.metrics}
-        if out.finite:
-            self.critic_optimizer.step()
-        else:
-            self.skipped_critic_steps += 1
+        zeroed = out.zeroed if isinstance(out.zeroed, torch.Tensor) else \
+            (torch.ones((), device=self.device) if out.zeroed else None)
+        guarded_step(self.critic_optimizer, self.critic_params, self.cfg.nonfinite, "critic",
+                     self.skipped_critic_steps, zeroed)
         metrics.update({f"diag/{k}": v for k, v in out.diagnostics.items()})
         return metrics
 
@@ -136,15 +137,11 @@ class SACAgent:
         for p in self.actor_params:
             p.grad = None
         actor_loss.backward()
-        if check_finite(self.actor_params, self.cfg.nonfinite, "actor"):
-            self.actor_optimizer.step()
-        else:
-            self.skipped_actor_steps += 1
+        guarded_step(self.actor_optimizer, self.actor_params, self.cfg.nonfinite, "actor", self.skipped_actor_steps)
         alpha_loss = (self.alpha * (-log_pi - self.target_entropy).detach()).mean()
         self.log_alpha.grad = None
         alpha_loss.backward()
-        if check_finite([self.log_alpha], self.cfg.nonfinite, "temperature"):
-            self.log_alpha_optimizer.step()
+        guarded_step(self.log_alpha_optimizer, [self.log_alpha], self.cfg.nonfinite, "temperature")
         # the actor's backward also reached the critic heads: clear them for the next critic update
         for p in self.critic_params:
             p.grad = None
@@ -176,8 +173,8 @@ class SACAgent:
             self.algorithm.num_aux_updates += 1
         metrics["alpha"] = self.alpha.detach()
         metrics["target_q"] = target.mean()
-        metrics["skipped_critic_steps"] = self.skipped_critic_steps
-        metrics["skipped_actor_steps"] = self.skipped_actor_steps
+        metrics["skipped_critic_steps"] = self.skipped_critic_steps.clone()   # this update's count, not a live view
+        metrics["skipped_actor_steps"] = self.skipped_actor_steps.clone()
         return metrics
 
     # ------------------------------------------------------------------ state
@@ -188,8 +185,8 @@ class SACAgent:
             "actor_optimizer": self.actor_optimizer.state_dict(),
             "critic_optimizer": self.critic_optimizer.state_dict(),
             "log_alpha_optimizer": self.log_alpha_optimizer.state_dict(),
-            "num_updates": self.num_updates, "skipped_critic_steps": self.skipped_critic_steps,
-            "skipped_actor_steps": self.skipped_actor_steps,
+            "num_updates": self.num_updates, "skipped_critic_steps": int(self.skipped_critic_steps.item()),
+            "skipped_actor_steps": int(self.skipped_actor_steps.item()),
             "algorithm": self.algorithm.state_dict(),
         }
 
@@ -205,6 +202,6 @@ class SACAgent:
         self.critic_optimizer.load_state_dict(state["critic_optimizer"])
         self.log_alpha_optimizer.load_state_dict(state["log_alpha_optimizer"])
         self.num_updates = int(state["num_updates"])
-        self.skipped_critic_steps = int(state["skipped_critic_steps"])
-        self.skipped_actor_steps = int(state["skipped_actor_steps"])
+        self.skipped_critic_steps.fill_(int(state["skipped_critic_steps"]))
+        self.skipped_actor_steps.fill_(int(state["skipped_actor_steps"]))
         self.algorithm.load_state_dict(state["algorithm"])

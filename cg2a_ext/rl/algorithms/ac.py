@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import CriticGradOutput, check_finite, critic_loss
+from .base import CriticGradOutput, critic_loss
 from .combination import AugmentationCombination
 from .gradient_diagnostics import conflict_fraction, gram_diagnostics, gram_of
 
@@ -27,12 +27,11 @@ class AugmentedMean(AugmentationCombination):
         grads, losses = self.per_loss_grads(agent, obs, action, target)
         for p, g in zip(params, grads):
             p.grad = g.mean(0)
-        finite = check_finite(params, self.nonfinite, "critic")
         diag = gram_diagnostics(gram_of(grads), weights=torch.full((self.K,), 1.0 / self.K),
                                 conflict_fraction=conflict_fraction(grads), gamma=1.0)
         for i, l in enumerate(losses.tolist()):
             diag[f"loss_{i}"] = l
-        return CriticGradOutput(losses.mean(), finite, diag)
+        return CriticGradOutput(losses.mean(), diagnostics=diag)
 
 
 ALGORITHM = AugmentedMean

@@ -13,8 +13,10 @@ temperature and their optimizers, and runs one update as
                with the algorithm's own networks and optimizers (built in ``attach``)
 
 An algorithm owns its random generators and auxiliary state and saves them in ``state_dict``.
-Non-finite gradients are never written into the model silently: with ``nonfinite="skip"`` the
-gradient is zeroed and the step skipped (counted); with ``"raise"`` FloatingPointError is raised.
+Non-finite gradients are never written into the model silently: every optimizer step checks the
+gradients (``cg2a_ext.rl.agent.optim``; auxiliary ones through ``auxiliary_step``). With
+``nonfinite="skip"`` the step is skipped on the device and counted, nothing read back; with
+``"raise"`` FloatingPointError is raised.
 """
 from __future__ import annotations
 
@@ -47,7 +49,9 @@ class Batch(NamedTuple):
 @dataclass
 class CriticGradOutput:
     loss: torch.Tensor                       # scalar, detached: the loss whose gradient was formed
-    finite: bool = True                      # False: the gradient was non-finite and zeroed (skip the step)
+    # the algorithm zeroed a non-finite gradient (bool, or a 0-d device flag): the step is skipped. A
+    # non-finite .grad is caught by the core's step in any case.
+    zeroed: bool | torch.Tensor = False
     diagnostics: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)   # extra scalars to log every update (e.g. auxiliary terms)
 
@@ -56,25 +60,6 @@ def critic_loss(model, obs, action, target):
     """(Q1 - y)^2 + (Q2 - y)^2 averaged over the batch (DMC-GB's critic loss)."""
     q1, q2 = model(obs, action)
     return F.mse_loss(q1, target) + F.mse_loss(q2, target)
-
-
-def grads_finite(params) -> bool:
-    gs = [p.grad for p in params if p.grad is not None]
-    if not gs:
-        return True
-    return bool(torch.stack([torch.isfinite(g).all() for g in gs]).all().item())
-
-
-def check_finite(params, policy: str, what: str) -> bool:
-    """True if every .grad of ``params`` is finite; else raise (policy "raise") or zero them and return False."""
-    if grads_finite(params):
-        return True
-    if policy == "raise":
-        raise FloatingPointError(f"non-finite {what} gradient")
-    for p in params:
-        if p.grad is not None:
-            p.grad.zero_()
-    return False
 
 
 def newest_frames(x: torch.Tensor) -> np.ndarray:
@@ -130,7 +115,7 @@ class Algorithm(abc.ABC):
         # augmentation draws (shift, crops, augmented copies) on the device that holds the batch
         self.generator = seeds.torch_generator("augment", self.device)
         self.num_aux_updates = 0
-        self.skipped_aux_steps = 0
+        self.skipped_aux_steps = torch.zeros((), device=self.device)    # a device counter: no read-back
 
     def network_obs_shape(self, obs_shape: tuple[int, ...]) -> tuple[int, ...]:
         """The observation shape the networks are built for, given the rendered one (default: the same).
@@ -177,12 +162,12 @@ class Algorithm(abc.ABC):
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state(), "num_aux_updates": self.num_aux_updates,
-                "skipped_aux_steps": self.skipped_aux_steps}
+                "skipped_aux_steps": int(self.skipped_aux_steps.item())}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"].cpu())
         self.num_aux_updates = int(state.get("num_aux_updates", 0))
-        self.skipped_aux_steps = int(state.get("skipped_aux_steps", 0))
+        self.skipped_aux_steps.fill_(int(state.get("skipped_aux_steps", 0)))
 
     # ------------------------------------------------------------------ helpers for subclasses
     def backward_single(self, agent: "SACAgent", loss: torch.Tensor) -> CriticGradOutput:
@@ -191,23 +176,23 @@ class Algorithm(abc.ABC):
         for p in params:
             p.grad = None
         loss.backward()
-        return CriticGradOutput(loss.detach(), check_finite(params, self.nonfinite, "critic"))
+        return CriticGradOutput(loss.detach())     # the core's step checks the gradient
 
     def auxiliary_step(self, optimizer: torch.optim.Optimizer, params: list, loss: torch.Tensor, what: str,
-                       max_grad_norm: float | None = None) -> bool:
-        """One step of an auxiliary optimizer on ``loss``: backward, the ``nonfinite`` policy (skip and count
-        in ``skipped_aux_steps``, or raise), optional global grad-norm clipping, step. The gradients are
-        cleared afterwards, so none is left in parameters the auxiliary optimizer shares with the critic."""
+                       max_grad_norm: float | None = None) -> torch.Tensor:
+        """One step of an auxiliary optimizer (fused Adam, ``cg2a_ext.rl.agent.optim.adam``) on ``loss``:
+        backward, optional global grad-norm clipping, then the step under the ``nonfinite`` policy (skipped on
+        the device and counted in ``skipped_aux_steps``, or raise). The gradients are cleared afterwards, so none
+        is left in parameters the auxiliary optimizer shares with the critic. Returns the 0-d skip flag."""
+        from cg2a_ext.rl.agent.optim import guarded_step
+
         for p in params:
             p.grad = None
         loss.backward()
-        finite = check_finite(params, self.nonfinite, what)
-        if finite:
-            if max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-            optimizer.step()
-        else:
-            self.skipped_aux_steps += 1
+        if max_grad_norm is not None:
+            # a non-finite norm leaves every gradient non-finite, so the step below is skipped all the same
+            torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        skipped = guarded_step(optimizer, params, self.nonfinite, what, self.skipped_aux_steps)
         for p in params:
             p.grad = None
-        return finite
+        return skipped

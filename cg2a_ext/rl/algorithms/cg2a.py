@@ -26,14 +26,15 @@ class CG2AAlgorithm(AugmentationCombination):
         for p in params:
             p.grad = None
         res = self.aggregator.apply_(params, grads)
-        finite = not bool(res.zeroed)   # a non-finite input or an overflow: zeroed, skip the step
+
         diag = {}
         if diagnostics:
             diag = gram_diagnostics(res.gram, weights=res.weights, conflict_fraction=res.conflict_fraction,
                                     gamma=res.gamma)
             for i, l in enumerate(losses.tolist()):
                 diag[f"loss_{i}"] = l
-        return CriticGradOutput(losses.mean(), finite, diag)
+        # a non-finite input or an overflow zeroed the output: the core skips the step (a device flag)
+        return CriticGradOutput(losses.mean(), res.zeroed, diag)
 
     def state_dict(self):
         return {**super().state_dict(), "gamma_generator": self.gamma_generator.get_state()}

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cg2a_ext.rl.agent.optim import adam
+
 from .base import Algorithm, CriticGradOutput, newest_frames
 from .decoders import AttributionDecoder
 from .guided_backprop import q1_guided_backprop
@@ -95,8 +97,7 @@ class SGQN(Algorithm):
         self.decoder = self.place(agent, AttributionDecoder(encoder.out_dim, agent.action_dim,
                                                             encoder.shared_cnn.out_shape, (h, w), c))
         self.params = list(encoder.parameters()) + list(self.decoder.parameters())   # f, P_c, D
-        self.optimizer = torch.optim.Adam(self.params, lr=self.cfg.sgqn_aux_lr,
-                                          betas=(self.cfg.sgqn_aux_beta1, 0.999))
+        self.optimizer = adam(self.params, self.cfg.sgqn_aux_lr, self.cfg.sgqn_aux_beta1)
 
     # ------------------------------------------------------------------ saliency
     def mask(self, critic, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
@@ -138,7 +139,7 @@ class SGQN(Algorithm):
         overlaid = self.overlay(obs, generator=self.generator)[0]
         loss = F.binary_cross_entropy_with_logits(self.prediction_logits(agent, overlaid, action), target)
         self.auxiliary_step(self.optimizer, self.params, loss, "sgqn auxiliary")
-        return {"sgqn_prediction_loss": loss.detach(), "skipped_aux_steps": self.skipped_aux_steps}
+        return {"sgqn_prediction_loss": loss.detach(), "skipped_aux_steps": self.skipped_aux_steps.clone()}
 
     # ------------------------------------------------------------------ diagnostics
     def evaluation_images(self, agent, obs: torch.Tensor) -> dict[str, np.ndarray]:

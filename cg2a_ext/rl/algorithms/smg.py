@@ -42,6 +42,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cg2a_ext.rl.agent.optim import adam
+
 from .base import Algorithm, CriticGradOutput, newest_frames
 from .decoders import ImageDecoder, ImageMaskDecoder
 
@@ -145,7 +147,7 @@ class SMG(Algorithm):
                         "fore_decoder": self.fore_decoder, "back_decoder": self.back_decoder,
                         "inverse_dynamics": self.inverse_dynamics}
         self.params = list(encoder.parameters()) + [p for m in self.aux_modules.values() for p in m.parameters()]
-        self.optimizer = torch.optim.Adam(self.params, lr=self.cfg.smg_aux_lr, betas=(self.cfg.smg_aux_beta1, 0.999))
+        self.optimizer = adam(self.params, self.cfg.smg_aux_lr, self.cfg.smg_aux_beta1)
 
     # ------------------------------------------------------------------ the branches
     def fore_from_latent(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -237,7 +239,7 @@ class SMG(Algorithm):
         self.auxiliary_step(self.optimizer, self.params, losses["smg_aux_loss"], "smg auxiliary",
                             max_grad_norm=self.cfg.smg_grad_clip)
         self.views = None
-        return {**{k: v.detach() for k, v in losses.items()}, "skipped_aux_steps": self.skipped_aux_steps}
+        return {**{k: v.detach() for k, v in losses.items()}, "skipped_aux_steps": self.skipped_aux_steps.clone()}
 
     # ------------------------------------------------------------------ diagnostics
     def evaluation_images(self, agent, obs: torch.Tensor) -> dict[str, np.ndarray]:

@@ -34,6 +34,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cg2a_ext.rl.agent.optim import adam
+
 from .base import Algorithm, CriticGradOutput, critic_loss
 
 
@@ -161,8 +163,7 @@ class SODA(Algorithm):
         self.online.predictor.train()
         self.target.train()
         self.params = list(self.online.parameters())      # f, g, h
-        self.optimizer = torch.optim.Adam(self.params, lr=self.cfg.soda_aux_lr,
-                                          betas=(self.cfg.soda_aux_beta1, 0.999))
+        self.optimizer = adam(self.params, self.cfg.soda_aux_lr, self.cfg.soda_aux_beta1)
 
     # ------------------------------------------------------------------ losses
     def critic_gradient(self, agent, obs, action, target, *, diagnostics=False) -> CriticGradOutput:
@@ -192,7 +193,7 @@ class SODA(Algorithm):
         loss = self.loss(*self.views(obs_u8))
         self.auxiliary_step(self.optimizer, self.params, loss, "soda auxiliary")
         self.update_target()
-        return {"soda_loss": loss.detach(), "skipped_aux_steps": self.skipped_aux_steps}
+        return {"soda_loss": loss.detach(), "skipped_aux_steps": self.skipped_aux_steps.clone()}
 
     # ------------------------------------------------------------------ state
     def state_dict(self):
