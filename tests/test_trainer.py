@@ -250,3 +250,23 @@ def test_speed_measurement_leaves_first_compilations_out(monkeypatch):
     rates = measure_rates(cfg, StillEnv(), (3 * cfg.frame_stack, 8, 8), 1, torch.device("cpu"))
     assert fake.calls == 2 * max(cfg.actor_update_freq, cfg.aux_update_freq, 2)
     assert rates.train_step < 0.1, rates
+
+
+def test_update_rows_hold_the_window_means_of_every_metric():
+    """Tensor metrics (averaged on their device, read back once) and plain numbers alike: the float64 mean of
+    the window's values, in the metrics' own order."""
+    import numpy as np
+
+    from cg2a_ext.rl.trainer import window_means
+
+    rng = np.random.default_rng(0)
+    losses = rng.normal(size=7).astype(np.float32)
+    values = {"critic_loss": [torch.tensor(v) for v in losses],
+              "skipped_critic_steps": [torch.tensor(0.0), torch.tensor(1.0)],
+              "shaped": [torch.tensor([2.0]), torch.tensor([[4.0]])],
+              "skipped_aux_steps": [3, 5], "alpha": [torch.tensor(0.1, dtype=torch.float64)]}
+    means = window_means(values)
+    assert list(means) == list(values)
+    assert means["critic_loss"] == pytest.approx(float(np.mean(losses.astype(np.float64))), rel=1e-12)
+    assert (means["skipped_critic_steps"], means["shaped"], means["skipped_aux_steps"]) == (0.5, 3.0, 4.0)
+    assert means["alpha"] == 0.1 and all(type(v) is float for v in means.values())

@@ -50,6 +50,21 @@ from .seeding import SeedStreams
 EVALUATION_IMAGE_FRAMES = 4       # observations handed to Algorithm.evaluation_images
 
 
+def window_means(values: dict[str, list]) -> dict[str, float]:
+    """The mean of each metric over the updates of one log window (float64). Tensor metrics are averaged where
+    they live and read back in one copy per device, not one per update and metric (each would wait for the GPU)."""
+    means: dict[str, float] = {}
+    on_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
+    for key, vs in values.items():
+        if vs and all(isinstance(v, torch.Tensor) for v in vs) and len({v.device for v in vs}) == 1:
+            mean = torch.stack([v.detach().reshape(()).double() for v in vs]).mean()
+            on_device.setdefault(vs[0].device, []).append((key, mean))
+        else:
+            means[key] = float(np.mean([float(v) for v in vs]))
+    for pairs in on_device.values():
+        means.update(zip([k for k, _ in pairs], torch.stack([m for _, m in pairs]).tolist()))
+    return {key: means[key] for key in values}      # the metrics' own order
+
 class TrainingStopped(Exception):
     """The run was stopped by a signal after writing a checkpoint (``path``) at ``step``."""
 
@@ -317,8 +332,7 @@ class Trainer:
     def _log_update_row(self, steps_per_s: float) -> None:
         row = {"step": self.step, "steps_per_s": steps_per_s, "buffer_size": len(self.replay),
                "episode": self.episode}
-        for k, vs in self._log_acc.items():
-            row[k] = float(np.mean([float(v) for v in vs]))
+        row.update(window_means(self._log_acc))
         self.logger.log("update", row)
         self._log_acc.clear()
 
