@@ -3,14 +3,11 @@ parameter or an Adam moment, the skip is decided and counted on the device, and 
 reads nothing back to the host (so a GPU update never waits for its own kernels)."""
 from __future__ import annotations
 
-import collections
-import traceback
-
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from agent_support import OBS, A, filled_replay, small_agent_cfg, tiny_cfg
+from cg2a_ext.bench.host_reads import HostReadBacks
 from cg2a_ext.rl.agent import make_agent
 from cg2a_ext.rl.agent.optim import adam, guarded_step, nonfinite_flag
 
@@ -100,23 +97,6 @@ def test_a_nonfinite_critic_update_skips_the_step_in_the_agent(algorithm):
     assert all(torch.equal(s[k], t[k]) for s, t in zip(state, state_after) for k in s)
     assert agent.state_dict()["skipped_critic_steps"] == 1
     del metrics
-
-
-class HostReadBacks(TorchDispatchMode):
-    """Counts the ops that copy a tensor's value to the host (.item(), bool(tensor), nonzero), by call site."""
-
-    READ_BACKS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
-                  torch.ops.aten.is_nonzero.default}
-
-    def __init__(self):
-        super().__init__()
-        self.sites = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in self.READ_BACKS:
-            ours = [f for f in traceback.extract_stack() if "cg2a_ext" in f.filename]
-            self.sites[f"{ours[-1].filename.split('cg2a_ext')[-1]}:{ours[-1].lineno}" if ours else "?"] += 1
-        return func(*args, **(kwargs or {}))
 
 
 # Host reads by design: draws from CPU generators (never a device tensor), one per update.
