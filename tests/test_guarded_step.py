@@ -9,7 +9,7 @@ import torch
 from agent_support import OBS, A, filled_replay, small_agent_cfg, tiny_cfg
 from cg2a_ext.bench.host_reads import HostReadBacks
 from cg2a_ext.rl.agent import make_agent
-from cg2a_ext.rl.agent.optim import adam, guarded_step, nonfinite_flag
+from cg2a_ext.rl.agent.optim import adam, guarded_step, load_state, nonfinite_flag
 
 
 def params_with_grads(seed=0, bad=None):
@@ -71,6 +71,34 @@ def test_the_algorithms_zeroed_flag_skips_a_finite_gradient():
     guarded_step(optimizer, params, "skip", "critic", skipped, zeroed=torch.tensor(True))
     assert skipped.item() == 1 and all(torch.equal(b, p) for b, p in zip(before, params))
     assert nonfinite_flag(params).item() == 0.0 and nonfinite_flag(params, torch.tensor(1.0)).item() == 1.0
+
+
+def test_a_state_saved_by_the_unfused_adam_resumes_into_the_fused_one():
+    """Checkpoints written before the steps were fused hold a for-each Adam's state: loading keeps the fused
+    implementation (and its device step counts), and the next steps continue that Adam's trajectory."""
+    params = params_with_grads()
+    twins = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    unfused = torch.optim.Adam(twins, lr=1e-3, betas=(0.9, 0.999))
+    for t, p in zip(twins, params):
+        t.grad = p.grad.clone()
+    unfused.step()
+    unfused.step()
+    for p, t in zip(params, twins):
+        p.data.copy_(t.detach())
+    fused = adam(params, 1e-3, 0.9)
+    load_state(fused, unfused.state_dict())
+    assert all(g["fused"] for g in fused.param_groups)
+    assert all(fused.state[p]["step"].item() == 2 for p in params)
+    for _ in range(2):
+        guarded_step(fused, params, "skip", "critic")
+        unfused.step()
+    for p, t in zip(params, twins):
+        torch.testing.assert_close(p, t, rtol=1e-6, atol=1e-7)
+    # without load_state the saved flags would turn the optimizer back into the for-each one
+    plain = adam(params, 1e-3, 0.9)
+    plain.load_state_dict(unfused.state_dict())
+    with pytest.raises(ValueError, match="needs a fused optimizer"):
+        guarded_step(plain, params, "skip", "critic")
 
 
 def test_refuses_an_optimizer_that_cannot_skip_on_the_device():

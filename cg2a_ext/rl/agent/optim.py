@@ -24,6 +24,18 @@ def adam(params: Iterable[torch.Tensor], lr: float, beta1: float) -> torch.optim
     return torch.optim.Adam(params, lr=lr, betas=(beta1, 0.999), fused=True)
 
 
+def load_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """``optimizer.load_state_dict(state)`` keeping ``optimizer``'s implementation: a state saved by another one
+    (checkpoints written before the steps were fused) would otherwise bring its ``fused``/``foreach`` flags along,
+    and the step counts would stay where that implementation kept them."""
+    keep = {key: optimizer.defaults.get(key) for key in ("fused", "foreach", "capturable")}
+    optimizer.load_state_dict({**state, "param_groups": [{**group, **keep} for group in state["param_groups"]]})
+
+
+def _fused(optimizer: torch.optim.Optimizer) -> bool:
+    return all(group.get("fused") for group in optimizer.param_groups)
+
+
 def nonfinite_flag(params: Iterable[torch.Tensor], also: torch.Tensor | None = None) -> torch.Tensor:
     """0-d float32 on the parameters' device: 1.0 when any ``.grad`` of ``params`` holds a NaN or Inf (or when
     ``also``, a 0-d bool or 0/1 flag, is set), else 0.0; computed without reading anything back."""
@@ -45,7 +57,7 @@ def guarded_step(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], p
     ``found_inf``) over ``params``' gradients unless one is non-finite, or ``zeroed`` (a 0-d flag from the
     algorithm) is set. ``policy`` "skip": skipped on the device and added to the 0-d counter ``skipped``;
     "raise": FloatingPointError naming ``what``. Returns the 0-d flag (1.0 = skipped)."""
-    if not optimizer.defaults.get("fused"):
+    if not _fused(optimizer):
         raise ValueError(f"guarded_step needs a fused optimizer (e.g. cg2a_ext.rl.agent.optim.adam) for the {what}: "
                          f"only those can skip a step on the device")
     flag = nonfinite_flag(params, zeroed)

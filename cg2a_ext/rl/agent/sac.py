@@ -15,7 +15,7 @@ from cg2a_ext.rl.algorithms.base import Algorithm, Batch
 from cg2a_ext.rl.precision import autocast_dtype, matmul_precision, resolve_precision
 
 from .networks import build_networks, compile_blocks, set_autocast
-from .optim import adam, guarded_step
+from .optim import adam, guarded_step, load_state
 
 
 def soft_update(net, target, tau: float) -> None:
@@ -198,9 +198,9 @@ class SACAgent:
             self.log_alpha.copy_(state["log_alpha"])
         if networks_only:
             return
-        self.actor_optimizer.load_state_dict(state["actor_optimizer"])
-        self.critic_optimizer.load_state_dict(state["critic_optimizer"])
-        self.log_alpha_optimizer.load_state_dict(state["log_alpha_optimizer"])
+        load_state(self.actor_optimizer, state["actor_optimizer"])
+        load_state(self.critic_optimizer, state["critic_optimizer"])
+        load_state(self.log_alpha_optimizer, state["log_alpha_optimizer"])
         self.num_updates = int(state["num_updates"])
         self.skipped_critic_steps.fill_(int(state["skipped_critic_steps"]))
         self.skipped_actor_steps.fill_(int(state["skipped_actor_steps"]))

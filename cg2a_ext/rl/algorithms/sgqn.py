@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cg2a_ext.rl.agent.optim import adam
+from cg2a_ext.rl.agent.optim import adam, load_state
 
 from .base import Algorithm, CriticGradOutput, newest_frames
 from .decoders import AttributionDecoder
@@ -169,7 +169,7 @@ class SGQN(Algorithm):
     def load_state_dict(self, state) -> None:
         super().load_state_dict(state)
         self.decoder.load_state_dict(state["decoder"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_state(self.optimizer, state["optimizer"])
 
 
 ALGORITHM = SGQN

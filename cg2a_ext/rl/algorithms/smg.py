@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cg2a_ext.rl.agent.optim import adam
+from cg2a_ext.rl.agent.optim import adam, load_state
 
 from .base import Algorithm, CriticGradOutput, newest_frames
 from .decoders import ImageDecoder, ImageMaskDecoder
@@ -266,7 +266,7 @@ class SMG(Algorithm):
         super().load_state_dict(state)
         for k, m in self.aux_modules.items():
             m.load_state_dict(state[k])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_state(self.optimizer, state["optimizer"])
         self.choice_generator.set_state(state["choice_generator"].cpu())
 
 

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cg2a_ext.rl.agent.optim import adam
+from cg2a_ext.rl.agent.optim import adam, load_state
 
 from .base import Algorithm, CriticGradOutput, critic_loss
 
@@ -206,7 +206,7 @@ class SODA(Algorithm):
         self.online.projection.load_state_dict(state["projection"])
         self.online.predictor.load_state_dict(state["predictor"])
         self.target.load_state_dict(state["target"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        load_state(self.optimizer, state["optimizer"])
 
 
 ALGORITHM = SODA
