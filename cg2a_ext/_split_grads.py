@@ -224,12 +224,20 @@ def split_grads(
     for name in names:
         path, _, leaf = name.rpartition(".")
         wanted.setdefault(path, set()).add(leaf)
-    grads = {name: torch.zeros((k, *named[name].shape), dtype=named[name].dtype, device=named[name].device)
-             for name in names}
+    parts: dict[str, list[Tensor]] = {name: [] for name in names}
     for (layer, x, _, _, _), g in zip(captured, output_grads):
         if g is None:
             continue
         path = path_of[id(layer)]
         for leaf, value in _weight_grads(layer, x.detach(), g, k, wanted[path]).items():
-            grads[f"{path}.{leaf}" if path else leaf].add_(value)
-    return [grads[name] for name in names], torch.stack([loss.detach() for loss in losses])
+            parts[f"{path}.{leaf}" if path else leaf].append(value)
+    grads = []
+    for name in names:
+        p = named[name]
+        if not parts[name]:          # the layer was not called, or its output did not reach the losses
+            grads.append(torch.zeros((k, *p.shape), dtype=p.dtype, device=p.device))
+            continue
+        total_grad = parts[name][0] if len(parts[name]) == 1 else torch.stack(parts[name]).sum(0)
+        # a layer called once (the usual case) costs no extra op here: no zero fill, no accumulation
+        grads.append(total_grad.to(p.dtype).contiguous())
+    return grads, torch.stack([loss.detach() for loss in losses])

@@ -105,11 +105,17 @@ class CG2A:
         return result._replace(gamma=gamma)
 
     def apply_(self, params: Iterable[torch.nn.Parameter], grads: Sequence[Tensor]) -> AggregateResult:
-        """Aggregate into the parameters' .grad (allocated as zeros where None)."""
+        """Aggregate into the parameters' .grad (allocated where None: the aggregate writes every element, so
+        no zero fill is launched; if it raises, those .grad are None again, never left uninitialised)."""
         params = list(params)
         if len(params) != len(grads):
             raise ValueError(f"CG2A.apply_: {len(params)} parameters but {len(grads)} stacked gradients")
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        return self(grads, out=[p.grad for p in params])
+        allocated = [p for p in params if p.grad is None]
+        for p in allocated:
+            p.grad = torch.empty_like(p)
+        try:
+            return self(grads, out=[p.grad for p in params])
+        except BaseException:
+            for p in allocated:
+                p.grad = None
+            raise

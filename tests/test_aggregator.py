@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from cg2a_ext import CG2A, per_group_grads, reference
+from cg2a_ext import CG2A, has_fused_ops, per_group_grads, reference
 
 
 def test_gamma_is_drawn_in_range_and_reproducible():
@@ -40,6 +40,32 @@ def test_apply_writes_parameter_grads():
     for p, e, r in zip(params, expected.grads, result.grads):
         assert r is p.grad
         torch.testing.assert_close(p.grad, e)
+
+
+@pytest.mark.parametrize("backend", ["fused", "reference"])
+def test_apply_fills_fresh_grads_whole_and_leaves_none_behind_when_it_raises(backend):
+    """Fresh .grad are allocated without a zero fill (the aggregate writes every element): filled with NaN
+    beforehand by the allocator, they must come out equal to the reference; a refused aggregate leaves them None."""
+    if backend == "fused" and not has_fused_ops():
+        pytest.skip("cg2a_ext._C is not built")
+    net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    params = list(net.parameters())
+    grads = [torch.randn(3, *p.shape, dtype=torch.float64) for p in params]
+    agg = CG2A(alpha=0.25, beta=0.25, backend=backend)
+    real_empty_like = torch.empty_like
+    try:
+        torch.empty_like = lambda t, **kw: real_empty_like(t, **kw).fill_(float("nan"))   # garbage, visibly
+        agg.apply_(params, grads)
+    finally:
+        torch.empty_like = real_empty_like
+    for p, e in zip(params, reference.aggregate(grads, 0.25).grads):
+        torch.testing.assert_close(p.grad, e)
+    for p in params:
+        p.grad = None
+    grads[1][0, 0] = float("nan")
+    with pytest.raises(FloatingPointError):
+        agg.apply_(params, grads)
+    assert all(p.grad is None for p in params)
 
 
 def test_ablation_switches():
