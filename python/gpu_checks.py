@@ -5,7 +5,9 @@ each with its own deadline, and every result is written as it arrives:
 
     tests        the CUDA test cases (pytest -m cuda) and the trainer's speed options
     bench-ops    aggregate on CUDA: us per call at small P, launches per call, bandwidth at P = 1e7
-    bench-agent  the paper preset's update breakdown and end-to-end agent steps/s (drq, cg2a, ac)
+    bench-agent  the paper preset's critic update of ac and cg2a per per_group_grads method, the values
+                 an update reads back (none expected) and its ops, the update breakdown and end-to-end
+                 agent steps/s (drq, cg2a, ac)
     baselines    soda, sgqn and smg at the paper preset (agent steps/s)
     learning     drq and cg2a on cartpole_balance, paper network, action repeat 8, side by side on
                  one GPU (also the two-runs-per-GPU figure); their evaluations on train
@@ -150,7 +152,10 @@ def stage_commands(name: str, out: Path, env: dict) -> list[list[str]]:
     if name == "bench-ops":
         return [[py, "-m", "cg2a_ext.bench.ops", "--device", "cuda"]]
     if name == "bench-agent":
-        return [[py, "-m", "cg2a_ext.bench.agent", "--speed", "--presets", "paper"]]
+        return [[py, "-m", "cg2a_ext.bench.agent", "--critic-methods", "--presets", "paper"],
+                [py, "-m", "cg2a_ext.bench.host_reads", "--preset", "paper", "--device", "cuda",
+                 "--algorithms", "drq", "cg2a"],
+                [py, "-m", "cg2a_ext.bench.agent", "--speed", "--presets", "paper"]]
     if name == "baselines":
         return [[py, "-m", "cg2a_ext.bench.baselines", "--presets", "paper"]]
     if name == "sanitizer":

@@ -124,6 +124,46 @@ def critic_update_times(preset: str, reps: int) -> dict:
     return res
 
 
+def critic_method_rows(preset: str, reps: int) -> list[dict]:
+    """One critic update of ac and of cg2a with each per_group_grads method, the four alternating within every
+    repetition (a shared machine's load then hits them alike); medians, and each over ac's."""
+    from cg2a_ext.rl.agent import make_agent
+
+    variants = {"ac": ("ac", None), "cg2a loop": ("cg2a", "loop"), "cg2a vmap": ("cg2a", "vmap"),
+                "cg2a split": ("cg2a", "split")}
+    agents = {}
+    for name, (algorithm, method) in variants.items():
+        cfg = _cfg(preset, algorithm=algorithm)
+        torch.manual_seed(0)
+        agents[name] = make_agent((3 * cfg.frame_stack, cfg.image_size, cfg.image_size), 1, cfg, torch.device(cfg.device))
+        if method:
+            agents[name].algorithm.grad_method = method
+    device = torch.device(cfg.device)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    obs = (torch.randint(0, 256, (cfg.batch_size, 3 * cfg.frame_stack, cfg.image_size, cfg.image_size), device=device)
+           .float().contiguous(memory_format=fmt))
+    action = torch.rand(cfg.batch_size, 1, device=device) * 2 - 1
+    target = torch.randn(cfg.batch_size, 1, device=device)
+    times: dict[str, list[float]] = {name: [] for name in agents}
+    for rep in range(reps + 1):
+        for name, agent in agents.items():
+            sync(device)
+            start = time.perf_counter()
+            agent.update_critic(obs, action, target)
+            sync(device)
+            if rep:   # the first round warms up
+                times[name].append(time.perf_counter() - start)
+    medians = {name: statistics.median(ts) for name, ts in times.items()}
+    tag = f"{preset} K={agents['cg2a loop'].algorithm.K} B={cfg.batch_size} {cfg.image_size}px {device}"
+    rows = []
+    for name, seconds in medians.items():
+        rows.append({"suite": "agent", "name": f"critic update {name} [{tag}]", "value": seconds * 1e3, "unit": "ms"})
+        if name != "ac":
+            rows.append({"suite": "agent", "name": f"  {name} / ac [{tag}]", "value": seconds / medians["ac"],
+                         "unit": "x"})
+    return rows
+
+
 def _agent_and_replay(cfg, obs_shape, adim, device):
     """An agent for ``cfg`` and a replay buffer of 1000 random transitions (frames where ``cfg.replay_device``
     puts them)."""
@@ -522,6 +562,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Agent benchmarks (critic update costs, agent steps/s).")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions; the cpu preset only by default")
     ap.add_argument("--presets", default="", help="comma-separated presets to measure (default: cpu,paper)")
+    ap.add_argument("--critic-methods", action="store_true",
+                    help="only the critic update of ac and of cg2a with each per_group_grads method")
     ap.add_argument("--speed", action="store_true",
                     help="only the speed-option rows (issue 11): update breakdown, options on/off, end-to-end, GIL")
     # child-process mode of host_memory_rows: print one update's seconds and exit
@@ -541,7 +583,13 @@ if __name__ == "__main__":
         print(update_time(preset, algorithm, args.reps))
         raise SystemExit(0)
     presets = [p for p in args.presets.split(",") if p] or None
-    if args.speed:
+    if args.critic_methods:
+        from cg2a_ext.rl.host_memory import keep_freed_host_memory
+
+        keep_freed_host_memory()   # as train.py does by default
+        rows = [row for preset in presets or ["cpu"] for row in critic_method_rows(preset, 3 if args.quick else 7)]
+        print(format_table(rows))
+    elif args.speed:
         from cg2a_ext.rl.host_memory import keep_freed_host_memory
 
         keep_freed_host_memory()   # as train.py does by default
