@@ -17,7 +17,9 @@ GPU, one 13 ms backward instead of 22-29 ms for the other methods at the paper's
 
 The model is called through a stand-in: ``loss_fn`` runs once per group to see the model's
 arguments, which are concatenated over groups (tensors along dim 0; other values must be equal);
-the module runs once on them; ``loss_fn`` runs again per group on its slice of the outputs.
+the module runs once on them; ``loss_fn`` runs again per group on its slice of the outputs, and
+must call the model on the same objects as the first time (a loss that draws or copies its
+inputs itself is refused).
 :func:`unsupported_reason` says when this cannot be done right; ``per_group_grads`` then refuses
 "split" and "auto" leaves it out.
 """
@@ -89,6 +91,16 @@ def _merge(values: list, what: str, slices: list[tuple[Tensor, list[Tensor]]]):
     if any(isinstance(v, Tensor) for v in values) or not all(v is first or v == first for v in values):
         raise SplitUnsupported(f"the model's argument {what} is not a tensor and differs between groups")
     return first
+
+
+def _same_call(call: tuple[tuple, dict], recorded: tuple[tuple, dict]) -> bool:
+    """Whether the model got the same arguments as when recorded: the very same tensors (no value is read:
+    comparing values would make the host wait for the device), equal other values."""
+    (args, kwargs), (args0, kwargs0) = call, recorded
+    if len(args) != len(args0) or kwargs.keys() != kwargs0.keys():
+        return False
+    pairs = list(zip(args, args0)) + [(kwargs[key], kwargs0[key]) for key in kwargs]
+    return all(a is b if isinstance(a, Tensor) or isinstance(b, Tensor) else a is b or a == b for a, b in pairs)
 
 
 def _batch_size(args: tuple, kwargs: dict) -> int:
@@ -206,6 +218,10 @@ def split_grads(
             if _served:
                 raise SplitUnsupported("loss_fn calls the model more than once per group")
             _served.append(True)
+            if not _same_call((_args, _kwargs), calls[_i]):
+                raise SplitUnsupported("loss_fn called the model with other arguments the second time; split runs "
+                                       "loss_fn twice per group and needs the model called on the same objects "
+                                       "(no fresh random draws or copies inside loss_fn)")
             return group_slice(_i)
 
         losses.append(loss_fn(replaying_model, *(s[i] for _, s in slices), *shared_inputs))
