@@ -158,6 +158,26 @@ def test_bf16_update_gives_finite_fp32_gradients_close_to_fp32(algorithm):
     assert a.dtype == np.float32 and np.isfinite(a).all()
 
 
+def test_a_recorded_split_method_that_no_longer_applies_is_measured_again(monkeypatch):
+    """A run that chose split and resumes with options split cannot serve (e.g. --compile on, a resumable
+    option) measures the methods again instead of failing."""
+    import sys
+
+    import cg2a_ext._split_grads as split_module
+
+    pgg = sys.modules["cg2a_ext.per_group_grads"]
+    monkeypatch.setattr(pgg, "_AUTO_CHOICE", {})
+    agent = make_agent(OBS, A, small_agent_cfg(algorithm="cg2a", augmentations=("overlay",)), "cpu")
+    agent.algorithm.grad_method = "split"       # as restored from such a checkpoint
+    obs, action, target = float_batch()
+    reason = lambda module, names: "submodule 'encoder' is compiled (as with --compile on)"   # noqa: E731
+    monkeypatch.setattr(split_module, "unsupported_reason", reason)
+    monkeypatch.setattr(pgg, "unsupported_reason", reason)
+    grads, _ = agent.algorithm.per_loss_grads(agent, obs, action, target)
+    assert agent.algorithm.grad_method in ("loop", "vmap")
+    assert all(torch.isfinite(g).all() for g in grads)
+
+
 def test_bf16_per_loss_gradients_by_vmap_split_and_loop_agree():
     """Autocast inside per_group_grads: the three methods give the same float32 gradients."""
     torch.manual_seed(0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from cg2a_ext import per_group_grads
-from cg2a_ext.per_group_grads import auto_method
+from cg2a_ext.per_group_grads import SplitUnsupported, auto_method
 
 from .base import Algorithm, critic_loss
 
@@ -43,8 +43,14 @@ class AugmentationCombination(Algorithm):
         The first call lets per_group_grads measure its methods (vmap, loop, split: "auto"); the choice is kept
         (and checkpointed), so a resumed run computes its gradients the same way, bit for bit."""
         views = self.views(obs)
-        result = per_group_grads(agent.critic, critic_loss, (views,), (action, target),
-                                 params=agent.critic_params, method=self.grad_method or "auto")
+        try:
+            result = per_group_grads(agent.critic, critic_loss, (views,), (action, target),
+                                     params=agent.critic_params, method=self.grad_method or "auto")
+        except SplitUnsupported:
+            # a run that chose split, resumed with options split cannot serve (e.g. --compile on): measure again
+            self.grad_method = None
+            result = per_group_grads(agent.critic, critic_loss, (views,), (action, target),
+                                     params=agent.critic_params, method="auto")
         if self.grad_method is None:
             self.grad_method = auto_method(agent.critic, critic_loss, (views,), (action, target),
                                            params=agent.critic_params)
