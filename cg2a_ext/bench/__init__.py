@@ -11,7 +11,10 @@ The aggregator suite (ops) imports nothing of cg2a_ext.rl; the others are the RL
     python python/bench.py --quick              # small sizes, for a smoke run
 
 Two builds of the aggregator side by side (alternating runs, ratios):
-``python -m cg2a_ext.bench.compare_builds OLD_TREE NEW_TREE``.
+``python -m cg2a_ext.bench.compare_builds OLD_TREE NEW_TREE``. Where an update's time goes:
+``python -m cg2a_ext.bench.profile``; what it reads back to the host and how many kernel-launching
+ops it dispatches: ``python -m cg2a_ext.bench.host_reads``; the critic update per per_group_grads
+method: ``python -m cg2a_ext.bench.agent --critic-methods``.
 
 Each suite prints a markdown table (the one quoted in BENCHMARKS.md) and all
 rows are written as JSON to --json (default bench_results/<suite>.json).
