@@ -233,14 +233,13 @@ def _auto(module, loss_fn, group_inputs, shared_inputs, names) -> tuple[list[Ten
         timings["vmap"] = _timed(methods["vmap"], device)
     except RuntimeError:
         pass    # an op without a batching rule: vmap cannot run this model
-    if unsupported_reason(module, names) is None:
-        try:
-            split_seconds, split_result = _timed(methods["split"], device)
-        except SplitUnsupported:
-            pass
-        else:
-            if _agree(split_result, loop_result, SPLIT_AGREEMENT_RTOL):
-                timings["split"] = (split_seconds, split_result)
+    try:
+        split_seconds, split_result = _timed(methods["split"], device)
+    except SplitUnsupported:
+        pass    # split names why in its error; auto only needs to know it cannot run
+    else:
+        if _agree(split_result, loop_result, SPLIT_AGREEMENT_RTOL):
+            timings["split"] = (split_seconds, split_result)
     best = min(timings, key=lambda m: timings[m][0])
     _AUTO_CHOICE[key] = best
     return timings[best][1]

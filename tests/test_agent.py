@@ -116,7 +116,7 @@ def test_nonfinite_gradient_skips_step():
         obs, action, target = batch()
         target[0] = float("nan")
         before = [p.detach().clone() for p in ag.critic_params]
-        m = ag.update_critic(obs, action, target)
+        ag.update_critic(obs, action, target)
         assert ag.skipped_critic_steps == 1, algo
         for p, b in zip(ag.critic_params, before):
             assert torch.equal(p, b)

@@ -1,7 +1,6 @@
 """Tests of cg2a_ext.rl.augmentations and cg2a_ext.rl.image_bank."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,7 +9,6 @@ from cg2a_ext.rl import image_bank as ib
 from cg2a_ext.rl.augmentations import (
     AUGMENTATIONS,
     apply_conv_kernels,
-    identity,
     make_combination,
     overlay_s,
     random_conv,

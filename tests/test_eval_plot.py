@@ -32,7 +32,7 @@ def runs(tmp_path_factory):
 
 def test_eval_one_and_several_runs(runs, tmp_path):
     modes = ["train", "color_easy", "video_easy"]
-    doc = eval_script.main(["--run", str(runs[0]), "--modes", *modes, "--episodes", "2", "--device", "cpu"])
+    eval_script.main(["--run", str(runs[0]), "--modes", *modes, "--episodes", "2", "--device", "cpu"])
     js = json.loads((runs[0] / "zero_shot.json").read_text())
     md = (runs[0] / "zero_shot.md").read_text()
     assert js["episodes"] == 2 and len(js["runs"]) == 1

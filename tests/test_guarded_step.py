@@ -118,13 +118,12 @@ def test_a_nonfinite_critic_update_skips_the_step_in_the_agent(algorithm):
     agent.update_critic(obs, action, target)
     before, state = snapshot(agent.critic_optimizer, agent.critic_params)
     target[0] = float("nan")
-    metrics = agent.update_critic(obs, action, target)
+    agent.update_critic(obs, action, target)
     assert agent.skipped_critic_steps.item() == 1
     after, state_after = snapshot(agent.critic_optimizer, agent.critic_params)
     assert all(torch.equal(b, a) for b, a in zip(before, after))
     assert all(torch.equal(s[k], t[k]) for s, t in zip(state, state_after) for k in s)
     assert agent.state_dict()["skipped_critic_steps"] == 1
-    del metrics
 
 
 # Host reads by design: draws from CPU generators (never a device tensor), one per update.

@@ -7,7 +7,6 @@ network blocks (equal to eager within float tolerance) and the environment stepp
 thread (the same transitions as stepping inline).
 """
 import copy
-import os
 
 import numpy as np
 import pytest

@@ -168,7 +168,7 @@ def _agent_and_replay(cfg, obs_shape, adim, device):
     """An agent for ``cfg`` and a replay buffer of 1000 random transitions (frames where ``cfg.replay_device``
     puts them)."""
     from cg2a_ext.rl.agent import make_agent
-    from cg2a_ext.rl.replay import FrameReplayBuffer, frames_device_for
+    from cg2a_ext.rl.replay import frames_device_for
 
     agent = make_agent(obs_shape, adim, cfg, device)
     frames_device = frames_device_for(cfg.replay_device, device, obs_shape, 2000, cfg.frame_stack, 250)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cg2a_ext.bench.timing import median_time, sync
+from cg2a_ext.bench.timing import median_time
 
 CONFIGS = (
     ("drq", ()),
@@ -45,7 +45,7 @@ def config(preset: str, algorithm: str, options=()):
                              "--device", device, *options])
 
 
-def random_replay(obs_shape, action_dim: int, frames: int, frame_stack: int) -> "FrameReplayBuffer":
+def random_replay(obs_shape, action_dim: int, frames: int, frame_stack: int):
     """A replay buffer of ``frames`` random frames (what an update samples does not change its cost)."""
     from cg2a_ext.rl.replay import FrameReplayBuffer
 

@@ -30,7 +30,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
 
     from cg2a_ext.rl.checkpoint import CheckpointError, checkpoint_dir, latest_checkpoint
-    from cg2a_ext.rl.config import ConfigError, TrainConfig
+    from cg2a_ext.rl.config import TrainConfig
 
     modes = list(dict.fromkeys(args.modes))
     if args.episodes <= 0:

@@ -65,6 +65,7 @@ def window_means(values: dict[str, list]) -> dict[str, float]:
         means.update(zip([k for k, _ in pairs], torch.stack([m for _, m in pairs]).tolist()))
     return {key: means[key] for key in values}      # the metrics' own order
 
+
 class TrainingStopped(Exception):
     """The run was stopped by a signal after writing a checkpoint (``path``) at ``step``."""
 

@@ -14,6 +14,7 @@ per parameter group and step and can differ from it in the last bits.
 """
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Iterable
 
 import torch
@@ -32,6 +33,12 @@ def load_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
     optimizer.load_state_dict({**state, "param_groups": [{**group, **keep} for group in state["param_groups"]]})
 
 
+@lru_cache(maxsize=None)
+def _one(device: torch.device) -> torch.Tensor:
+    """The unscale factor 1.0 on ``device``, made once: the check runs in every step."""
+    return torch.ones((), device=device)
+
+
 def _fused(optimizer: torch.optim.Optimizer) -> bool:
     return all(group.get("fused") for group in optimizer.param_groups)
 
@@ -45,7 +52,7 @@ def nonfinite_flag(params: Iterable[torch.Tensor], also: torch.Tensor | None = N
     flag = torch.zeros((), dtype=torch.float32, device=device)
     if grads:
         # multiplies every gradient by 1.0 (no change) and sets flag where one is not finite
-        torch._amp_foreach_non_finite_check_and_unscale_(grads, flag, torch.ones((), device=device))
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, flag, _one(device))
     if also is not None:
         flag = torch.maximum(flag, also.to(device=device, dtype=torch.float32))
     return flag
