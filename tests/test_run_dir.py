@@ -409,3 +409,33 @@ def test_eta_counts_training_steps_at_the_training_rate():
     assert p.eta() == pytest.approx(900 * 2.0 + 2 * 4 * 3.0)
     p.advance(4.0, training=True)
     assert p.eta() == pytest.approx(899 * 4.0 + 2 * 4 * 3.0)
+
+
+def test_progress_redraws_a_log_file_rarely_and_a_terminal_live(monkeypatch):
+    """Redirected to a file, the bar must not write ~10 redraws a second into the log (a 500k-step run would
+    write hundreds of MB); on a terminal it stays live."""
+    import io
+    import sys
+
+    from cg2a_ext.rl.config import TrainConfig
+    from cg2a_ext.rl.run_logging import Progress, Rates
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    cfg = TrainConfig(train_steps=2000, seed_steps=0, eval_freq=0)
+    redraws = {}
+    for name, stream in (("log", io.StringIO()), ("terminal", Terminal())):
+        monkeypatch.setattr(sys, "stderr", stream)
+        clock = [0.0]
+        monkeypatch.setattr("time.monotonic", lambda: clock[0])
+        monkeypatch.setattr("time.time", lambda: clock[0])
+        p = Progress(cfg, rates=Rates(0.01, 0.1, 1.0))
+        for _ in range(1200):                   # 120 s of steps at 10 steps/s
+            clock[0] += 0.1
+            p.advance(0.1, training=True)
+        p.close()
+        redraws[name] = stream.getvalue().count("\r")
+    assert redraws["log"] <= 6, redraws          # one per minute, plus the first and the last
+    assert redraws["terminal"] >= 100, redraws    # about one a second

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +119,13 @@ class RunLogger:
             self.tb = None
 
 
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):     # no isatty, or a closed stream
+        return False
+
+
 def format_duration(seconds: float) -> str:
     """``45s``, ``12m 30s``, ``5h 12m``, ``3d 4h``."""
     if not math.isfinite(seconds):
@@ -169,6 +177,10 @@ class Progress:
     ``rates``: the estimate made at start, used until a phase has been measured."""
 
     SMOOTHING = 0.05   # weight of the newest step in the moving average of step times
+    # Seconds between redraws: a terminal gets a live bar; a log file (stderr not a terminal) a line
+    # now and then, not the ~10 redraws a second that would bloat a long run's log.
+    TERMINAL_INTERVAL = 1.0
+    LOG_INTERVAL = 60.0
 
     def __init__(self, cfg, initial: int = 0, enabled: bool = True, rates: Rates | None = None,
                  desc: str = "") -> None:
@@ -182,9 +194,11 @@ class Progress:
         self._phase = ""
         self._last = 0.0
         self.bar = None
+        self.interval = self.TERMINAL_INTERVAL if _is_terminal(sys.stderr) else self.LOG_INTERVAL
         if enabled:
             from tqdm.auto import tqdm
             self.bar = tqdm(total=cfg.train_steps, initial=initial, unit="step", dynamic_ncols=True,
+                            mininterval=self.interval, file=sys.stderr,
                             bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
 
     # ------------------------------------------------------------------ measurements
@@ -219,7 +233,7 @@ class Progress:
 
     def _refresh(self, force: bool = False) -> None:
         now = time.monotonic()
-        if self.bar is None or (not force and now - self._last < 1.0):
+        if self.bar is None or (not force and now - self._last < self.interval):
             return
         parts = [p for p in (self.rate_text(), f"ETA {format_duration(self.eta())}") if p]
         parts += [f"{k}={v}" for k, v in self.info.items()]
