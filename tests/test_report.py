@@ -199,3 +199,42 @@ def test_report_names_the_overlay_images_each_run_trained_with(tmp_path, monkeyp
     assert "approximation" in text
     runs[0].overlay_images = "/data/places"
     assert "approximation" not in tables.overlay_sources(runs)
+
+
+def test_an_archive_keeps_no_checkpoint_and_rebuilds_the_same_report(sweep_root, tmp_path, monkeypatch):
+    root, runs, never = sweep_root
+    archive = tmp_path / "archive"
+    args = ["--episodes", "2", "--modes", *MODES, "--bootstrap_reps", "200"]
+    assert report_main([str(root), *args, "--archive", str(archive)]) == 0
+    copied = [p.relative_to(archive) for p in archive.rglob("*") if p.is_file()]
+    assert not [p for p in copied if "checkpoints" in p.parts or p.suffix in (".pt", ".npz")]
+    for run in runs:
+        for name in ("config.json", "eval.csv", "finished.json", CACHE_FILE):
+            assert (archive / run.name / name).read_bytes() == (root / run.name / name).read_bytes()
+    assert (archive / "report" / "report.md").is_file()
+    size = sum((archive / p).stat().st_size for p in copied)
+    assert size < sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) / 5
+
+    import cg2a_ext.rl.evaluation as evaluation
+
+    def no_episodes(*a, **k):
+        raise AssertionError("an archive must be reported from its caches")
+
+    original = json.loads((root / "report" / "report.json").read_text())
+    monkeypatch.setattr(evaluation, "run_episodes", no_episodes)
+    assert report_main([str(archive), *args, "--no_eval"]) == 0
+    rebuilt = json.loads((archive / "report" / "report.json").read_text())
+    assert rebuilt["cells"] == original["cells"]
+    assert rebuilt["runs"] == original["runs"]      # statuses and steps survive without the checkpoints
+
+
+def test_an_archive_refuses_a_folder_inside_the_sweep_or_not_empty(sweep_root, tmp_path):
+    root, _, _ = sweep_root
+    with pytest.raises(SystemExit):
+        report_main([str(root), "--no_eval", "--archive", str(root / "inside")])
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("x")
+    with pytest.raises(SystemExit):
+        report_main([str(root), "--no_eval", "--archive", str(full)])
+    assert (full / "x").read_text() == "x" and not (root / "inside").exists()

@@ -88,9 +88,19 @@ def collect(root) -> list[RunInfo]:
             cfg = json.loads((d / "config.json").read_text())
         status = run_status(d) if d.is_dir() else NEW
         steps = checkpoint_steps(d)
-        runs.append(RunInfo(name, d, task, algorithm, seed, method, status, cfg, steps[-1] if steps else 0,
+        runs.append(RunInfo(name, d, task, algorithm, seed, method, status, cfg, steps[-1] if steps else _final_step(d),
                              eval_sources=_eval_sources(d), overlay_images=overlay_images(d, cfg)))
     return runs
+
+
+def _final_step(run_dir: Path) -> int:
+    """The step a finished run's marker records (an archive keeps no checkpoints), else 0."""
+    from cg2a_ext.rl.run_dir import read_finished
+
+    try:
+        return int((read_finished(run_dir) or {}).get("final_step", 0))
+    except (OSError, ValueError, TypeError):
+        return 0
 
 
 def overlay_images(run_dir: Path, cfg: dict) -> str:

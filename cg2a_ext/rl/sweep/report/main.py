@@ -2,6 +2,7 @@
 
     python python/report.py runs/sweep                         # all five modes, 10 episodes per run and mode
     python python/report.py runs/sweep --episodes 100 --jobs 2 --modes train video_hard
+    python python/report.py runs/sweep --archive results/sweep   # then keep the results, not the checkpoints
 
 1. Evaluates every finished run zero-shot on the modes its cache lacks (the same number of episodes
    for every run; results kept in each run folder, so a rerun evaluates nothing new).
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from ..manifest import load_manifest
 from . import figures, tables
+from .archive import check_target, write_archive
 from .collect import collect
 from .summary import add_statistics, build_cells
 from .zero_shot import evaluate_runs
@@ -39,6 +41,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap_reps", type=int, default=2000, help="bootstrap resamples for the intervals")
     p.add_argument("--out", default=None, help="output folder (default: SWEEP_DIR/report)")
     p.add_argument("--no_eval", action="store_true", help="use the cached evaluations only; evaluate nothing")
+    p.add_argument("--archive", default=None, metavar="DIR",
+                   help="then copy the sweep's results without checkpoints (configs, logs, zero-shot caches, "
+                        "images, the report) into DIR, a new folder: `report.py DIR --no_eval` rebuilds the report")
     return p
 
 
@@ -108,6 +113,11 @@ def main(argv=None) -> int:
         p.error(f"{root} is not a folder")
     if args.episodes <= 0:
         p.error("--episodes must be positive")
+    if args.archive:
+        try:
+            check_target(root, args.archive)      # before the evaluation, not after it
+        except ValueError as error:
+            p.error(str(error))
     runs = collect(root)
     if not runs:
         p.error(f"{root} holds no runs (no sweep.json and no run folder with config.json)")
@@ -144,4 +154,10 @@ def main(argv=None) -> int:
     errors = [r for r in finished if r.zero_shot_error]
     for r in errors:
         print(f"report.py: zero-shot evaluation of {r.name} failed: {r.zero_shot_error}", file=sys.stderr)
+    if args.archive:
+        files, size, too_large = write_archive(root, args.archive)
+        print(f"archived {files} files ({size / 1e6:.1f} MB) in {args.archive}; "
+              f"`python python/report.py {args.archive} --no_eval` rebuilds the report")
+        for rel in too_large:
+            print(f"report.py: left out of the archive for its size: {rel}", file=sys.stderr)
     return 1 if errors else 0
