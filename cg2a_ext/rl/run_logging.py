@@ -194,11 +194,16 @@ class Progress:
         self._phase = ""
         self._last = 0.0
         self.bar = None
-        self.interval = self.TERMINAL_INTERVAL if _is_terminal(sys.stderr) else self.LOG_INTERVAL
+        terminal = _is_terminal(sys.stderr)
+        self.interval = self.TERMINAL_INTERVAL if terminal else self.LOG_INTERVAL
         if enabled:
             from tqdm.auto import tqdm
+
+            tqdm_interval = self.interval if terminal else math.inf
             self.bar = tqdm(total=cfg.train_steps, initial=initial, unit="step", dynamic_ncols=True,
-                            mininterval=self.interval, file=sys.stderr,
+                            # in a log, only _refresh draws: tqdm's own timing (and its monitor thread,
+                            # which forces a redraw 10 s after a print) would add lines between
+                            mininterval=tqdm_interval, maxinterval=tqdm_interval, file=sys.stderr,
                             bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
 
     # ------------------------------------------------------------------ measurements
