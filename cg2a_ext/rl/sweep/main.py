@@ -114,6 +114,9 @@ def main(argv=None) -> int:
     print(runner.summary())
     if code == 130:
         print("stopped: launch the same command again to resume")
+    elif code == 0:
+        print(f"next: python python/report.py {root}   (add --archive DIR to keep the results without "
+              f"the checkpoints: the sweep root holds them only on this machine)")
     return code
 
 
