@@ -3,6 +3,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +67,7 @@ def test_plot(runs, tmp_path):
     names = sorted(p.name for p in written)
     assert "learning_curves.png" in names
     assert sum(n.startswith("grad_diagnostics_") for n in names) == 2
+    assert not any(n.startswith("evaluation_images_") for n in names)    # cg2a saves no evaluation images
     for p in written:
         assert p.stat().st_size > 1000 and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -110,3 +112,25 @@ def test_aggregate_shares_from_logged_norms_and_cosines():
     assert abs(shares.sum() - 1.0) < 1e-9
     assert max(abs(shares - expected)) < 1e-9
     assert shares[1] > 0.8           # the large gradient dominates the aggregate
+
+
+def test_evaluation_images_figure_rows_spread_over_training(tmp_path):
+    from PIL import Image
+
+    from cg2a_ext.rl.plotting import evaluation_image_steps, plot_evaluation_images, spread
+
+    run = tmp_path / "run"
+    for step in range(0, 6000, 1000):
+        d = run / "images" / f"step_{step:09d}"
+        d.mkdir(parents=True)
+        for name in ("saliency", "mask") if step else ("saliency",):     # a name missing at one step
+            Image.fromarray(np.full((8, 8, 3), step // 25, np.uint8)).save(d / f"{name}.png")
+    (run / "images" / "step_000009000").mkdir()                         # an empty step folder: no row
+    found = evaluation_image_steps(run)
+    assert sorted(found) == [0, 1000, 2000, 3000, 4000, 5000] and sorted(found[1000]) == ["mask", "saliency"]
+    assert spread(sorted(found), 4) == [0, 2000, 3000, 5000]
+    assert spread([0, 1000], 4) == [0, 1000]
+    out = plot_evaluation_images(run, tmp_path / "images.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_evaluation_images(tmp_path / "no_images", tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()

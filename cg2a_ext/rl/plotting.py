@@ -178,3 +178,55 @@ def plot_gradient_diagnostics(run_dir, out_path) -> Path | None:
     fig.savefig(out_path, dpi=100)
     plt.close(fig)
     return out_path
+
+
+def evaluation_image_steps(run_dir) -> dict[int, dict[str, Path]]:
+    """``{step: {name: png}}`` of the images a run saved at its evaluations (``images/step_<N>/<name>.png``)."""
+    found: dict[int, dict[str, Path]] = {}
+    for d in sorted((Path(run_dir) / "images").glob("step_*")):
+        match = re.fullmatch(r"step_(\d+)", d.name)
+        pngs = {p.stem: p for p in sorted(d.glob("*.png"))}
+        if match and pngs:
+            found[int(match.group(1))] = pngs
+    return found
+
+
+def spread(items: list, count: int) -> list:
+    """At most ``count`` of ``items``, evenly spaced, the first and the last included."""
+    if len(items) <= count:
+        return list(items)
+    picks = np.linspace(0, len(items) - 1, count).round().astype(int)
+    return [items[i] for i in dict.fromkeys(picks.tolist())]
+
+
+def plot_evaluation_images(run_dir, out_path, max_rows: int = 4) -> Path | None:
+    """The algorithm's evaluation images (SGQN's saliency and masks, SMG's reconstructions, ...) over
+    training in one figure: a row per evaluation step (at most ``max_rows``, spread from the first to the
+    last), a column per image name. None when the run saved no images."""
+    found = evaluation_image_steps(run_dir)
+    if not found:
+        return None
+    steps = spread(sorted(found), max_rows)
+    # the input first, then the algorithm's maps
+    names = sorted({n for s in steps for n in found[s]}, key=lambda n: ("observation" not in n, n))
+    plt = _plt()
+    from PIL import Image
+
+    fig, axes = plt.subplots(len(steps), len(names), figsize=(2.6 * len(names), 2.6 * len(steps)), squeeze=False)
+    for i, step in enumerate(steps):
+        for j, name in enumerate(names):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if name in found[step]:
+                ax.imshow(np.asarray(Image.open(found[step][name]).convert("RGB")), interpolation="nearest")
+            if i == 0:
+                ax.set_title(name, fontsize=9)
+            if j == 0:
+                ax.set_ylabel(f"step {step}", fontsize=9)
+    fig.suptitle(f"evaluation images: {run_label(run_dir)}", fontsize=10)
+    fig.tight_layout()
+    out_path = Path(out_path)
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return out_path
