@@ -202,12 +202,20 @@ def test_report_names_the_overlay_images_each_run_trained_with(tmp_path, monkeyp
 
 
 def test_an_archive_keeps_no_checkpoint_and_rebuilds_the_same_report(sweep_root, tmp_path, monkeypatch):
+    from cg2a_ext.rl.run_dir import temporary_path
+
     root, runs, never = sweep_root
     archive = tmp_path / "archive"
     args = ["--episodes", "2", "--modes", *MODES, "--bootstrap_reps", "200"]
-    assert report_main([str(root), *args, "--archive", str(archive)]) == 0
+    half_written = temporary_path(root / runs[0].name / "eval.csv")   # as a running run leaves it
+    half_written.write_text("step,mode")
+    try:
+        assert report_main([str(root), *args, "--archive", str(archive)]) == 0
+    finally:
+        half_written.unlink()
     copied = [p.relative_to(archive) for p in archive.rglob("*") if p.is_file()]
     assert not [p for p in copied if "checkpoints" in p.parts or p.suffix in (".pt", ".npz")]
+    assert not [p for p in copied if ".tmp" in p.name]
     for run in runs:
         for name in ("config.json", "eval.csv", "finished.json", CACHE_FILE):
             assert (archive / run.name / name).read_bytes() == (root / run.name / name).read_bytes()

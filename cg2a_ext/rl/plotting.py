@@ -182,8 +182,10 @@ def plot_gradient_diagnostics(run_dir, out_path) -> Path | None:
 
 def evaluation_image_steps(run_dir) -> dict[int, dict[str, Path]]:
     """``{step: {name: png}}`` of the images a run saved at its evaluations (``images/step_<N>/<name>.png``)."""
+    from .run_dir import IMAGES
+
     found: dict[int, dict[str, Path]] = {}
-    for d in sorted((Path(run_dir) / "images").glob("step_*")):
+    for d in sorted((Path(run_dir) / IMAGES).glob("step_*")):
         match = re.fullmatch(r"step_(\d+)", d.name)
         pngs = {p.stem: p for p in sorted(d.glob("*.png"))}
         if match and pngs:

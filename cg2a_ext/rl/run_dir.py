@@ -63,6 +63,11 @@ def temporary_path(path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is a file being written (``temporary_path``'s form), not yet in place."""
+    return bool(_TEMPORARY.match(name))
+
+
 def default_run_dir(runs_root, task: str, algorithm: str, seed: int) -> Path:
     return Path(runs_root) / task / algorithm / f"seed{seed}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -198,7 +203,7 @@ def clean_stale_temporaries(run_dir) -> list[Path]:
         if not folder.is_dir():
             continue
         for p in folder.iterdir():
-            if _TEMPORARY.match(p.name) and p.is_file():
+            if is_temporary(p.name) and p.is_file():
                 p.unlink(missing_ok=True)
                 removed.append(p)
     if ck.is_dir():
