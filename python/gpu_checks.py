@@ -14,7 +14,7 @@ each with its own deadline, and every result is written as it arrives:
     learning-baselines
                  soda, sgqn and smg on cartpole_balance, cpu preset network, 10k agent steps, side by
                  side (RESULTS.md's baselines check; not in the default list)
-    profile      where one aggregate call's and one update's time goes (cg2a_ext.bench.profile): host
+    profile      where one aggregate call's and one update's time goes (cg2a_ext.rl.bench.profile): host
                  time, kernel time, launches and synchronisations per call (not in the default list)
     sanitizer    compute-sanitizer memcheck and racecheck over the ops' CUDA cases against the
                  float64 reference (after any kernel change; not in the default list)
@@ -148,16 +148,16 @@ def stage_commands(name: str, out: Path, env: dict) -> list[list[str]]:
                 [py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-m", "not cuda",
                  "tests/test_speed_options.py", "tests/test_ops_per_group_grads.py"]]
     if name == "profile":
-        return [[py, "-m", "cg2a_ext.bench.profile", "--device", "cuda", "--presets", "paper"]]
+        return [[py, "-m", "cg2a_ext.rl.bench.profile", "--device", "cuda", "--presets", "paper"]]
     if name == "bench-ops":
         return [[py, "-m", "cg2a_ext.bench.ops", "--device", "cuda"]]
     if name == "bench-agent":
-        return [[py, "-m", "cg2a_ext.bench.agent", "--critic-methods", "--presets", "paper"],
-                [py, "-m", "cg2a_ext.bench.host_reads", "--preset", "paper", "--device", "cuda",
+        return [[py, "-m", "cg2a_ext.rl.bench.agent", "--critic-methods", "--presets", "paper"],
+                [py, "-m", "cg2a_ext.rl.bench.host_reads", "--preset", "paper", "--device", "cuda",
                  "--algorithms", "drq", "cg2a"],
-                [py, "-m", "cg2a_ext.bench.agent", "--speed", "--presets", "paper"]]
+                [py, "-m", "cg2a_ext.rl.bench.agent", "--speed", "--presets", "paper"]]
     if name == "baselines":
-        return [[py, "-m", "cg2a_ext.bench.baselines", "--presets", "paper"]]
+        return [[py, "-m", "cg2a_ext.rl.bench.baselines", "--presets", "paper"]]
     if name == "sanitizer":
         cases = [py, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "tests/test_ops.py", "-k", "cuda"]
         return [["compute-sanitizer", "--tool", tool, "--error-exitcode", "9", *cases]

@@ -3,11 +3,11 @@
 
     python python/report.py runs/sweep --episodes 10
 
-See ``cg2a_ext.rl.sweep.report.main`` or --help.
+See ``cg2a_ext.rl.cli.report`` or --help.
 """
 import sys
 
-from cg2a_ext.rl.sweep.report.main import main
+from cg2a_ext.rl.cli.report import main
 
 if __name__ == "__main__":
     sys.exit(main())

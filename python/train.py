@@ -7,14 +7,14 @@ same as ``cg2a-train``.
     python python/train.py --resume --run_dir runs/...        # continue a stopped run
 
 Every field of cg2a_ext.rl.config.TrainConfig is an option; see --help. The logic lives in
-cg2a_ext.rl.train_main.
+cg2a_ext.rl.cli.train.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from cg2a_ext.rl.train_main import build_and_train as _build_and_train
-from cg2a_ext.rl.train_main import main
+from cg2a_ext.rl.cli.train import build_and_train as _build_and_train
+from cg2a_ext.rl.cli.train import main
 
 
 def build_and_train(argv=None) -> Path:

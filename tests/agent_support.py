@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from cg2a_ext.rl.config import TrainConfig
-from cg2a_ext.rl.replay import FrameReplayBuffer
+from cg2a_ext.rl.core.replay import FrameReplayBuffer
 
 OBS = (9, 32, 32)
 A = 2

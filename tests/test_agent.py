@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from cg2a_ext.rl.agent import make_agent
-from cg2a_ext.rl.agent.networks import build_networks
+from cg2a_ext.rl.core.agent import make_agent
+from cg2a_ext.rl.core.agent.networks import build_networks
 from cg2a_ext.rl.algorithms.base import critic_loss
 from cg2a_ext.rl.config import ConfigError, TrainConfig, config_from_args, field_docs
-from cg2a_ext.rl.replay import FrameReplayBuffer
+from cg2a_ext.rl.core.replay import FrameReplayBuffer
 
 from agent_support import filled_replay, small_agent_cfg
 
@@ -255,7 +255,7 @@ def test_registry_declares_every_algorithm():
 def test_config_names_match_environments_and_augmentations():
     from typing import get_args
 
-    from cg2a_ext.rl.augmentations import AUGMENTATIONS
+    from cg2a_ext.rl.core.augmentations import AUGMENTATIONS
     from cg2a_ext.rl.config import AugmentationName, Mode
     from cg2a_ext.rl.envs import MODES
     assert get_args(Mode) == tuple(MODES)
@@ -263,7 +263,7 @@ def test_config_names_match_environments_and_augmentations():
 
 
 def test_seed_streams_are_named_and_independent():
-    from cg2a_ext.rl.seeding import SeedStreams
+    from cg2a_ext.rl.run.seeding import SeedStreams
     a, b = SeedStreams(0), SeedStreams(1)
     assert a.integer("replay") == SeedStreams(0).integer("replay")
     assert len({a.integer("replay"), a.integer("augment"), b.integer("replay"), a.integer("episodes", 0),

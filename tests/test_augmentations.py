@@ -1,12 +1,12 @@
-"""Tests of cg2a_ext.rl.augmentations and cg2a_ext.rl.image_bank."""
+"""Tests of cg2a_ext.rl.core.augmentations and cg2a_ext.rl.core.image_bank."""
 from __future__ import annotations
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from cg2a_ext.rl import image_bank as ib
-from cg2a_ext.rl.augmentations import (
+from cg2a_ext.rl.core import image_bank as ib
+from cg2a_ext.rl.core.augmentations import (
     AUGMENTATIONS,
     apply_conv_kernels,
     make_combination,

@@ -12,8 +12,8 @@ import torch
 
 from agent_support import A, OBS, batch, filled_replay, flat_tensors, tiny_cfg
 from cg2a_ext.rl import algorithms
-from cg2a_ext.rl.agent import make_agent
-from cg2a_ext.rl.replay import FrameReplayBuffer
+from cg2a_ext.rl.core.agent import make_agent
+from cg2a_ext.rl.core.replay import FrameReplayBuffer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
@@ -191,7 +191,7 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, algorithm
 def test_decoders_follow_the_agents_convolution_layout(algorithm, decoders, channels_last):
     """The auxiliary decoders take the layout of the trunk that feeds them (--channels_last)."""
     from agent_support import A, OBS, tiny_cfg
-    from cg2a_ext.rl.agent import make_agent
+    from cg2a_ext.rl.core.agent import make_agent
 
     agent = make_agent(OBS, A, tiny_cfg(algorithm, channels_last=channels_last), "cpu")
     fmt = torch.channels_last if channels_last else torch.contiguous_format

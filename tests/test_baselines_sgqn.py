@@ -8,8 +8,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from agent_support import A, OBS, batch, filled_replay, tiny_cfg
-from cg2a_ext.rl.agent import make_agent
-from cg2a_ext.rl.algorithms.guided_backprop import q1_guided_backprop
+from cg2a_ext.rl.core.agent import make_agent
+from cg2a_ext.rl.algorithms.parts.guided_backprop import q1_guided_backprop
 from cg2a_ext.rl.algorithms.sgqn import fill_unsalient, saliency_mask
 from cg2a_ext.rl.config import config_from_args
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from agent_support import A, OBS, batch, filled_replay, tiny_cfg
-from cg2a_ext.rl.agent import make_agent
+from cg2a_ext.rl.core.agent import make_agent
 from cg2a_ext.rl.algorithms.base import Batch
 from cg2a_ext.rl.config import config_from_args
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from agent_support import A, OBS, batch, filled_replay, tiny_cfg
-from cg2a_ext.rl.agent import make_agent
+from cg2a_ext.rl.core.agent import make_agent
 from cg2a_ext.rl.algorithms.soda import center_crop, random_crop, soda_loss
 from cg2a_ext.rl.config import ConfigError, config_from_args
 

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_baselines_update_only_prints_one_line_per_algorithm(capsys):
-    from cg2a_ext.bench.baselines import update_only
+    from cg2a_ext.rl.bench.baselines import update_only
 
     update_only(["drq", "svea"], "cpu", reps=1)
     lines = capsys.readouterr().out.strip().splitlines()
@@ -26,7 +26,7 @@ def test_compare_builds_refuses_a_folder_without_the_package(tmp_path):
 
 
 def test_baselines_update_only_names_an_unknown_algorithm(capsys):
-    from cg2a_ext.bench.baselines import update_only
+    from cg2a_ext.rl.bench.baselines import update_only
 
     with pytest.raises(SystemExit):
         update_only(["nope"], "cpu", reps=1)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from cg2a_ext.rl import checkpoint as ck
-from cg2a_ext.rl.replay import FrameReplayBuffer
+from cg2a_ext.rl.run import checkpoint as ck
+from cg2a_ext.rl.core.replay import FrameReplayBuffer
 
 
 def small_replay(transitions: int, seed: int = 0) -> FrameReplayBuffer:

@@ -14,10 +14,10 @@ import pytest
 
 from cg2a_ext.rl.envs import MODES, TASKS, make_env
 from cg2a_ext.rl.envs import rendering
-from cg2a_ext.rl.envs.color import GREEN
-from cg2a_ext.rl.envs.data import DATA_ENV_VAR
-from cg2a_ext.rl.envs.procedural import procedural_color_entries
-from cg2a_ext.rl.envs.video import CLIP_CACHE, green_mask, green_screen, green_screen_reference
+from cg2a_ext.rl.envs.dmc.color import GREEN
+from cg2a_ext.rl.envs.dmc.data import DATA_ENV_VAR
+from cg2a_ext.rl.envs.dmc.procedural import procedural_color_entries
+from cg2a_ext.rl.envs.dmc.video import CLIP_CACHE, green_mask, green_screen, green_screen_reference
 
 SIZE = 64  # smaller than 84 to keep CPU rendering cheap; the logic does not depend on it
 
@@ -311,7 +311,7 @@ def test_green_mask_matches_per_pixel_reference():
     bg = rng.integers(0, 256, pixels.shape, dtype=np.uint8)
     np.testing.assert_array_equal(green_screen(pixels, bg), green_screen_reference(pixels, bg))
     # The integer fast path against colorsys's float64 arithmetic on many colours.
-    from cg2a_ext.rl.envs.video import _green_mask_float
+    from cg2a_ext.rl.envs.dmc.video import _green_mask_float
 
     many = rng.integers(0, 256, (512, 1024, 3), dtype=np.uint8)
     np.testing.assert_array_equal(green_mask(many), _green_mask_float(many))

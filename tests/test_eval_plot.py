@@ -11,8 +11,8 @@ sys.path.insert(0, str(ROOT / "python"))
 
 import train as train_script  # noqa: E402
 
-from cg2a_ext.rl import eval_main as eval_script  # noqa: E402
-from cg2a_ext.rl import plot_main as plot_script  # noqa: E402
+from cg2a_ext.rl.cli import eval as eval_script  # noqa: E402
+from cg2a_ext.rl.cli import plot as plot_script  # noqa: E402
 
 TINY = ["--task", "cartpole_balance", "--preset", "cpu", "--image_size", "32", "--episode_length", "40",
         "--num_conv_layers", "2", "--num_filters", "8", "--projection_dim", "16", "--hidden_dim", "32",
@@ -76,7 +76,7 @@ def test_run_label_separates_ablations_not_seeds(tmp_path):
     import json
 
     from cg2a_ext.rl.config import TrainConfig
-    from cg2a_ext.rl.plotting import run_label
+    from cg2a_ext.rl.run.plots import run_label
 
     def run(name, **kw):
         d = tmp_path / name
@@ -99,8 +99,8 @@ def test_aggregate_shares_from_logged_norms_and_cosines():
     norms and cosines, equals the projection computed on the gradient vectors themselves."""
     import torch
 
-    from cg2a_ext.rl.algorithms.gradient_diagnostics import gram_diagnostics
-    from cg2a_ext.rl.plotting import aggregate_shares
+    from cg2a_ext.rl.algorithms.parts.gradient_diagnostics import gram_diagnostics
+    from cg2a_ext.rl.run.plots import aggregate_shares
 
     g = torch.randn(4, 300, dtype=torch.float64)
     g[1] *= 8.0                      # one large gradient, as random conv's
@@ -117,7 +117,7 @@ def test_aggregate_shares_from_logged_norms_and_cosines():
 def test_evaluation_images_figure_rows_spread_over_training(tmp_path):
     from PIL import Image
 
-    from cg2a_ext.rl.plotting import evaluation_image_steps, plot_evaluation_images, spread
+    from cg2a_ext.rl.run.plots import evaluation_image_steps, plot_evaluation_images, spread
 
     run = tmp_path / "run"
     for step in range(0, 6000, 1000):

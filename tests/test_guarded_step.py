@@ -1,4 +1,4 @@
-"""The core's optimizer steps (cg2a_ext.rl.agent.optim): a non-finite gradient never reaches a
+"""The core's optimizer steps (cg2a_ext.rl.core.agent.optim): a non-finite gradient never reaches a
 parameter or an Adam moment, the skip is decided and counted on the device, and a whole SAC update
 reads nothing back to the host (so a GPU update never waits for its own kernels)."""
 from __future__ import annotations
@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from agent_support import OBS, A, filled_replay, small_agent_cfg, tiny_cfg
-from cg2a_ext.bench.host_reads import HostReadBacks
-from cg2a_ext.rl.agent import make_agent
-from cg2a_ext.rl.agent.optim import adam, guarded_step, load_state, nonfinite_flag
+from cg2a_ext.rl.bench.host_reads import HostReadBacks
+from cg2a_ext.rl.core.agent import make_agent
+from cg2a_ext.rl.core.agent.optim import adam, guarded_step, load_state, nonfinite_flag
 
 
 def params_with_grads(seed=0, bad=None):
@@ -155,7 +155,7 @@ def test_a_cuda_update_never_synchronises(algorithm):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     torch.manual_seed(0)
-    from cg2a_ext.rl.replay import FrameReplayBuffer
+    from cg2a_ext.rl.core.replay import FrameReplayBuffer
 
     agent = make_agent(OBS, A, small_agent_cfg(algorithm=algorithm, batch_size=4, device="cuda"), "cuda")
     replay = FrameReplayBuffer(OBS, A, 100, frame_stack=3, episode_steps=20, frames_device="cuda")

@@ -1,4 +1,4 @@
-"""cg2a_ext.rl.host_memory: glibc keeps freed tensors' memory for reuse instead of unmapping it."""
+"""cg2a_ext.rl.run.host_memory: glibc keeps freed tensors' memory for reuse instead of unmapping it."""
 import platform
 import subprocess
 import sys
@@ -6,14 +6,14 @@ import textwrap
 
 import pytest
 
-from cg2a_ext.rl.host_memory import keep_freed_host_memory
+from cg2a_ext.rl.run.host_memory import keep_freed_host_memory
 
 GLIBC = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
 
 # RSS (MiB) before, while holding and after freeing a 256 MiB tensor that was written to.
 _PROBE = textwrap.dedent("""
     import sys, torch
-    from cg2a_ext.rl.host_memory import keep_freed_host_memory
+    from cg2a_ext.rl.run.host_memory import keep_freed_host_memory
     def rss():
         with open("/proc/self/status") as f:
             return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024

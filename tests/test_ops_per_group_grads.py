@@ -17,7 +17,7 @@ K, B, ACTIONS = 3, 4, 2
 
 
 def package_critic():
-    from cg2a_ext.rl.agent.networks import build_networks
+    from cg2a_ext.rl.core.agent.networks import build_networks
 
     torch.manual_seed(0)
     _, critic, _ = build_networks((9, 24, 24), ACTIONS, num_conv_layers=2, num_filters=4,

@@ -12,7 +12,7 @@ from cg2a_ext.rl.sweep import manifest
 from cg2a_ext.rl.sweep.grid import build_spec
 from cg2a_ext.rl.sweep.report import stats, tables
 from cg2a_ext.rl.sweep.report.collect import RunInfo
-from cg2a_ext.rl.sweep.report.main import main as report_main
+from cg2a_ext.rl.cli.report import main as report_main
 from cg2a_ext.rl.sweep.report.summary import build_cells
 from cg2a_ext.rl.sweep.report.zero_shot import CACHE_FILE
 
@@ -88,7 +88,7 @@ def test_report_rerun_evaluates_nothing_new_and_fewer_episodes_reuse_the_cache(s
     if not (root / runs[0].name / CACHE_FILE).exists():
         assert report_main([str(root), "--episodes", "2", "--modes", *MODES, "--bootstrap_reps", "200"]) == 0
     stamps = {r.name: (root / r.name / CACHE_FILE).stat().st_mtime_ns for r in runs}
-    import cg2a_ext.rl.evaluation as evaluation
+    import cg2a_ext.rl.core.evaluation as evaluation
 
     def no_episodes(*a, **k):
         raise AssertionError("the report evaluated again what its cache holds")
@@ -165,7 +165,7 @@ def test_aggregates_match_plain_float64_references():
 
 
 def test_report_names_the_overlay_images_each_run_trained_with(tmp_path, monkeypatch):
-    from cg2a_ext.rl.image_bank import OVERLAY_ENV_VAR, image_bank_source
+    from cg2a_ext.rl.core.image_bank import OVERLAY_ENV_VAR, image_bank_source
     from cg2a_ext.rl.sweep.report.collect import overlay_images
 
     monkeypatch.delenv(OVERLAY_ENV_VAR, raising=False)
@@ -187,7 +187,7 @@ def test_report_names_the_overlay_images_each_run_trained_with(tmp_path, monkeyp
     assert overlay_images(recorded, {"algorithm": "cg2a", "augmentations": ["conv", "overlay_s"]}) == "procedural"
     assert overlay_images(recorded, {"algorithm": "svea", "svea_augmentation": "conv"}) == ""
     from cg2a_ext.rl.config import TrainConfig
-    from cg2a_ext.rl.image_bank import draws_overlay_images
+    from cg2a_ext.rl.core.image_bank import draws_overlay_images
 
     assert not draws_overlay_images(TrainConfig(algorithm="drq").to_dict())      # a TrainConfig works too
     assert draws_overlay_images(TrainConfig(algorithm="svea").to_dict())
@@ -202,7 +202,7 @@ def test_report_names_the_overlay_images_each_run_trained_with(tmp_path, monkeyp
 
 
 def test_an_archive_keeps_no_checkpoint_and_rebuilds_the_same_report(sweep_root, tmp_path, monkeypatch):
-    from cg2a_ext.rl.run_dir import temporary_path
+    from cg2a_ext.rl.run.folder import temporary_path
 
     root, runs, never = sweep_root
     archive = tmp_path / "archive"
@@ -223,7 +223,7 @@ def test_an_archive_keeps_no_checkpoint_and_rebuilds_the_same_report(sweep_root,
     size = sum((archive / p).stat().st_size for p in copied)
     assert size < sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) / 5
 
-    import cg2a_ext.rl.evaluation as evaluation
+    import cg2a_ext.rl.core.evaluation as evaluation
 
     def no_episodes(*a, **k):
         raise AssertionError("an archive must be reported from its caches")

@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "python"))
 
 import train as train_script  # noqa: E402
-from cg2a_ext.rl.checkpoint import list_checkpoints  # noqa: E402
-from cg2a_ext.rl.run_dir import RunDirError, RunLock, run_status  # noqa: E402
+from cg2a_ext.rl.run.checkpoint import list_checkpoints  # noqa: E402
+from cg2a_ext.rl.run.folder import RunDirError, RunLock, run_status  # noqa: E402
 
 # 10 agent steps per episode (40 simulator steps, action repeat 4), 20 seed steps
 TINY = ["--task", "cartpole_balance", "--preset", "cpu", "--image_size", "32", "--episode_length", "40",
@@ -72,7 +72,7 @@ class Killed(BaseException):
 def kill_at_transition(monkeypatch, n, capacity, action=None):
     """Patch the replay buffer so that storing transition ``n`` in the run's buffer (of ``capacity``: the
     speed measurement at start fills a scratch buffer of its own) raises Killed (or calls ``action``)."""
-    from cg2a_ext.rl.replay import FrameReplayBuffer
+    from cg2a_ext.rl.core.replay import FrameReplayBuffer
 
     orig_add = FrameReplayBuffer.add
 
@@ -94,7 +94,7 @@ def reference(tmp_path_factory):
 
 
 # --------------------------------------------------------------------------- the lock
-LOCKER = ("import sys, time\nfrom cg2a_ext.rl.run_dir import RunLock\nRunLock(sys.argv[1]).acquire()\n"
+LOCKER = ("import sys, time\nfrom cg2a_ext.rl.run.folder import RunLock\nRunLock(sys.argv[1]).acquire()\n"
           "print('locked', flush=True)\ntime.sleep(600)\n")
 
 
@@ -220,7 +220,7 @@ def test_corrupt_checkpoint_falls_back_and_stale_temporaries_are_removed(tmp_pat
 
 # --------------------------------------------------------------------------- failing writes
 def test_failed_checkpoint_write_keeps_the_previous_one_and_resumes(tmp_path, monkeypatch, capsys):
-    import cg2a_ext.rl.checkpoint as checkpoint
+    import cg2a_ext.rl.run.checkpoint as checkpoint
 
     calls = []
     real_savez = np.savez
@@ -330,7 +330,7 @@ def test_ctrl_c_writes_a_checkpoint_and_prints_the_resume_command(tmp_path, monk
 
 
 def test_sigterm_during_an_evaluation_repeats_it_on_resume(tmp_path, monkeypatch, capsys):
-    import cg2a_ext.rl.evaluation as evaluation
+    import cg2a_ext.rl.core.evaluation as evaluation
 
     real = evaluation.run_episodes
     calls = []
@@ -396,7 +396,7 @@ def test_evaluation_images_and_progress_display(tmp_path, monkeypatch, capsys):
 
 def test_eta_counts_training_steps_at_the_training_rate():
     from cg2a_ext.rl.config import TrainConfig
-    from cg2a_ext.rl.run_logging import Progress, Rates, remaining_seconds
+    from cg2a_ext.rl.run.logs import Progress, Rates, remaining_seconds
 
     cfg = TrainConfig(train_steps=1000, seed_steps=100, eval_freq=500, eval_episodes=2,
                       eval_modes=("train", "color_easy"))
@@ -418,7 +418,7 @@ def test_progress_redraws_a_log_file_rarely_and_a_terminal_live(monkeypatch):
     import sys
 
     from cg2a_ext.rl.config import TrainConfig
-    from cg2a_ext.rl.run_logging import Progress, Rates
+    from cg2a_ext.rl.run.logs import Progress, Rates
 
     class Terminal(io.StringIO):
         def isatty(self):

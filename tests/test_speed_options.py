@@ -13,13 +13,13 @@ import pytest
 import torch
 
 from cg2a_ext import per_group_grads
-from cg2a_ext.rl.agent import make_agent
-from cg2a_ext.rl.agent.networks import build_networks
+from cg2a_ext.rl.core.agent import make_agent
+from cg2a_ext.rl.core.agent.networks import build_networks
 from cg2a_ext.rl.algorithms.base import critic_loss
 from cg2a_ext.rl.config import ConfigError, TrainConfig, config_from_args
-from cg2a_ext.rl.env_stepper import EnvStepper
-from cg2a_ext.rl.precision import autocast_dtype, matmul_precision, resolve_precision
-from cg2a_ext.rl.replay import FrameReplayBuffer, NumpyFrames, TorchFrames, frames_device_for
+from cg2a_ext.rl.core.env_stepper import EnvStepper
+from cg2a_ext.rl.core.agent.precision import autocast_dtype, matmul_precision, resolve_precision
+from cg2a_ext.rl.core.replay import FrameReplayBuffer, NumpyFrames, TorchFrames, frames_device_for
 
 from agent_support import small_agent_cfg
 
@@ -320,7 +320,7 @@ def test_speed_options_are_cli_switches_and_may_change_on_resume(tmp_path):
 
 
 def test_env_overlap_auto_is_on_for_a_cpu_and_off_for_cuda_and_old_switches_load(tmp_path):
-    from cg2a_ext.rl.env_stepper import resolve_env_overlap
+    from cg2a_ext.rl.core.env_stepper import resolve_env_overlap
 
     assert resolve_env_overlap("auto", "cpu") and not resolve_env_overlap("auto", "cuda")
     assert resolve_env_overlap("on", "cuda") and not resolve_env_overlap("off", "cpu")
@@ -491,7 +491,7 @@ def test_per_loss_gradient_method_is_chosen_once_and_kept_across_a_restart(algor
 
 def test_compile_auto_is_off_on_every_device():
     """`--compile auto` compiles nothing: the compiled blocks measured no gain on an H100 (BENCHMARKS.md)."""
-    from cg2a_ext.rl.agent.sac import resolve_compile
+    from cg2a_ext.rl.core.agent.sac_agent import resolve_compile
 
     assert not resolve_compile("auto", "cuda") and not resolve_compile("auto", "cpu")
     assert resolve_compile("on", "cpu") and not resolve_compile("off", "cuda")

@@ -112,7 +112,7 @@ def test_split_takes_two_group_inputs_and_keyword_arguments():
 
 
 def package_critic(autocast=None, channels_last=False):
-    from cg2a_ext.rl.agent.networks import build_networks, set_autocast
+    from cg2a_ext.rl.core.agent.networks import build_networks, set_autocast
 
     torch.manual_seed(0)
     _, critic, _ = build_networks((9, 24, 24), 2, num_conv_layers=3, num_filters=8, projection_dim=8, hidden_dim=16)

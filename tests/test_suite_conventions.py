@@ -53,7 +53,7 @@ def test_cuda_cases_are_collected_and_skipped_without_a_device(tmp_path):
 def test_dmcgb_data_tests_use_the_folder_the_variable_names(tmp_path):
     """A folder laid out like the DMC-GB data (here: the 100-entry colour file, from the
     procedural colours, which the colour test accepts) is what the data test reads."""
-    from cg2a_ext.rl.envs.procedural import procedural_color_entries
+    from cg2a_ext.rl.envs.dmc.procedural import procedural_color_entries
 
     data = tmp_path / "my data"
     data.mkdir()

@@ -94,7 +94,7 @@ def test_grid_refuses_bad_options_before_any_run(set_items, vary_items, message)
 
 
 def test_sweep_without_ray_says_how_to_install_it(monkeypatch, capsys, tmp_path):
-    from cg2a_ext.rl.sweep.main import main
+    from cg2a_ext.rl.cli.sweep import main
 
     monkeypatch.setitem(sys.modules, "ray", None)       # import ray -> ImportError
     code = main(["--root", str(tmp_path), "--tasks", "cartpole_balance", "--algorithms", "drq", "--seeds", "0"])
@@ -231,7 +231,7 @@ def _final_state(d):
 
 
 def test_zero_shot_options_are_checked(capsys, tmp_path):
-    from cg2a_ext.rl.sweep.main import main
+    from cg2a_ext.rl.cli.sweep import main
 
     base = ["--root", str(tmp_path), "--tasks", "cartpole_balance", "--algorithms", "drq", "--seeds", "0", "--dry_run"]
     with pytest.raises(SystemExit):

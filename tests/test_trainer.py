@@ -62,7 +62,7 @@ def test_algorithm_end_to_end(tmp_path, algorithm):
                                             for r in ev if r["step"] == "100"}
     plan = json.loads((d / "plan.json").read_text())
     assert plan["algorithm"] == algorithm and plan["K"] >= 1 and plan["estimated_seconds"] > 0
-    from cg2a_ext.rl.image_bank import image_bank_source
+    from cg2a_ext.rl.core.image_bank import image_bank_source
 
     assert plan["overlay_images"] == image_bank_source(None)    # no --image_bank: CG2A_OVERLAY_DATA or procedural
     diag = d / "diagnostics.csv"
@@ -111,7 +111,7 @@ class Killed(BaseException):
 
 def kill_at_transition(monkeypatch, n, capacity):
     """Storing transition ``n`` in the run's buffer (not the speed measurement's scratch one) raises Killed."""
-    from cg2a_ext.rl.replay import FrameReplayBuffer
+    from cg2a_ext.rl.core.replay import FrameReplayBuffer
 
     orig_add = FrameReplayBuffer.add
 
@@ -220,9 +220,9 @@ def test_speed_measurement_leaves_first_compilations_out(monkeypatch):
     the auxiliary step's first (compiling) updates come every 2nd update and must not be timed."""
     import time as time_module
 
-    import cg2a_ext.rl.agent as agent_module
+    import cg2a_ext.rl.core.agent as agent_module
     from cg2a_ext.rl.config import config_from_args
-    from cg2a_ext.rl.train_main import measure_rates
+    from cg2a_ext.rl.cli.train import measure_rates
 
     class FirstCallsSlow:
         def __init__(self):
@@ -257,7 +257,7 @@ def test_update_rows_hold_the_window_means_of_every_metric():
     the window's values, in the metrics' own order."""
     import numpy as np
 
-    from cg2a_ext.rl.trainer import window_means
+    from cg2a_ext.rl.core.trainer import window_means
 
     rng = np.random.default_rng(0)
     losses = rng.normal(size=7).astype(np.float32)

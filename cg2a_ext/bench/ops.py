@@ -136,7 +136,7 @@ def bench_aggregate(device: str, quick: bool, compile_reference: bool) -> list[d
 
 def bench_per_loss_grads(device: str, quick: bool) -> list[dict]:
     """K = 4 groups of B observations through the DMC-GB critic."""
-    from cg2a_ext.rl.agent.networks import build_networks
+    from cg2a_ext.rl.core.agent.networks import build_networks
 
     k, batch = 4, (32 if quick else 128)
     size, filters, layers = (84, 32, 11) if not quick else (64, 16, 4)
@@ -245,7 +245,7 @@ def main() -> None:
                         help="only the per-loss gradient rows (per_group_grads' methods against one backward)")
     args = parser.parse_args()
     if args.per_loss_grads_only:
-        from cg2a_ext.rl.host_memory import keep_freed_host_memory
+        from cg2a_ext.rl.run.host_memory import keep_freed_host_memory
 
         keep_freed_host_memory()    # as train.py does: large K*B batches would otherwise pay page faults
         devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))

@@ -1,24 +1,40 @@
-"""cg2a_ext.rl: SAC with CG2A and its baselines on the DMControl Generalization Benchmark.
+"""cg2a_ext.rl: SAC with CG2A and its baselines on visual control tasks (DMC-GB), as a Python API and commands.
 
-One module per concern:
+    from cg2a_ext.rl import TrainConfig, train
+    result = train(TrainConfig(task="cartpole_balance", algorithm="cg2a", preset="cpu"))
 
-    config        TrainConfig (one typed field per option), the presets, resume rules
-    algorithms    the algorithm registry: one module per algorithm (sac, drq, svea, ac, cg2a, baselines)
-    agent         the SAC core and its networks
-    precision     fp32 / tf32 / bf16 arithmetic of the networks
-    envs          DMC-GB environments (train and the four test modes)
-    env_stepper   environment steps in a worker thread, overlapped with the update
-    augmentations image augmentations (shift, random conv, overlay, ...)
-    image_bank    the images overlay augmentations blend in
-    replay        the frame replay buffer (stores and samples only)
-    seeding       named seed streams of one run seed
-    trainer       the training loop
-    run_dir       run folders: layout, lock, new-run and resume rules, status
-    checkpoint    atomic checkpoints, the last two kept, corrupt ones skipped
-    run_logging   CSV / TensorBoard logs and the progress display
-    evaluation    zero-shot evaluation on the test modes
-    plotting      learning curves and gradient diagnostics
-    host_memory   glibc settings that keep freed host memory for reuse
-    sweep         grids of runs on Ray, and the report over them
-    train_main, eval_main, plot_main   the cg2a-train / cg2a-eval / cg2a-plot commands
+Layout, one concern per folder:
+
+    config        TrainConfig: the core options, presets, how unset options are filled, the checks
+    training      train(cfg) -> RunResult: checks, the run folder, building the parts, the loop
+    algorithms/   the registry; one module per algorithm with its Options; parts/ their shared helpers
+    envs/         environment families (dmc, ...): the registry, one package per family
+    core/         agent/ (the SAC core, networks, optimizers, precision), replay, augmentations, overlay
+                  images, evaluation, the environment stepper and the training loop (trainer)
+    run/          a run on disk: the run folder, checkpoints, logs and progress, seeding, host memory, plots
+    sweep/        grids of runs on Ray, and the report over them
+    bench/        the RL benchmarks and the cg2a-bench entry point
+    cli/          the commands (cg2a-train, cg2a-eval, cg2a-plot, cg2a-sweep, cg2a-report); argv lives there
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cg2a_ext.rl.config import TrainConfig
+    from cg2a_ext.rl.training import RunResult, train
+
+__all__ = ["TrainConfig", "RunResult", "train"]
+
+
+def __getattr__(name: str) -> Any:
+    # lazy: importing cg2a_ext.rl imports neither torch's networks nor the simulators
+    if name == "TrainConfig":
+        from cg2a_ext.rl.config import TrainConfig
+
+        return TrainConfig
+    if name in ("RunResult", "train"):
+        from cg2a_ext.rl import training
+
+        return getattr(training, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,8 +18,8 @@ import json
 import numpy as np
 import torch
 
-from cg2a_ext.rl.agent import make_agent
-from cg2a_ext.rl.checkpoint import latest_checkpoint, load_checkpoint
+from cg2a_ext.rl.core.agent import make_agent
+from cg2a_ext.rl.run.checkpoint import latest_checkpoint, load_checkpoint
 from cg2a_ext.rl.config import TrainConfig
 from cg2a_ext.rl.envs import make_env
 

@@ -23,8 +23,8 @@ import time
 import numpy as np
 import torch
 
-from cg2a_ext.rl.agent.networks import Projection, SharedCNN
-from cg2a_ext.rl.augmentations import make_combination, random_shift
+from cg2a_ext.rl.core.agent.networks import Projection, SharedCNN
+from cg2a_ext.rl.core.augmentations import make_combination, random_shift
 from cg2a_ext.rl.envs import make_env
 
 

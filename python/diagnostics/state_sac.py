@@ -21,9 +21,9 @@ import torch.nn as nn
 
 import cg2a_ext.rl.envs  # noqa: F401  (imports torch._dynamo before dm_control; see cg2a_ext/rl/envs)
 from cg2a_ext.rl import algorithms
-from cg2a_ext.rl.agent import SACAgent
-from cg2a_ext.rl.seeding import SeedStreams
-from cg2a_ext.rl.agent.networks import Actor, Critic, Encoder, Projection
+from cg2a_ext.rl.core.agent import SACAgent
+from cg2a_ext.rl.run.seeding import SeedStreams
+from cg2a_ext.rl.core.agent.networks import Actor, Critic, Encoder, Projection
 from cg2a_ext.rl.config import config_from_args
 
 

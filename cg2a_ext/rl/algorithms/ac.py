@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
-from .base import CriticGradOutput, critic_loss
-from .combination import AugmentationCombination
-from .gradient_diagnostics import conflict_fraction, gram_diagnostics, gram_of
+from cg2a_ext.rl.algorithms.base import CriticGradOutput, critic_loss
+from cg2a_ext.rl.algorithms.parts.combination import AugmentationCombination
+from cg2a_ext.rl.algorithms.parts.gradient_diagnostics import conflict_fraction, gram_diagnostics, gram_of
 
 
 class AugmentedMean(AugmentationCombination):
@@ -13,8 +13,13 @@ class AugmentedMean(AugmentationCombination):
     result, their mean is written) to log norms, cosines and the conflict fraction."""
 
     name = "ac"
+    label = "AC"
     summary = "AC: the plain mean of the clean and augmented critic losses"
-    method_options = ("augmentations",)
+    method_options = ("augmentations", "image_bank")
+
+    @classmethod
+    def ablation(cls, options) -> str | None:
+        return "ac"
 
     def critic_gradient(self, agent, obs, action, target, *, diagnostics=False) -> CriticGradOutput:
         if not diagnostics:

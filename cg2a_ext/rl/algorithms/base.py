@@ -1,6 +1,6 @@
 """What an algorithm is to the SAC core: the ``Algorithm`` interface and the critic loss.
 
-The SAC core (``cg2a_ext.rl.agent.sac``) owns the actor, the critic, their targets, the
+The SAC core (``cg2a_ext.rl.core.agent.sac_agent``) owns the actor, the critic, their targets, the
 temperature and their optimizers, and runs one update as
 
     batch    = replay.sample(); obs, next_obs = algorithm.augment_observations(...)
@@ -14,13 +14,14 @@ temperature and their optimizers, and runs one update as
 
 An algorithm owns its random generators and auxiliary state and saves them in ``state_dict``.
 Non-finite gradients are never written into the model silently: every optimizer step checks the
-gradients (``cg2a_ext.rl.agent.optim``; auxiliary ones through ``auxiliary_step``). With
+gradients (``cg2a_ext.rl.core.agent.optim``; auxiliary ones through ``auxiliary_step``). With
 ``nonfinite="skip"`` the step is skipped on the device and counted, nothing read back; with
 ``"raise"`` FloatingPointError is raised.
 """
 from __future__ import annotations
 
 import abc
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
@@ -29,10 +30,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cg2a_ext.rl.seeding import SeedStreams
+from cg2a_ext.rl.run.seeding import SeedStreams
 
 if TYPE_CHECKING:
-    from cg2a_ext.rl.agent.sac import SACAgent
+    from cg2a_ext.rl.core.agent.sac_agent import SACAgent
     from cg2a_ext.rl.config import TrainConfig
 
 
@@ -68,59 +69,137 @@ def newest_frames(x: torch.Tensor) -> np.ndarray:
     return x[:, -3:].detach().float().clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
+@dataclass
+class NoOptions:
+    """The algorithm has no options of its own."""
+
+
+def options_field_docs(cls) -> dict[str, str]:
+    """Each field's docstring (the string literal right after it) of a dataclass, whitespace collapsed."""
+    import ast
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass) or klass is object:
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body
+        for a, b in zip(body, body[1:]):
+            if isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name) and isinstance(b, ast.Expr) \
+                    and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str):
+                docs[a.target.id] = " ".join(b.value.value.split())
+    return docs
+
+
 class Algorithm(abc.ABC):
     """One algorithm of the trainer. Subclasses set the class attributes and implement ``critic_gradient``.
 
     Class attributes:
         name: the registry name (``--algorithm``).
+        label: how plots, tables and reports name the method (``"CG2A"``).
         summary: one line for ``--help`` and reports.
+        Options: the dataclass of the algorithm's own options (one docstring per field); ``TrainConfig.options``
+            holds an instance. Options left None are filled by ``resolve_options`` (per-task defaults).
+        cli_prefix: the command line names option ``x`` ``--<cli_prefix>x`` (``--soda_crop``).
+        cli_aliases: extra command-line names of an option (``{"sgs_damping": ("--gamma",)}``).
         shift: random-shift (DrQ) the training observations before every use.
         gradient_diagnostics: the algorithm forms K per-loss gradients and can log their Gram
             diagnostics (norms, cosines, weights, conflicts) at log steps.
         has_auxiliary_update: ``auxiliary_update`` does something (called every aux_update_freq updates).
         logged_metrics: names of the extra scalars it logs besides the SAC core's.
-        method_options: config fields that make a different method (ablations, protocol options):
-            plots and reports keep runs that differ in them apart.
+        method_options: options (of Options, or core options such as ``image_bank``) that make a different
+            method (ablations, protocol options): plots and reports keep runs that differ in them apart.
+        draws_overlay_images: some augmentation of the algorithm overlays images (``--image_bank``): results say
+            which images.
     """
 
     name: ClassVar[str]
+    label: ClassVar[str] = ""
     summary: ClassVar[str]
+    Options: ClassVar[type] = NoOptions
+    cli_prefix: ClassVar[str] = ""
+    cli_aliases: ClassVar[dict[str, tuple[str, ...]]] = {}
     shift: ClassVar[bool] = True
     gradient_diagnostics: ClassVar[bool] = False
     has_auxiliary_update: ClassVar[bool] = False
     logged_metrics: ClassVar[tuple[str, ...]] = ()
     method_options: ClassVar[tuple[str, ...]] = ()
+    draws_overlay_images: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ configuration
     @classmethod
-    def num_losses(cls, cfg: "TrainConfig") -> int:
+    def num_losses(cls, options) -> int:
         """K: the number of critic loss terms (per-loss gradients) the algorithm forms."""
         return 1
 
     @classmethod
-    def config_defaults(cls, cfg: "TrainConfig") -> dict[str, Any]:
-        """The method's own defaults where they differ from the SAC core's (options given explicitly win)."""
+    def resolve_options(cls, options, cfg: "TrainConfig") -> None:
+        """Fill, in place, the options left None from the task or the core options (default: nothing to fill)."""
+
+    @classmethod
+    def core_defaults(cls, options, cfg: "TrainConfig", given: set[str]) -> dict[str, Any]:
+        """The method's own values of core options the user left unset (``given``: those that were set)."""
         return {}
 
     @classmethod
-    def check_config(cls, cfg: "TrainConfig") -> None:
+    def check_config(cls, options, cfg: "TrainConfig") -> None:
         """Raise ``ConfigError`` for option values this algorithm cannot run with."""
+
+    @classmethod
+    def ablation(cls, options) -> str | None:
+        """The row of the CG2A paper's ablation (Table 4) a run of these options is, or None."""
+        return None
+
+    @classmethod
+    def options_from_dict(cls, values: dict) -> Any:
+        """The Options from their JSON form (lists become tuples; unknown keys refused)."""
+        from cg2a_ext.rl.config import ConfigError
+
+        if not isinstance(values, dict):
+            raise ConfigError(f"{cls.name} options must be a JSON object, got {values!r}")
+        names = {f.name for f in dataclasses.fields(cls.Options)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"unknown {cls.name} options: {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        try:
+            return cls.Options(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+        except TypeError as e:
+            raise ConfigError(f"{cls.name} options: {e}") from None
+
+    @classmethod
+    def cli_names(cls) -> dict[str, str]:
+        """Option field -> its command-line name without dashes (``crop`` -> ``soda_crop``)."""
+        return {f.name: f"{cls.cli_prefix}{f.name}" for f in dataclasses.fields(cls.Options)}
+
+    @classmethod
+    def option_docs(cls) -> dict[str, str]:
+        return options_field_docs(cls.Options)
 
     # ------------------------------------------------------------------ construction
     def __init__(self, cfg: "TrainConfig", device: torch.device, seeds: SeedStreams) -> None:
         self.cfg = cfg
         self.device = torch.device(device)
+        self.options = cfg.options if cfg.options is not None else self.Options()
         self.nonfinite = cfg.nonfinite
-        self.K = self.num_losses(cfg)
+        self.K = self.num_losses(self.options)
         # augmentation draws (shift, crops, augmented copies) on the device that holds the batch
         self.generator = seeds.torch_generator("augment", self.device)
         self.num_aux_updates = 0
         self.skipped_aux_steps = torch.zeros((), device=self.device)    # a device counter: no read-back
 
-    def network_obs_shape(self, obs_shape: tuple[int, ...]) -> tuple[int, ...]:
+    @classmethod
+    def network_obs_shape_for(cls, options, obs_shape: tuple[int, ...]) -> tuple[int, ...]:
         """The observation shape the networks are built for, given the rendered one (default: the same).
         An algorithm that trains on crops of larger frames (SODA) returns the crop's shape."""
         return tuple(obs_shape)
+
+    def network_obs_shape(self, obs_shape: tuple[int, ...]) -> tuple[int, ...]:
+        return self.network_obs_shape_for(self.options, obs_shape)
 
     def attach(self, agent: "SACAgent") -> None:
         """Build auxiliary networks and optimizers once the agent's networks exist (default: none)."""
@@ -139,7 +218,7 @@ class Algorithm(abc.ABC):
         """The training view of a uint8 batch (obs and next_obs): DrQ's random shift, or the batch itself."""
         if not self.shift:
             return obs_u8
-        from cg2a_ext.rl.augmentations import random_shift
+        from cg2a_ext.rl.core.augmentations import random_shift
 
         return random_shift(obs_u8, generator=self.generator)
 
@@ -180,11 +259,11 @@ class Algorithm(abc.ABC):
 
     def auxiliary_step(self, optimizer: torch.optim.Optimizer, params: list, loss: torch.Tensor, what: str,
                        max_grad_norm: float | None = None) -> torch.Tensor:
-        """One step of an auxiliary optimizer (fused Adam, ``cg2a_ext.rl.agent.optim.adam``) on ``loss``:
+        """One step of an auxiliary optimizer (fused Adam, ``cg2a_ext.rl.core.agent.optim.adam``) on ``loss``:
         backward, optional global grad-norm clipping, then the step under the ``nonfinite`` policy (skipped on
         the device and counted in ``skipped_aux_steps``, or raise). The gradients are cleared afterwards, so none
         is left in parameters the auxiliary optimizer shares with the critic. Returns the 0-d skip flag."""
-        from cg2a_ext.rl.agent.optim import guarded_step
+        from cg2a_ext.rl.core.agent.optim import guarded_step
 
         for p in params:
             p.grad = None

@@ -1,11 +1,12 @@
 """drq: SAC on randomly shifted observations (DrQ, Kostrikov et al. 2021; one shift, no target averaging)."""
 from __future__ import annotations
 
-from .sac import SAC
+from cg2a_ext.rl.algorithms.sac import SAC
 
 
 class DrQ(SAC):
     name = "drq"
+    label = "DrQ"
     summary = "DrQ: SAC on randomly shifted observations"
     shift = True
 

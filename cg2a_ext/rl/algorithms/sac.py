@@ -1,13 +1,18 @@
 """sac: SAC from pixels, the clean critic loss, no augmentation."""
 from __future__ import annotations
 
-from .base import Algorithm, CriticGradOutput, critic_loss
+from cg2a_ext.rl.algorithms.base import Algorithm, CriticGradOutput, critic_loss
 
 
 class SAC(Algorithm):
     name = "sac"
+    label = "SAC"
     summary = "SAC from pixels: the clean critic loss, no augmentation"
     shift = False
+
+    @classmethod
+    def ablation(cls, options) -> str | None:
+        return cls.name if cls.name == "sac" else None
 
     def critic_gradient(self, agent, obs, action, target, *, diagnostics=False) -> CriticGradOutput:
         return self.backward_single(agent, critic_loss(agent.critic, obs, action, target))

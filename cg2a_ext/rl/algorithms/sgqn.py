@@ -27,15 +27,17 @@ approximation and results made with it must say so (``image_bank`` is one of the
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cg2a_ext.rl.agent.optim import adam, load_state
+from cg2a_ext.rl.core.agent.optim import adam, load_state
 
-from .base import Algorithm, CriticGradOutput, newest_frames
-from .decoders import AttributionDecoder
-from .guided_backprop import q1_guided_backprop
+from cg2a_ext.rl.algorithms.base import Algorithm, CriticGradOutput, newest_frames
+from cg2a_ext.rl.algorithms.parts.decoders import AttributionDecoder
+from cg2a_ext.rl.algorithms.parts.guided_backprop import q1_guided_backprop
 
 # Tasks whose quantile is 0.98 (the others: 0.95).
 HIGH_QUANTILE_TASKS = ("cartpole_swingup", "ball_in_cup_catch")
@@ -58,37 +60,55 @@ def fill_unsalient(obs: torch.Tensor, mask: torch.Tensor, value: torch.Tensor) -
     return torch.where(mask, obs, value.to(obs.dtype))
 
 
+@dataclass
+class SGQNOptions:
+    quantile: float | None = None
+    """Saliency quantile rho (pixels at or above it are kept); None = 0.98 for cartpole_swingup and
+    ball_in_cup_catch, 0.95 for the other tasks (0.90 is an option)."""
+    consistency_weight: float = 0.5
+    """Weight of the Q consistency between the observation and its saliency-masked copy."""
+    aux_lr: float = 3e-4
+    """Adam learning rate of the saliency-prediction optimizer (trunk, critic projection, decoder)."""
+    aux_beta1: float = 0.9
+    """Adam beta1 of the saliency-prediction optimizer."""
+
+
 class SGQN(Algorithm):
     name = "sgqn"
+    label = "SGQN"
+    Options = SGQNOptions
+    cli_prefix = "sgqn_"
+    draws_overlay_images = True
     summary = "SGQN: Q consistency on the critic's saliency-masked view + a saliency predictor on the encoder"
     shift = True
     has_auxiliary_update = True
     logged_metrics = ("sgqn_td_loss", "sgqn_consistency_loss", "sgqn_mask_fraction", "sgqn_prediction_loss",
                       "skipped_aux_steps")
-    method_options = ("sgqn_quantile", "sgqn_consistency_weight", "image_bank")
+    method_options = ("quantile", "consistency_weight", "image_bank")
 
     @classmethod
-    def config_defaults(cls, cfg) -> dict:
-        return {"sgqn_quantile": 0.98 if cfg.task in HIGH_QUANTILE_TASKS else 0.95}
+    def resolve_options(cls, options, cfg) -> None:
+        if options.quantile is None:
+            options.quantile = 0.98 if cfg.task in HIGH_QUANTILE_TASKS else 0.95
 
     @classmethod
-    def check_config(cls, cfg) -> None:
+    def check_config(cls, options, cfg) -> None:
         from cg2a_ext.rl.config import ConfigError
 
-        if not 0.0 <= cfg.sgqn_quantile <= 1.0:
-            raise ConfigError(f"--sgqn_quantile must be in [0, 1], got {cfg.sgqn_quantile}")
-        if cfg.sgqn_consistency_weight < 0:
-            raise ConfigError(f"--sgqn_consistency_weight must be >= 0, got {cfg.sgqn_consistency_weight}")
-        if cfg.sgqn_aux_lr <= 0 or not 0.0 <= cfg.sgqn_aux_beta1 < 1.0:
+        if not (isinstance(options.quantile, (int, float)) and 0.0 <= options.quantile <= 1.0):
+            raise ConfigError(f"--sgqn_quantile must be in [0, 1], got {options.quantile}")
+        if not options.consistency_weight >= 0:
+            raise ConfigError(f"--sgqn_consistency_weight must be >= 0, got {options.consistency_weight}")
+        if not options.aux_lr > 0 or not 0.0 <= options.aux_beta1 < 1.0:
             raise ConfigError(f"--sgqn_aux_lr must be positive and --sgqn_aux_beta1 in [0, 1), got "
-                              f"{cfg.sgqn_aux_lr} and {cfg.sgqn_aux_beta1}")
+                              f"{options.aux_lr} and {options.aux_beta1}")
 
     def __init__(self, cfg, device, seeds) -> None:
         super().__init__(cfg, device, seeds)
-        from cg2a_ext.rl.augmentations import make_combination
+        from cg2a_ext.rl.core.augmentations import make_combination
 
-        self.quantile = cfg.sgqn_quantile
-        self.weight = cfg.sgqn_consistency_weight
+        self.quantile = self.options.quantile
+        self.weight = self.options.consistency_weight
         self.overlay = make_combination(["overlay"], image_bank=cfg.image_bank or None)
 
     def attach(self, agent) -> None:
@@ -97,7 +117,7 @@ class SGQN(Algorithm):
         self.decoder = self.place(agent, AttributionDecoder(encoder.out_dim, agent.action_dim,
                                                             encoder.shared_cnn.out_shape, (h, w), c))
         self.params = list(encoder.parameters()) + list(self.decoder.parameters())   # f, P_c, D
-        self.optimizer = adam(self.params, self.cfg.sgqn_aux_lr, self.cfg.sgqn_aux_beta1)
+        self.optimizer = adam(self.params, self.options.aux_lr, self.options.aux_beta1)
 
     # ------------------------------------------------------------------ saliency
     def mask(self, critic, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:

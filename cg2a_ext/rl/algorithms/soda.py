@@ -29,14 +29,16 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cg2a_ext.rl.agent.optim import adam, load_state
+from cg2a_ext.rl.core.agent.optim import adam, load_state
 
-from .base import Algorithm, CriticGradOutput, critic_loss
+from cg2a_ext.rl.algorithms.base import Algorithm, CriticGradOutput, critic_loss
 
 
 def random_crop(x: torch.Tensor, size: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -63,7 +65,7 @@ def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
 
 def soda_mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
     """Linear -> BatchNorm1d -> ReLU -> Linear, orthogonal weights and zero biases (BatchNorm: 1 and 0)."""
-    from cg2a_ext.rl.agent.networks import weight_init
+    from cg2a_ext.rl.core.agent.networks import weight_init
 
     mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim), nn.ReLU(),
                         nn.Linear(hidden_dim, out_dim))
@@ -92,52 +94,82 @@ def soda_loss(online: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(F.normalize(online, p=2, dim=1), F.normalize(target, p=2, dim=1))
 
 
+@dataclass
+class SODAOptions:
+    crop: Literal["random", "shift"] = "random"
+    """random (the official protocol: frames rendered crop_margin px larger, independent random crops for the critic,
+    the actor and both SODA views, a centre crop when acting) or shift (frames at image_size, DrQ shift, two
+    independent shifts for the SODA views)."""
+    crop_margin: int = 16
+    """crop=random: pixels the crops remove (100 px frames -> 84 px network input); unless --image_size is given,
+    soda renders the family's frame size + this margin."""
+    augmentation: Literal["overlay", "conv"] = "overlay"
+    """Augmentation of the online view: overlay (SODA) or conv (the SODA(conv) variant)."""
+    batch_size: int = 256
+    """Observations drawn from the replay for each SODA step (a separate draw)."""
+    projection_dim: int = 100
+    """Width of the BatchNorm projection and predictor MLPs on the flattened trunk output."""
+    tau: float = 0.005
+    """Rate of the momentum target (trunk, projection, predictor copies) after each SODA step."""
+    aux_lr: float = 3e-4
+    """Adam learning rate of the SODA optimizer (trunk, projection, predictor); the script value 3e-4 (the
+    argument default 1e-3 is an option)."""
+    aux_beta1: float = 0.9
+    """Adam beta1 of the SODA optimizer."""
+
+
 class SODA(Algorithm):
     name = "soda"
+    label = "SODA"
+    Options = SODAOptions
+    cli_prefix = "soda_"
+    draws_overlay_images = True
     summary = "SODA: plain TD loss on clean crops + BYOL-style matching of overlaid and clean trunk embeddings"
     has_auxiliary_update = True
     logged_metrics = ("soda_loss", "skipped_aux_steps")
-    method_options = ("soda_crop", "soda_augmentation", "soda_aux_lr", "image_bank")
+    method_options = ("crop", "augmentation", "aux_lr", "image_bank")
 
     @classmethod
-    def config_defaults(cls, cfg) -> dict:
+    def core_defaults(cls, options, cfg, given) -> dict:
         # the official protocol renders larger frames (100 px for the 84 px network)
-        return {"image_size": cfg.image_size + cfg.soda_crop_margin} if cfg.soda_crop == "random" else {}
+        return {"image_size": cfg.image_size + options.crop_margin} if options.crop == "random" else {}
 
     @classmethod
-    def check_config(cls, cfg) -> None:
+    def check_config(cls, options, cfg) -> None:
         from cg2a_ext.rl.config import ConfigError
 
-        if cfg.soda_crop == "random" and not 0 < cfg.soda_crop_margin < cfg.image_size:
+        if options.crop == "random" and not 0 < options.crop_margin < cfg.image_size:
             raise ConfigError(f"--soda_crop_margin must be between 1 and --image_size - 1 ({cfg.image_size - 1}), "
-                              f"got {cfg.soda_crop_margin}")
-        if cfg.soda_batch_size < 2:
-            raise ConfigError(f"--soda_batch_size must be at least 2 (BatchNorm statistics), got {cfg.soda_batch_size}")
-        if cfg.soda_projection_dim <= 0:
-            raise ConfigError(f"--soda_projection_dim must be positive, got {cfg.soda_projection_dim}")
-        if not 0.0 < cfg.soda_tau <= 1.0:
-            raise ConfigError(f"--soda_tau must be in (0, 1], got {cfg.soda_tau}")
-        if cfg.soda_aux_lr <= 0 or not 0.0 <= cfg.soda_aux_beta1 < 1.0:
+                              f"got {options.crop_margin}")
+        if options.batch_size < 2:
+            raise ConfigError(f"--soda_batch_size must be at least 2 (BatchNorm statistics), got {options.batch_size}")
+        if options.projection_dim <= 0:
+            raise ConfigError(f"--soda_projection_dim must be positive, got {options.projection_dim}")
+        if not 0.0 < options.tau <= 1.0:
+            raise ConfigError(f"--soda_tau must be in (0, 1], got {options.tau}")
+        if not options.aux_lr > 0 or not 0.0 <= options.aux_beta1 < 1.0:
             raise ConfigError(f"--soda_aux_lr must be positive and --soda_aux_beta1 in [0, 1), got "
-                              f"{cfg.soda_aux_lr} and {cfg.soda_aux_beta1}")
+                              f"{options.aux_lr} and {options.aux_beta1}")
 
     def __init__(self, cfg, device, seeds) -> None:
         super().__init__(cfg, device, seeds)
-        from cg2a_ext.rl.augmentations import make_combination
+        from cg2a_ext.rl.core.augmentations import make_combination
 
-        self.crop = cfg.soda_crop
-        self.margin = cfg.soda_crop_margin if self.crop == "random" else 0
-        self.augmentation = make_combination([cfg.soda_augmentation], image_bank=cfg.image_bank or None)
+        self.crop = self.options.crop
+        self.margin = self.options.crop_margin if self.crop == "random" else 0
+        self.augmentation = make_combination([self.options.augmentation], image_bank=cfg.image_bank or None)
 
     # ------------------------------------------------------------------ views
-    def network_obs_shape(self, obs_shape):
+    @classmethod
+    def network_obs_shape_for(cls, options, obs_shape):
         c, h, w = obs_shape
-        if self.margin == 0:
+        margin = options.crop_margin if options.crop == "random" else 0
+        if margin == 0:
             return (c, h, w)
-        if h != w or h <= self.margin:
+        if h != w or h <= margin:
             raise ValueError(f"soda: random crops need square frames larger than the crop margin "
-                             f"{self.margin}, got {h}x{w}")
-        return (c, h - self.margin, w - self.margin)
+                             f"{margin}, got {h}x{w}")
+        return (c, h - margin, w - margin)
 
     def augment_observations(self, obs_u8: torch.Tensor) -> torch.Tensor:
         if self.crop == "random":
@@ -150,7 +182,7 @@ class SODA(Algorithm):
     # ------------------------------------------------------------------ modules
     def attach(self, agent) -> None:
         trunk = agent.critic.encoder.shared_cnn
-        d = self.cfg.soda_projection_dim
+        d = self.options.projection_dim
         projection = soda_mlp(math.prod(trunk.out_shape), d, d).to(self.device)
         predictor = soda_mlp(d, d, d).to(self.device)
         self.online = SODABranch(trunk, projection, predictor)
@@ -163,7 +195,7 @@ class SODA(Algorithm):
         self.online.predictor.train()
         self.target.train()
         self.params = list(self.online.parameters())      # f, g, h
-        self.optimizer = adam(self.params, self.cfg.soda_aux_lr, self.cfg.soda_aux_beta1)
+        self.optimizer = adam(self.params, self.options.aux_lr, self.options.aux_beta1)
 
     # ------------------------------------------------------------------ losses
     def critic_gradient(self, agent, obs, action, target, *, diagnostics=False) -> CriticGradOutput:
@@ -186,10 +218,10 @@ class SODA(Algorithm):
 
     def update_target(self) -> None:
         with torch.no_grad():
-            torch._foreach_lerp_(list(self.target.parameters()), list(self.online.parameters()), self.cfg.soda_tau)
+            torch._foreach_lerp_(list(self.target.parameters()), list(self.online.parameters()), self.options.tau)
 
     def auxiliary_update(self, agent, batch, replay) -> dict:
-        obs_u8 = replay.sample(self.cfg.soda_batch_size, device=self.device)[0]
+        obs_u8 = replay.sample(self.options.batch_size, device=self.device)[0]
         loss = self.loss(*self.views(obs_u8))
         self.auxiliary_step(self.optimizer, self.params, loss, "soda auxiliary")
         self.update_target()

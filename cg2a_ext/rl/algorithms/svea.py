@@ -1,26 +1,55 @@
 """svea: alpha L(o) + beta L(tau(o)) on the concatenated batch (SVEA, Hansen et al. 2021)."""
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 
-from .base import Algorithm, CriticGradOutput, critic_loss
+from cg2a_ext.rl.algorithms.base import Algorithm, CriticGradOutput, critic_loss
+
+
+@dataclass
+class SVEAOptions:
+    augmentation: Literal["overlay", "conv"] = "overlay"
+    """The one augmentation (overlay or conv)."""
+    alpha: float = 0.5
+    """Weight of the clean loss."""
+    beta: float = 0.5
+    """Weight of the augmented loss."""
 
 
 class SVEA(Algorithm):
     name = "svea"
+    label = "SVEA"
+    Options = SVEAOptions
+    cli_prefix = "svea_"
     summary = "SVEA: weighted clean and augmented critic losses (one augmentation)"
-    method_options = ("svea_augmentation", "svea_alpha", "svea_beta")
+    method_options = ("augmentation", "alpha", "beta", "image_bank")
+    draws_overlay_images = True
 
     @classmethod
-    def num_losses(cls, cfg) -> int:
+    def num_losses(cls, options) -> int:
         return 2
+
+    @classmethod
+    def check_config(cls, options, cfg) -> None:
+        from cg2a_ext.rl.config import ConfigError
+
+        for name in ("alpha", "beta"):
+            value = getattr(options, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ConfigError(f"--svea_{name} must be a finite number >= 0, got {value!r}")
+        if options.augmentation not in ("overlay", "conv"):
+            raise ConfigError(f"--svea_augmentation must be overlay or conv, got {options.augmentation!r}")
 
     def __init__(self, cfg, device, seeds) -> None:
         super().__init__(cfg, device, seeds)
-        from cg2a_ext.rl.augmentations import make_combination
+        from cg2a_ext.rl.core.augmentations import make_combination
 
-        self.augmentation = make_combination([cfg.svea_augmentation], image_bank=cfg.image_bank or None)
-        self.alpha, self.beta = cfg.svea_alpha, cfg.svea_beta
+        self.augmentation = make_combination([self.options.augmentation], image_bank=cfg.image_bank or None)
+        self.alpha, self.beta = self.options.alpha, self.options.beta
 
     def augment(self, obs: torch.Tensor) -> torch.Tensor:
         return self.augmentation(obs.clone(), generator=self.generator)[0]

@@ -18,7 +18,7 @@ import socket
 import time
 from pathlib import Path
 
-from .grid import RunSpec
+from cg2a_ext.rl.sweep.grid import RunSpec
 
 MANIFEST = "sweep.json"
 STATE_DIR = "_sweep"

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from .run_state import Snapshot, snapshot
+from cg2a_ext.rl.sweep.run_state import Snapshot, snapshot
 
 # Driver-side states of a run.
 QUEUED, RUNNING, RETRYING, FINISHED, SKIPPED, FAILED, STOPPED = (

@@ -1,6 +1,6 @@
 """What a run folder holds: its status (new / partial / finished) and its latest numbers.
 
-``run_status`` is the run folder's own rule (``cg2a_ext.rl.run_dir.run_status``), except that a
+``run_status`` is the run folder's own rule (``cg2a_ext.rl.run.folder.run_status``), except that a
 run with files but no checkpoint yet (its attempt died before the first one) counts as new: there
 is nothing to resume, and the sweep starts it again.
 
@@ -37,7 +37,7 @@ def _train_steps(run_dir) -> int | None:
 
 def run_status(run_dir) -> str:
     """``"new"``, ``"partial"`` (resumable: it has a checkpoint) or ``"finished"``."""
-    from cg2a_ext.rl.run_dir import run_status as owner
+    from cg2a_ext.rl.run.folder import run_status as owner
 
     status = owner(run_dir)
     if status == PARTIAL and not checkpoint_steps(run_dir):

@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from . import manifest
-from .grid import RunSpec
-from .progress import DONE, FAILED, FINISHED, QUEUED, RETRYING, RUNNING, SKIPPED, STOPPED, ProgressTable
-from .run_state import FINISHED as RUN_FINISHED, PARTIAL, checkpoint_steps, run_status
-from .worker import run_argv
+from cg2a_ext.rl.sweep import manifest
+from cg2a_ext.rl.sweep.grid import RunSpec
+from cg2a_ext.rl.sweep.progress import DONE, FAILED, FINISHED, QUEUED, RETRYING, RUNNING, SKIPPED, STOPPED, ProgressTable
+from cg2a_ext.rl.sweep.run_state import FINISHED as RUN_FINISHED, PARTIAL, checkpoint_steps, run_status
+from cg2a_ext.rl.sweep.worker import run_argv
 
 
 @dataclass
@@ -233,7 +233,7 @@ class SweepRunner:
                 if owns:
                     ray.shutdown()
                 raise RuntimeError(f"each run asks for {need} {key} but the Ray cluster has {total.get(key, 0)}")
-        from .worker import execute_run
+        from cg2a_ext.rl.sweep.worker import execute_run
 
         self._remote = ray.remote(execute_run)
         return owns

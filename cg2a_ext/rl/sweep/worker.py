@@ -32,9 +32,9 @@ from pathlib import Path
 
 from cg2a_ext.rl.config import ConfigError
 
-from . import manifest
-from .grid import RunSpec
-from .run_state import FINISHED, FINISHED_FILE, PARTIAL, checkpoint_steps, run_status
+from cg2a_ext.rl.sweep import manifest
+from cg2a_ext.rl.sweep.grid import RunSpec
+from cg2a_ext.rl.sweep.run_state import FINISHED, FINISHED_FILE, PARTIAL, checkpoint_steps, run_status
 
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, ImportError)
 
@@ -88,7 +88,7 @@ def _zero_shot(run_dir: Path, zero_shot: dict, threads: int, out) -> str:
     """Evaluates the finished run on zero_shot["modes"] x zero_shot["episodes"]; returns a one-line summary."""
     import json
 
-    from .report.zero_shot import evaluate_run
+    from cg2a_ext.rl.sweep.report.zero_shot import evaluate_run
 
     try:
         device = json.loads((run_dir / "config.json").read_text()).get("device", "cpu")
@@ -135,7 +135,7 @@ def execute_run(root: str, run: dict, attempt: int, threads: int = 1, launch: st
         f.flush()
         try:
             with contextlib.redirect_stdout(tee), contextlib.redirect_stderr(tee):
-                from cg2a_ext.rl.train_main import build_and_train
+                from cg2a_ext.rl.cli.train import build_and_train
 
                 build_and_train(argv)
         except SystemExit as e:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from ...run_dir import CHECKPOINTS, LOCK, TENSORBOARD, VIDEOS, is_temporary
-from ..manifest import STATE_DIR
+from cg2a_ext.rl.run.folder import CHECKPOINTS, LOCK, TENSORBOARD, VIDEOS, is_temporary
+from cg2a_ext.rl.sweep.manifest import STATE_DIR
 
 # Run contents the archive leaves out: weights and replay, event files, videos; and the sweep
 # driver's own state (locks, worker records), which belongs to the machine that ran it.

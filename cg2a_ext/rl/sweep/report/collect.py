@@ -12,9 +12,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...image_bank import draws_overlay_images
-from .. import manifest
-from ..run_state import FINISHED, NEW, checkpoint_steps, read_rows, run_status
+from cg2a_ext.rl.core.image_bank import draws_overlay_images
+from cg2a_ext.rl.sweep import manifest
+from cg2a_ext.rl.sweep.run_state import FINISHED, NEW, checkpoint_steps, read_rows, run_status
 
 
 @dataclass
@@ -53,7 +53,7 @@ class RunInfo:
 
 
 def _method_without_manifest(run_dir: Path, task: str) -> str:
-    from cg2a_ext.rl.plotting import run_label
+    from cg2a_ext.rl.run.plots import run_label
 
     label = run_label(run_dir)
     return label[len(task) + 1:] if label.startswith(task + " ") else label
@@ -95,7 +95,7 @@ def collect(root) -> list[RunInfo]:
 
 def _final_step(run_dir: Path) -> int:
     """The step a finished run's marker records (an archive keeps no checkpoints), else 0."""
-    from cg2a_ext.rl.run_dir import read_finished
+    from cg2a_ext.rl.run.folder import read_finished
 
     try:
         return int((read_finished(run_dir) or {}).get("final_step", 0))

@@ -1,6 +1,6 @@
 """The report's figures (PNG): learning curves per task, gradient diagnostics per method, aggregates.
 
-Learning curves and diagnostics are ``cg2a_ext.rl.plotting``'s: one figure per task with a panel
+Learning curves and diagnostics are ``cg2a_ext.rl.run.plots``'s: one figure per task with a panel
 per evaluation mode, the runs of a method averaged with a band of +- one std over seeds; the
 diagnostics of each method from its lowest-seed run (diagnostics are per run; ac and cg2a log them).
 """
@@ -9,8 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .collect import RunInfo
-from .summary import Summary
+from cg2a_ext.rl.sweep.report.collect import RunInfo
+from cg2a_ext.rl.sweep.report.summary import Summary
 
 
 def _safe(text: str) -> str:
@@ -18,7 +18,7 @@ def _safe(text: str) -> str:
 
 
 def learning_curves(runs: list[RunInfo], out_dir: Path) -> list[Path]:
-    from cg2a_ext.rl.plotting import plot_learning_curves
+    from cg2a_ext.rl.run.plots import plot_learning_curves
 
     written = []
     for task in sorted({r.task for r in runs}):
@@ -29,7 +29,7 @@ def learning_curves(runs: list[RunInfo], out_dir: Path) -> list[Path]:
 
 
 def diagnostics(runs: list[RunInfo], out_dir: Path) -> list[tuple[str, str, Path]]:
-    from cg2a_ext.rl.plotting import plot_gradient_diagnostics
+    from cg2a_ext.rl.run.plots import plot_gradient_diagnostics
 
     first: dict[tuple[str, str], RunInfo] = {}
     for r in sorted((r for r in runs if r.finished), key=lambda r: r.seed):
@@ -47,7 +47,7 @@ def aggregates(summary: Summary, out_path: Path) -> Path | None:
     modes = [m for m in summary.modes if summary.aggregates.get(m)]
     if not modes:
         return None
-    from cg2a_ext.rl.plotting import _plt
+    from cg2a_ext.rl.run.plots import _plt
 
     plt = _plt()
     fig, axes = plt.subplots(1, len(modes), figsize=(3.6 * len(modes), 0.5 + 0.45 * len(summary.methods) + 1),

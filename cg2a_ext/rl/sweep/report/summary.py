@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import stats
-from .collect import RunInfo
+from cg2a_ext.rl.sweep.report import stats
+from cg2a_ext.rl.sweep.report.collect import RunInfo
 
 TEST_MODES = ("color_easy", "color_hard", "video_easy", "video_hard")
 

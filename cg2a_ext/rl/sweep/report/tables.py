@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import paper_numbers
-from .collect import RunInfo
-from .summary import Summary
+from cg2a_ext.rl.sweep import paper_numbers
+from cg2a_ext.rl.sweep.report.collect import RunInfo
+from cg2a_ext.rl.sweep.report.summary import Summary
 
 MODE_TABLE = {"color_hard": "1", "video_easy": "2", "video_hard": "2"}
 ABLATION_ORDER = ("sac", "ac", "ac+gas", "ac+sgs", "cg2a")

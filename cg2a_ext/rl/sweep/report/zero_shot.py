@@ -58,28 +58,29 @@ def modes_to_evaluate(run_dir, modes, episodes: int, step: int) -> list[str]:
 def evaluate_run(run_dir, modes, episodes: int, device: str = "cpu", data_dir: str | None = None,
                  threads: int = 1) -> dict:
     """{mode: result} for ``modes`` on the run's newest checkpoint, evaluating only what the cache lacks."""
-    from cg2a_ext.rl.checkpoint import latest_checkpoint, load_checkpoint
+    from cg2a_ext.rl.run.checkpoint import latest_checkpoint, load_checkpoint
     from cg2a_ext.rl.config import TrainConfig
-    from cg2a_ext.rl.envs import MODES
+    from cg2a_ext.rl.envs import family_of
 
     run_dir = Path(run_dir)
+    cfg = TrainConfig.load(run_dir / "config.json")
+    MODES = family_of(cfg.task).modes
     for m in modes:
         if m not in MODES:
-            raise ValueError(f"unknown mode {m!r}; known modes: {', '.join(MODES)}")
+            raise ValueError(f"unknown mode {m!r} for task {cfg.task}; known modes: {', '.join(MODES)}")
     ckpt = latest_checkpoint(run_dir)
     step = int(ckpt.stem.split("_")[1])
     todo = modes_to_evaluate(run_dir, modes, episodes, step)
     if todo:
         import torch
 
-        from cg2a_ext.rl.agent import make_agent
+        from cg2a_ext.rl.core.agent import make_agent
         from cg2a_ext.rl.envs import make_env
-        from cg2a_ext.rl.evaluation import run_episodes, summarize
-        from cg2a_ext.rl.seeding import SeedStreams
+        from cg2a_ext.rl.core.evaluation import run_episodes, summarize
+        from cg2a_ext.rl.run.seeding import SeedStreams
 
         if threads > 0:
             torch.set_num_threads(threads)
-        cfg = TrainConfig.load(run_dir / "config.json")
         if data_dir is not None:
             cfg.data_dir = data_dir
         seeds = SeedStreams(cfg.seed)

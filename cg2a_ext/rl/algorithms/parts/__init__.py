@@ -1,0 +1,1 @@
+"""Building blocks that several algorithms share (augmentation combinations, decoders, saliency, diagnostics)."""

@@ -1,0 +1,85 @@
+"""What ac and cg2a share: the clean batch and N augmented copies as K = N + 1 critic losses."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from cg2a_ext import per_group_grads
+from cg2a_ext.per_group_grads import SplitUnsupported, auto_method
+
+from cg2a_ext.rl.algorithms.base import Algorithm, critic_loss
+
+
+AugmentationName = Literal["identity", "shift", "conv", "overlay", "overlay_s"]
+AUGMENTATION_NAMES: tuple[str, ...] = ("identity", "shift", "conv", "overlay", "overlay_s")
+
+
+@dataclass
+class CombinationOptions:
+    augmentations: tuple[AugmentationName, ...] = ("conv", "overlay", "overlay_s")
+    """Augmentations combined with the clean batch (K = 1 + their number): identity, shift, conv, overlay,
+    overlay_s."""
+
+
+class AugmentationCombination(Algorithm):
+    """Base of algorithms over the K views [o, tau_1(o), ..., tau_N(o)] (``--augmentations``)."""
+
+    gradient_diagnostics = True
+    draws_overlay_images = True
+    Options = CombinationOptions
+
+    @classmethod
+    def num_losses(cls, options) -> int:
+        return 1 + len(options.augmentations)
+
+    @classmethod
+    def check_config(cls, options, cfg) -> None:
+        from cg2a_ext.rl.config import ConfigError
+
+        if not isinstance(options.augmentations, tuple) or not options.augmentations:
+            raise ConfigError(f"{cls.name} needs at least one augmentation in --augmentations, got "
+                              f"{options.augmentations!r}")
+        for name in options.augmentations:
+            if name not in AUGMENTATION_NAMES:
+                raise ConfigError(f"unknown augmentation {name!r} in --augmentations; known: "
+                                  f"{', '.join(AUGMENTATION_NAMES)}")
+
+    def __init__(self, cfg, device, seeds) -> None:
+        super().__init__(cfg, device, seeds)
+        from cg2a_ext.rl.core.augmentations import make_combination
+
+        self.combination = make_combination(list(self.options.augmentations), image_bank=cfg.image_bank or None)
+        self.grad_method: str | None = None    # per_group_grads' method, fixed at the first update
+
+    def views(self, obs: torch.Tensor) -> torch.Tensor:
+        """[K, B, C, H, W]: the clean batch and its augmented copies."""
+        copies = self.combination(obs, generator=self.generator)
+        return torch.stack([obs, *copies])
+
+    def per_loss_grads(self, agent, obs, action, target):
+        """The K per-loss critic gradients (list of [K, *shape]) and the K losses, one batched backward.
+
+        The first call lets per_group_grads measure its methods (vmap, loop, split: "auto"); the choice is kept
+        (and checkpointed), so a resumed run computes its gradients the same way, bit for bit."""
+        views = self.views(obs)
+        try:
+            result = per_group_grads(agent.critic, critic_loss, (views,), (action, target),
+                                     params=agent.critic_params, method=self.grad_method or "auto")
+        except SplitUnsupported:
+            # a run that chose split, resumed with options split cannot serve (e.g. --compile on): measure again
+            self.grad_method = None
+            result = per_group_grads(agent.critic, critic_loss, (views,), (action, target),
+                                     params=agent.critic_params, method="auto")
+        if self.grad_method is None:
+            self.grad_method = auto_method(agent.critic, critic_loss, (views,), (action, target),
+                                           params=agent.critic_params)
+        return result
+
+    def state_dict(self):
+        return {**super().state_dict(), "grad_method": self.grad_method or ""}
+
+    def load_state_dict(self, state) -> None:
+        super().load_state_dict(state)
+        self.grad_method = state.get("grad_method") or None     # checkpoints before it: measured again

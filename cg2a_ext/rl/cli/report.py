@@ -1,0 +1,163 @@
+"""``cg2a-report`` / ``python python/report.py SWEEP_DIR``: the report of a sweep.
+
+    python python/report.py runs/sweep                         # all five modes, 10 episodes per run and mode
+    python python/report.py runs/sweep --episodes 100 --jobs 2 --modes train video_hard
+    python python/report.py runs/sweep --archive results/sweep   # then keep the results, not the checkpoints
+
+1. Evaluates every finished run zero-shot on the modes its cache lacks (the same number of episodes
+   for every run; results kept in each run folder, so a rerun evaluates nothing new).
+2. Writes ``SWEEP_DIR/report/``: ``report.md`` (tables in the CG2A paper's layouts with the paper's
+   numbers beside ours, aggregates with 95 % bootstrap intervals, probability of improvement,
+   return kept under each shift, how many runs / seeds / steps each cell rests on, the data each mode
+   used), ``report.json`` (the same numbers) and the figures as PNG.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from cg2a_ext.rl.sweep.manifest import load_manifest
+from cg2a_ext.rl.sweep.report import figures, tables
+from cg2a_ext.rl.sweep.report.archive import check_target, write_archive
+from cg2a_ext.rl.sweep.report.collect import collect
+from cg2a_ext.rl.sweep.report.summary import add_statistics, build_cells
+from cg2a_ext.rl.sweep.report.zero_shot import evaluate_runs
+
+ALL_MODES = ("train", "color_easy", "color_hard", "video_easy", "video_hard")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="report.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("sweep_dir", help="the sweep's --root (sweep.json and one folder per run)")
+    p.add_argument("--modes", nargs="+", default=list(ALL_MODES), choices=ALL_MODES, help="zero-shot modes")
+    p.add_argument("--episodes", type=int, default=10, help="zero-shot episodes per run and mode")
+    p.add_argument("--jobs", type=int, default=1, help="runs evaluated at once (processes)")
+    p.add_argument("--device", default="cpu", help="torch device for the evaluation")
+    p.add_argument("--data_dir", default=None, help="DMC-GB data folder (default: each run's own setting)")
+    p.add_argument("--bootstrap_reps", type=int, default=2000, help="bootstrap resamples for the intervals")
+    p.add_argument("--out", default=None, help="output folder (default: SWEEP_DIR/report)")
+    p.add_argument("--no_eval", action="store_true", help="use the cached evaluations only; evaluate nothing")
+    p.add_argument("--archive", default=None, metavar="DIR",
+                   help="then copy the sweep's results without checkpoints (configs, logs, zero-shot caches, "
+                        "images, the report) into DIR, a new folder: `report.py DIR --no_eval` rebuilds the report")
+    return p
+
+
+def write_page(root: Path, out: Path, runs, summary, curve_paths, diag_paths, agg_path, args) -> Path:
+    modes = summary.modes
+    n_finished = sum(r.finished for r in runs)
+    doc = load_manifest(root) or {}
+    lines = [f"# Sweep report: {root.name}", "",
+             f"Generated {time.strftime('%Y-%m-%d %H:%M')} by `python python/report.py {root}"
+             f" --episodes {args.episodes} --modes {' '.join(modes)}`.", "",
+             f"{len(runs)} runs ({n_finished} finished), {len(summary.tasks)} tasks, {len(summary.methods)} methods. "
+             f"Zero-shot: {args.episodes} episodes per finished run and mode, the final checkpoint's mean action. "
+             "Cells: mean ± std over seeds of each run's mean return (n = runs); only finished runs.", ""]
+    if doc.get("launches"):
+        spec = doc["launches"][-1]["spec"]
+        fixed = " ".join(f"{k}={' '.join(v)}" for k, v in spec.get("fixed", {}).items())
+        lines += [f"Options of every run: `{fixed or '(defaults)'}`.", ""]
+    lines += ["## What each cell rests on", "", tables.basis_table(summary), "## Data used by each mode", "",
+              tables.data_sources(summary, runs)]
+    overlays = tables.overlay_sources(runs)
+    if overlays:
+        lines += ["## Overlay images used in training", "",
+                  "Drawn by the overlay augmentations (svea, soda, sgqn, smg, and ac / cg2a with overlay or "
+                  "overlay_s); drq and sac do not overlay images.", "", overlays]
+    for mode in modes:
+        table = tables.MODE_TABLE.get(mode)
+        title = f"## {mode}: " + (f"the paper's Table {table} layout" if table else "not reported in the paper")
+        lines += [title, "", tables.mode_table(summary, mode)]
+    abl = tables.ablation_table(summary, runs) if "video_hard" in modes else None
+    if abl:
+        lines += ["## Ablations on video_hard: the paper's Table 4 layout", "", abl]
+    lines += ["## Aggregates across tasks (returns / 1000)", "",
+              "IQM and mean over the (runs x tasks) scores; 95 % percentile intervals of a bootstrap over runs "
+              "stratified by task. Estimators from rliable.", "", tables.aggregate_table(summary)]
+    if agg_path:
+        lines += [f"![aggregates]({agg_path.name})", ""]
+    if any(summary.improvement.values()):
+        lines += ["## Probability of improvement", "",
+                  "P(X > Y): the chance that a run of X scores above a run of Y on a task drawn at random "
+                  "(ties count half), with its 95 % stratified-bootstrap interval.", "",
+                  tables.improvement_table(summary)]
+    if "train" in modes and len(modes) > 1:
+        lines += ["## Return kept under each shift", "",
+                  "Each run's zero-shot return on a test mode divided by its train-mode return; mean ± std over runs.",
+                  "", tables.retention_table(summary)]
+        if any(summary.retention_improvement.values()):
+            lines += ["The same ratios compared: the chance that a run of X keeps a larger share of its train "
+                      "return than a run of Y (ties count half), with its 95 % stratified-bootstrap interval.", "",
+                      tables.retention_improvement_table(summary)]
+    lines += ["## Learning curves", "", "Periodic evaluations during training (each run's eval.csv); "
+              "band: ± one std over seeds.", ""]
+    lines += [f"![{p.stem}]({p.name})" for p in curve_paths] + [""]
+    if diag_paths:
+        lines += ["## Gradient diagnostics", "", "One run per method and task (its lowest seed).", ""]
+        lines += [f"### {task}, {method}\n\n![{p.stem}]({p.name})\n" for task, method, p in diag_paths]
+    lines += ["## Runs", "", tables.runs_table(runs, modes)]
+    page = out / "report.md"
+    page.write_text("\n".join(lines))
+    return page
+
+
+def main(argv=None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    root = Path(args.sweep_dir)
+    if not root.is_dir():
+        p.error(f"{root} is not a folder")
+    if args.episodes <= 0:
+        p.error("--episodes must be positive")
+    if args.archive:
+        try:
+            check_target(root, args.archive)      # before the evaluation, not after it
+        except ValueError as error:
+            p.error(str(error))
+    runs = collect(root)
+    if not runs:
+        p.error(f"{root} holds no runs (no sweep.json and no run folder with config.json)")
+    finished = [r for r in runs if r.finished]
+    if not args.no_eval and finished:
+        results = evaluate_runs([r.dir for r in finished], args.modes, args.episodes, jobs=args.jobs,
+                                device=args.device, data_dir=args.data_dir)
+    else:
+        from cg2a_ext.rl.sweep.report.zero_shot import cached_result, load_cache
+        results = {}
+        for r in finished:
+            doc = load_cache(r.dir)
+            results[str(r.dir)] = {m: c for m in args.modes if (c := cached_result(doc, m, r.step, args.episodes))}
+    for r in finished:
+        res = results.get(str(r.dir))
+        if isinstance(res, str):
+            r.zero_shot_error = res
+        elif res:
+            r.zero_shot = {m: v for m, v in res.items() if v}
+    summary = add_statistics(build_cells(runs, args.modes), runs, reps=args.bootstrap_reps)
+    out = Path(args.out) if args.out else root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    curve_paths = figures.learning_curves(runs, out)
+    diag_paths = figures.diagnostics(runs, out)
+    agg_path = figures.aggregates(summary, out / "aggregates.png")
+    page = write_page(root, out, runs, summary, curve_paths, diag_paths, agg_path, args)
+    data = {"sweep": str(root), "episodes": args.episodes, "modes": args.modes,
+            "runs": [{"name": r.name, "task": r.task, "method": r.method, "algorithm": r.algorithm, "seed": r.seed,
+                      "status": r.status, "step": r.step, "train_steps": r.train_steps, "zero_shot": r.zero_shot,
+                      "zero_shot_error": r.zero_shot_error} for r in runs],
+            **summary.to_dict()}
+    (out / "report.json").write_text(json.dumps(data, indent=1))
+    print(f"wrote {page} and {out / 'report.json'} ({len(runs)} runs, {len(finished)} finished)")
+    errors = [r for r in finished if r.zero_shot_error]
+    for r in errors:
+        print(f"report.py: zero-shot evaluation of {r.name} failed: {r.zero_shot_error}", file=sys.stderr)
+    if args.archive:
+        files, size, too_large = write_archive(root, args.archive)
+        print(f"archived {files} files ({size / 1e6:.1f} MB) in {args.archive}; "
+              f"`python python/report.py {args.archive} --no_eval` rebuilds the report")
+        for rel in too_large:
+            print(f"report.py: left out of the archive for its size: {rel}", file=sys.stderr)
+    return 1 if errors else 0

@@ -1,0 +1,210 @@
+"""Image augmentations for visual RL on batched tensors (any device).
+
+Every augmentation takes a float tensor ``x`` of shape ``[B, C, H, W]``,
+``C = 3 * frames`` (stacked RGB frames), values in [0, 255], and returns a
+tensor of the same shape, dtype and device, values in [0, 255]. Randomness
+comes only from the optional ``generator`` (a ``torch.Generator`` on ``x``'s
+device), so a seeded generator reproduces the output exactly. Each sample
+gets its own draw, shared by all of its stacked frames.
+
+``make_combination("conv,overlay,overlay_s")`` (CG2A's default) builds the
+list of augmented copies used by the critic update.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from cg2a_ext.rl.core.image_bank import ImageBank, resolve_image_bank
+
+__all__ = [
+    "random_shift",
+    "random_conv",
+    "random_conv_kernels",
+    "apply_conv_kernels",
+    "random_overlay",
+    "overlay_s",
+    "identity",
+    "AUGMENTATIONS",
+    "ALIASES",
+    "Combination",
+    "make_combination",
+]
+
+Augmentation = Callable[..., torch.Tensor]
+
+
+def _check(x: torch.Tensor, generator: torch.Generator | None, name: str,
+           allow_uint8: bool = False) -> tuple[int, int, int, int]:
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        raise ValueError(f"{name}: expected a tensor [B, C, H, W], got {getattr(x, 'shape', type(x))}")
+    if not (x.is_floating_point() or (allow_uint8 and x.dtype == torch.uint8)):
+        raise ValueError(f"{name}: expected a floating-point tensor with values in [0, 255], got {x.dtype}")
+    if x.shape[1] % 3:
+        raise ValueError(f"{name}: channels must be 3 * frames, got C = {x.shape[1]}")
+    if generator is not None:
+        gd, xd = generator.device, x.device
+        if gd.type != xd.type or (gd.index is not None and xd.index is not None and gd.index != xd.index):
+            raise ValueError(f"{name}: generator is on {gd} but x is on {xd}; they must match")
+    return tuple(x.shape)  # type: ignore[return-value]
+
+
+def identity(x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Return ``x`` unchanged (a copy, so callers may modify the result)."""
+    _check(x, generator, "identity")
+    return x.clone()
+
+
+def random_shift(x: torch.Tensor, *, generator: torch.Generator | None = None, pad: int = 4) -> torch.Tensor:
+    """DrQ's random shift: replicate-pad by ``pad`` and crop back at a random offset.
+
+    Offsets are integers drawn uniformly in ``[0, 2 * pad]`` per sample and
+    axis (shared by the stacked frames), so pixels are moved, never blended.
+    Also accepts uint8 frames (shift before converting: 4x less memory traffic).
+    """
+    b, c, h, w = _check(x, generator, "random_shift", allow_uint8=True)
+    if pad < 0:
+        raise ValueError(f"random_shift: pad must be >= 0, got {pad}")
+    if pad == 0:
+        return x.clone()
+    offsets = torch.randint(0, 2 * pad + 1, (b, 2), device=x.device, generator=generator) - pad
+    # Replicate padding then cropping == reading the source at clamped coordinates, so the
+    # whole augmentation is ONE gather over flattened pixels (no padded copy, no per-sample loop).
+    rows = (offsets[:, :1] + torch.arange(h, device=x.device)).clamp_(0, h - 1)    # [B, H]
+    cols = (offsets[:, 1:] + torch.arange(w, device=x.device)).clamp_(0, w - 1)    # [B, W]
+    index = (rows[:, :, None] * w + cols[:, None, :]).view(b, 1, h * w).expand(b, c, h * w)
+    return x.reshape(b, c, h * w).gather(2, index).view(b, c, h, w)
+
+
+def random_conv_kernels(
+    batch: int,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One random 3 x 3 conv kernel per sample, ``[B, 3 (out), 3 (in), 3, 3]``, N(0, 1) entries
+    (unscaled ``torch.randn``, as SVEA / DMC-GB's ``random_conv``)."""
+    return torch.randn(batch, 3, 3, 3, 3, device=device, dtype=dtype, generator=generator)
+
+
+def apply_conv_kernels(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """``sigmoid(conv(x / 255, kernel_b)) * 255`` with replicate padding, sample ``b`` with
+    ``kernels[b]`` on each of its stacked frames, as ONE grouped convolution (groups = B)."""
+    b, c, h, w = x.shape
+    frames = c // 3
+    if kernels.shape != (b, 3, 3, 3, 3):
+        raise ValueError(f"kernels must have shape {(b, 3, 3, 3, 3)}, got {tuple(kernels.shape)}")
+    # [B, F*3, H, W] -> [F, B*3, H, W]: frames become the conv batch, samples the groups.
+    y = x.reshape(b, frames, 3, h, w).transpose(0, 1).reshape(frames, b * 3, h, w) / 255.0
+    y = F.pad(y, (1, 1, 1, 1), mode="replicate")
+    y = F.conv2d(y, kernels.reshape(b * 3, 3, 3, 3).to(y.dtype), groups=b)
+    y = torch.sigmoid(y) * 255.0
+    return y.reshape(frames, b, 3, h, w).transpose(0, 1).reshape(b, c, h, w)
+
+
+def random_conv(x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random convolution (Lee et al. 2020, as in SVEA / DMC-GB): a fresh
+    :func:`random_conv_kernels` kernel per sample, shared by its stacked frames,
+    replicate padding, sigmoid; see :func:`apply_conv_kernels`."""
+    b = _check(x, generator, "random_conv")[0]
+    kernels = random_conv_kernels(b, device=x.device, dtype=x.dtype, generator=generator)
+    return apply_conv_kernels(x, kernels)
+
+
+def random_overlay(
+    x: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    alpha: float = 0.5,
+    image_bank: ImageBank | str | os.PathLike | None = None,
+) -> torch.Tensor:
+    """Random overlay (SODA / DMC-GB): ``(1 - alpha) * x + alpha * 255 * img``.
+
+    ``img`` is drawn uniformly (with replacement) per sample from the image bank
+    at ``x``'s size and is the same for all stacked frames. ``image_bank``: an
+    :class:`ImageBank`, a folder (ImageFolder-style, e.g. Places365), or None
+    (``CG2A_OVERLAY_DATA`` if set, else the procedural bank).
+    """
+    b, c, h, w = _check(x, generator, "random_overlay")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"random_overlay: alpha must be in [0, 1], got {alpha}")
+    bank = resolve_image_bank(image_bank)
+    pool = bank.pool(h, w, x.device)
+    idx = torch.randint(len(pool), (b,), device=x.device, generator=generator)
+    imgs = pool[idx].to(x.dtype).mul_(alpha)  # pool is uint8 0-255: alpha * 255 * img in [0, 1]
+    # Broadcast the image over the stacked frames instead of repeating it.
+    out = x.reshape(b, c // 3, 3, h, w).mul(1.0 - alpha).add_(imgs[:, None])
+    return out.reshape(b, c, h, w)
+
+
+def overlay_s(
+    x: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    alpha: float = 0.1,
+    image_bank: ImageBank | str | os.PathLike | None = None,
+) -> torch.Tensor:
+    """Overlay-S of CG2A: :func:`random_overlay` with a small weight (mu = 0.1 by default, < 0.2)."""
+    return random_overlay(x, generator=generator, alpha=alpha, image_bank=image_bank)
+
+
+AUGMENTATIONS: dict[str, Augmentation] = {
+    "identity": identity,
+    "shift": random_shift,
+    "conv": random_conv,
+    "overlay": random_overlay,
+    "overlay_s": overlay_s,
+}
+# Longer names accepted by make_combination.
+ALIASES = {"none": "identity", "random_shift": "shift", "random_conv": "conv", "random_overlay": "overlay"}
+_NEEDS_BANK = {"overlay", "overlay_s"}
+
+
+class Combination:
+    """A list of augmentations applied to the same batch; calling it returns one
+    augmented copy per augmentation, in order (the clean batch is not included)."""
+
+    def __init__(self, names: Sequence[str], image_bank: ImageBank | str | os.PathLike | None = None) -> None:
+        self.names = list(names)
+        bank = resolve_image_bank(image_bank) if _NEEDS_BANK & set(self.names) else None
+        self.image_bank = bank
+        self._fns: list[Augmentation] = []
+        for n in self.names:
+            fn = AUGMENTATIONS[n]
+            if n in _NEEDS_BANK:
+                self._fns.append(lambda x, generator=None, _fn=fn: _fn(x, generator=generator, image_bank=bank))
+            else:
+                self._fns.append(fn)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __call__(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        return [fn(x, generator=generator) for fn in self._fns]
+
+    def __repr__(self) -> str:
+        bank = f", image_bank={self.image_bank.description!r}" if self.image_bank is not None else ""
+        return f"Combination({','.join(self.names)!r}{bank})"
+
+
+def make_combination(spec: str | Sequence[str], image_bank: ImageBank | str | os.PathLike | None = None) -> Combination:
+    """Build a :class:`Combination` from ``"conv,overlay,overlay_s"`` or a list of names.
+
+    Raises:
+        ValueError: an unknown or empty name (the message lists the valid ones).
+    """
+    parts = [p.strip() for p in spec.split(",")] if isinstance(spec, str) else [str(p).strip() for p in spec]
+    valid = sorted(AUGMENTATIONS) + sorted(ALIASES)
+    if not parts or any(not p for p in parts):
+        raise ValueError(f"empty augmentation name in {spec!r}; valid names: {', '.join(valid)}")
+    names = []
+    for p in parts:
+        key = ALIASES.get(p.lower(), p.lower())
+        if key not in AUGMENTATIONS:
+            raise ValueError(f"unknown augmentation {p!r}; valid names: {', '.join(valid)}")
+        names.append(key)
+    return Combination(names, image_bank=image_bank)

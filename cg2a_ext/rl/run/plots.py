@@ -1,0 +1,234 @@
+"""Learning curves per mode and the gradient-diagnostics figure (paper Fig. 1), as PNG."""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+
+def _read_csv(path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _num(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def run_label(run_dir) -> str:
+    """``task algorithm`` plus every option of the algorithm's ``method_options`` (runs that differ in
+    them are different methods, e.g. ablations, not seeds of one curve) that differs from its default."""
+    cfg_path = Path(run_dir) / "config.json"
+    if not cfg_path.is_file():
+        return Path(run_dir).name
+    from cg2a_ext.rl import algorithms
+    from cg2a_ext.rl.config import TrainConfig
+
+    cfg = json.loads(cfg_path.read_text())
+    algo = cfg.get("algorithm", "?")
+    label = f"{cfg.get('task', '?')} {algo}"
+    options = algorithms.get(algo).method_options if algo in algorithms.NAMES else ()
+    defaults = TrainConfig()
+    for name in options:
+        value = cfg.get(name)
+        value = tuple(value) if isinstance(value, list) else value
+        if name == "image_bank" and not value:
+            label += " image_bank=procedural"   # an approximation of Places365: always say so
+        elif name in cfg and value != getattr(defaults, name, None):
+            shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+            label += f" {name}={shown}"
+    return label
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_learning_curves(run_dirs, out_path) -> Path:
+    """One panel per evaluation mode (plus training episode returns); runs with the same
+    label (task + algorithm) are averaged, the band is ± one std over runs."""
+    plt = _plt()
+    groups: dict[str, list] = {}
+    for d in run_dirs:
+        groups.setdefault(run_label(d), []).append(Path(d))
+    modes: list[str] = []
+    for d in run_dirs:
+        for r in _read_csv(Path(d) / "eval.csv"):
+            if r["mode"] not in modes:
+                modes.append(r["mode"])
+    panels = modes + ["training episodes"]
+    ncol = min(3, len(panels))
+    nrow = (len(panels) + ncol - 1) // ncol
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.5 * ncol, 3.4 * nrow), squeeze=False)
+    # One colour per label across panels, one legend for the figure: per-panel legends hid the curves.
+    colours = {label: f"C{i % 10}" for i, label in enumerate(groups)}
+    handles: dict[str, object] = {}
+    for ax, panel in zip(axes.flat, panels):
+        for label, dirs in groups.items():
+            curves = []
+            for d in dirs:
+                if panel == "training episodes":
+                    rows = _read_csv(d / "train.csv")
+                    xs = np.array([_num(r["step"]) for r in rows])
+                    ys = np.array([_num(r["episode_return"]) for r in rows])
+                else:
+                    rows = [r for r in _read_csv(d / "eval.csv") if r["mode"] == panel]
+                    xs = np.array([_num(r["step"]) for r in rows])
+                    ys = np.array([_num(r["mean_return"]) for r in rows])
+                if len(xs):
+                    curves.append((xs, ys))
+            if not curves:
+                continue
+            c = colours[label]
+            if len(curves) == 1:
+                (line,) = ax.plot(*curves[0], marker="o" if panel != "training episodes" else None, ms=3, color=c)
+                name = label
+            else:
+                grid = np.unique(np.concatenate([c_[0] for c_ in curves]))
+                ys = np.stack([np.interp(grid, x, y, left=np.nan, right=np.nan) for x, y in curves])
+                m, s = np.nanmean(ys, 0), np.nanstd(ys, 0)
+                (line,) = ax.plot(grid, m, color=c)
+                ax.fill_between(grid, m - s, m + s, alpha=0.2, color=c)
+                name = f"{label} (mean of {len(curves)} runs, band ± std)"
+            handles.setdefault(name, line)
+        ax.set_title(panel)
+        ax.set_xlabel("agent steps")
+        ax.set_ylabel("return")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    rows = (len(handles) + 1) // 2
+    fig.legend(list(handles.values()), list(handles.keys()), loc="lower center", ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 * rows / nrow, 1, 1))
+    out_path = Path(out_path)
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return out_path
+
+
+def aggregate_shares(row: dict, k: int) -> np.ndarray:
+    """Each loss's share of the aggregated gradient d = sum_j w_j g_j (before SGS), from one
+    diagnostics row: share_i = w_i <g_i, d> / |d|^2 = w_i (G w)_i / (w^T G w), with the Gram
+    matrix G rebuilt from the logged norms and cosines. The shares sum to 1; a loss with a
+    large gradient can dominate d even when its weight is moderate."""
+    n = np.array([_num(row.get(f"grad_norm_{i}")) for i in range(k)])
+    w = np.array([_num(row.get(f"weight_{i}")) for i in range(k)])
+    gram = np.diag(n ** 2)
+    for i in range(k):
+        for j in range(i + 1, k):
+            gram[i, j] = gram[j, i] = _num(row.get(f"cos_{i}_{j}")) * n[i] * n[j]
+    gw = gram @ w
+    total = float(w @ gw)
+    return w * gw / total if total > 0 else np.full(k, np.nan)
+
+
+def plot_gradient_diagnostics(run_dir, out_path) -> Path | None:
+    """Per-loss gradient norms, pairwise cosines, conflict fraction, GAS weights and gamma over training."""
+    rows = _read_csv(Path(run_dir) / "diagnostics.csv")
+    if not rows:
+        return None
+    plt = _plt()
+    cols = list(rows[0].keys())
+    step = np.array([_num(r["step"]) for r in rows])
+    get = lambda c: np.array([_num(r.get(c)) for r in rows])
+    norms = sorted([c for c in cols if re.fullmatch(r"grad_norm_\d+", c)], key=lambda c: int(c.split("_")[-1]))
+    coss = [c for c in cols if re.fullmatch(r"cos_\d+_\d+", c)]
+    weights = sorted([c for c in cols if re.fullmatch(r"weight_\d+", c)], key=lambda c: int(c.split("_")[-1]))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    for c in norms:
+        axes[0, 0].plot(step, get(c), label=f"loss {c.split('_')[-1]}")
+    axes[0, 0].set_title("per-loss gradient norm")
+    axes[0, 0].set_yscale("log")
+    for c in coss:
+        i, j = c.split("_")[1:]
+        axes[0, 1].plot(step, get(c), label=f"cos(g{i}, g{j})")
+    axes[0, 1].axhline(0, color="k", lw=0.5)
+    axes[0, 1].set_title("pairwise cosine similarity")
+    shares = np.stack([aggregate_shares(r, len(weights)) for r in rows]) if weights else None
+    for idx, c in enumerate(weights):
+        line, = axes[1, 0].plot(step, get(c), label=f"w{c.split('_')[-1]}")
+        axes[1, 0].plot(step, shares[:, idx], ls="--", lw=0.8, color=line.get_color(),
+                        label=f"share {idx}")
+    axes[1, 0].set_title("GAS weight w_i (solid), loss i's share of the update (dashed)", fontsize=10)
+    axes[1, 1].plot(step, get("conflict_fraction"), label="conflict fraction (sign disagreement)")
+    if "neg_cos_pairs" in cols:
+        axes[1, 1].plot(step, get("neg_cos_pairs"), label="fraction of pairs with cos < 0")
+    if "gamma" in cols:
+        axes[1, 1].plot(step, get("gamma"), label="gamma", lw=0.8)
+    axes[1, 1].set_title("conflicts and SGS gamma")
+    for ax in axes.flat:
+        ax.set_xlabel("agent steps")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"gradient diagnostics: {run_label(run_dir)} (K={len(norms)}; loss 0 = clean)")
+    fig.tight_layout()
+    out_path = Path(out_path)
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return out_path
+
+
+def evaluation_image_steps(run_dir) -> dict[int, dict[str, Path]]:
+    """``{step: {name: png}}`` of the images a run saved at its evaluations (``images/step_<N>/<name>.png``)."""
+    from cg2a_ext.rl.run.folder import IMAGES
+
+    found: dict[int, dict[str, Path]] = {}
+    for d in sorted((Path(run_dir) / IMAGES).glob("step_*")):
+        match = re.fullmatch(r"step_(\d+)", d.name)
+        pngs = {p.stem: p for p in sorted(d.glob("*.png"))}
+        if match and pngs:
+            found[int(match.group(1))] = pngs
+    return found
+
+
+def spread(items: list, count: int) -> list:
+    """At most ``count`` of ``items``, evenly spaced, the first and the last included."""
+    if len(items) <= count:
+        return list(items)
+    picks = np.linspace(0, len(items) - 1, count).round().astype(int)
+    return [items[i] for i in dict.fromkeys(picks.tolist())]
+
+
+def plot_evaluation_images(run_dir, out_path, max_rows: int = 4) -> Path | None:
+    """The algorithm's evaluation images (SGQN's saliency and masks, SMG's reconstructions, ...) over
+    training in one figure: a row per evaluation step (at most ``max_rows``, spread from the first to the
+    last), a column per image name. None when the run saved no images."""
+    found = evaluation_image_steps(run_dir)
+    if not found:
+        return None
+    steps = spread(sorted(found), max_rows)
+    # the input first, then the algorithm's maps
+    names = sorted({n for s in steps for n in found[s]}, key=lambda n: ("observation" not in n, n))
+    plt = _plt()
+    from PIL import Image
+
+    fig, axes = plt.subplots(len(steps), len(names), figsize=(2.6 * len(names), 2.6 * len(steps)), squeeze=False)
+    for i, step in enumerate(steps):
+        for j, name in enumerate(names):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if name in found[step]:
+                ax.imshow(np.asarray(Image.open(found[step][name]).convert("RGB")), interpolation="nearest")
+            if i == 0:
+                ax.set_title(name, fontsize=9)
+            if j == 0:
+                ax.set_ylabel(f"step {step}", fontsize=9)
+    fig.suptitle(f"evaluation images: {run_label(run_dir)}", fontsize=10)
+    fig.tight_layout()
+    out_path = Path(out_path)
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return out_path
