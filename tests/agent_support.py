@@ -4,25 +4,41 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from cg2a_ext.rl.config import TrainConfig
+from cg2a_ext.rl import algorithms
+from cg2a_ext.rl.config import TrainConfig, resolve
 from cg2a_ext.rl.core.replay import FrameReplayBuffer
 
 OBS = (9, 32, 32)
 A = 2
 
 
+def config_with(**kw) -> TrainConfig:
+    """A TrainConfig from core options and the algorithm's options under their command-line names
+    (``soda_batch_size=16``, ``gamma=(0.3, 0.3)``, ``gas=False``), as a sweep line or a command line names them."""
+    algo = algorithms.get(kw.get("algorithm", TrainConfig.algorithm))
+    flags = {flag: field for field, flag in algo.cli_names().items()}
+    for field, aliases in algo.cli_aliases.items():
+        flags.update({a.lstrip("-"): field for a in aliases})
+    options = {flags[k]: kw.pop(k) for k in list(kw) if k in flags}
+    return TrainConfig(**kw, options=algo.Options(**options))
+
+
 def small_agent_cfg(**kw) -> TrainConfig:
-    """A CPU config with a two-layer, eight-filter trunk and batch 8 (not validated: tests pass
-    options the validation would refuse)."""
+    """A CPU config with a two-layer, eight-filter trunk and batch 8, its unset options filled but not checked
+    (tests pass options the checks would refuse)."""
     base = dict(task="cartpole_balance", image_size=OBS[-1], num_conv_layers=2, num_filters=8, projection_dim=16,
                 hidden_dim=32, batch_size=8, device="cpu")
     base.update(kw)
-    return TrainConfig(**base)
+    cfg = config_with(**base)
+    resolve(cfg)
+    return cfg
 
 
 def tiny_cfg(algorithm: str, **kw) -> TrainConfig:
     """``small_agent_cfg`` for ``algorithm`` with SODA's own batch scaled down too, validated."""
-    return small_agent_cfg(algorithm=algorithm, **{"soda_batch_size": 16, **kw}).validate()
+    if algorithm == "soda":
+        kw = {"soda_batch_size": 16, **kw}
+    return small_agent_cfg(algorithm=algorithm, **kw).validate()
 
 
 def filled_replay(obs_shape=OBS, action_dim=A, steps=40, seed=0) -> FrameReplayBuffer:

@@ -263,6 +263,30 @@ class TrainConfig:
         return self
 
 
+def field_docs(cls=None) -> dict[str, str]:
+    """Each field's docstring (the string literal right after it) of a dataclass (default: TrainConfig; an
+    algorithm's Options too, with the fields it inherits), whitespace collapsed."""
+    cls = cls or TrainConfig
+    import ast
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body
+        for a, b in zip(body, body[1:]):
+            if isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name) and isinstance(b, ast.Expr) \
+                    and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str):
+                docs[a.target.id] = " ".join(b.value.value.split())
+    return docs
+
+
 # Options whose None means "the algorithm's, the family's or the preset's".
 PRESETS: dict[str, dict[str, Any]] = {
     # The paper's configuration (DMC-GB's SAC and encoder).

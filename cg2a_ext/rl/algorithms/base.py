@@ -74,28 +74,6 @@ class NoOptions:
     """The algorithm has no options of its own."""
 
 
-def options_field_docs(cls) -> dict[str, str]:
-    """Each field's docstring (the string literal right after it) of a dataclass, whitespace collapsed."""
-    import ast
-    import inspect
-    import textwrap
-
-    docs: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
-        if not dataclasses.is_dataclass(klass) or klass is object:
-            continue
-        try:
-            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
-        except (OSError, TypeError):
-            continue
-        body = tree.body[0].body
-        for a, b in zip(body, body[1:]):
-            if isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name) and isinstance(b, ast.Expr) \
-                    and isinstance(b.value, ast.Constant) and isinstance(b.value.value, str):
-                docs[a.target.id] = " ".join(b.value.value.split())
-    return docs
-
-
 class Algorithm(abc.ABC):
     """One algorithm of the trainer. Subclasses set the class attributes and implement ``critic_gradient``.
 
@@ -178,7 +156,9 @@ class Algorithm(abc.ABC):
 
     @classmethod
     def option_docs(cls) -> dict[str, str]:
-        return options_field_docs(cls.Options)
+        from cg2a_ext.rl.config import field_docs
+
+        return field_docs(cls.Options)
 
     # ------------------------------------------------------------------ construction
     def __init__(self, cfg: "TrainConfig", device: torch.device, seeds: SeedStreams) -> None:

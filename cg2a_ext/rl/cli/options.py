@@ -27,9 +27,9 @@ def _help(text: str) -> str:
 
 
 def _core_docs() -> dict[str, str]:
-    from cg2a_ext.rl.algorithms.base import options_field_docs
+    from cg2a_ext.rl.config import field_docs
 
-    return options_field_docs(TrainConfig)
+    return field_docs(TrainConfig)
 
 
 def _algorithm_from(argv: Sequence[str]) -> str:

@@ -17,6 +17,9 @@ def make_agent(obs_shape, action_dim, cfg, device="cpu", seeds=None) -> SACAgent
     from cg2a_ext.rl import algorithms
     from cg2a_ext.rl.run.seeding import SeedStreams
 
+    from cg2a_ext.rl.config import resolve
+
+    resolve(cfg)        # options left unset take the algorithm's, family's and preset's values (idempotent)
     device = torch.device(device)
     algorithm = algorithms.get(cfg.algorithm)(cfg, device, seeds or SeedStreams(cfg.seed))
     return SACAgent(obs_shape, action_dim, cfg, algorithm, device)
