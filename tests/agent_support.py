@@ -26,7 +26,7 @@ def config_with(**kw) -> TrainConfig:
 def small_agent_cfg(**kw) -> TrainConfig:
     """A CPU config with a two-layer, eight-filter trunk and batch 8, its unset options filled but not checked
     (tests pass options the checks would refuse)."""
-    base = dict(task="cartpole_balance", image_size=OBS[-1], num_conv_layers=2, num_filters=8, projection_dim=16,
+    base = dict(task="cartpole_balance", preset="paper", image_size=OBS[-1], num_conv_layers=2, num_filters=8, projection_dim=16,
                 hidden_dim=32, batch_size=8, device="cpu")
     base.update(kw)
     cfg = config_with(**base)

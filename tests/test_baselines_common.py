@@ -32,9 +32,10 @@ def test_registered_with_options_that_exist():
     for name in BASELINES:
         cls = algorithms.get(name)
         assert cls.has_auxiliary_update and cls.summary
-        assert set(cls.method_options) <= names and "image_bank" in cls.method_options
-        for option in (f for f in names if f.startswith(name + "_")):
-            assert docs.get(option), option
+        options = set(cls.option_docs())
+        assert set(cls.method_options) <= names | options and "image_bank" in cls.method_options
+        assert cls.draws_overlay_images and all(cls.option_docs().values())
+    assert docs.get("image_bank")
 
 
 def _saved(state):
@@ -136,8 +137,12 @@ def test_auxiliary_step_clips_the_global_gradient_norm():
 # ---------------------------------------------------------------------------------------- end to end
 TINY = ["--task", "cartpole_balance", "--preset", "cpu", "--image_size", "32", "--episode_length", "80",
         "--num_conv_layers", "2", "--num_filters", "8", "--projection_dim", "16", "--hidden_dim", "32",
-        "--batch_size", "8", "--soda_batch_size", "16", "--seed_steps", "20", "--log_freq", "10",
+        "--batch_size", "8", "--seed_steps", "20", "--log_freq", "10",
         "--eval_episodes", "1", "--no-progress", "--no-tensorboard", "--device", "cpu"]
+
+
+def tiny(algorithm: str) -> list[str]:
+    return TINY + ["--algorithm", algorithm] + (["--soda_batch_size", "16"] if algorithm == "soda" else [])
 AUX_METRICS = {"soda": ["soda_loss"], "sgqn": ["sgqn_consistency_loss", "sgqn_prediction_loss"],
                "smg": ["smg_consistency_loss", "smg_recon_loss", "smg_mask_loss", "smg_back_loss",
                        "smg_action_loss", "smg_fore_loss", "smg_aux_loss"]}
@@ -152,7 +157,7 @@ def _rows(path):
 def test_trains_end_to_end_and_evaluates_on_every_mode(tmp_path, algorithm):
     d = tmp_path / algorithm
     modes = ["train", "color_easy", "color_hard", "video_easy", "video_hard"]
-    train_script.build_and_train(TINY + ["--run_dir", str(d), "--algorithm", algorithm, "--train_steps", "40",
+    train_script.build_and_train(tiny(algorithm) + ["--run_dir", str(d), "--train_steps", "40",
                                          "--eval_freq", "40", "--eval_modes", *modes])
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["algorithm"] == algorithm and cfg["image_size"] == 32      # given explicitly: no SODA enlargement
@@ -171,7 +176,7 @@ def test_trains_end_to_end_and_evaluates_on_every_mode(tmp_path, algorithm):
 @pytest.mark.parametrize("algorithm", BASELINES)
 def test_killed_and_resumed_run_matches_an_uninterrupted_one(tmp_path, algorithm):
     # the checkpoint at step 40 ends an episode (20 agent steps each), so the resumed run meets the same episodes
-    common = TINY + ["--algorithm", algorithm, "--eval_freq", "0", "--checkpoint_freq", "40",
+    common = tiny(algorithm) + ["--eval_freq", "0", "--checkpoint_freq", "40",
                      "--buffer_capacity", "100"]
     full, part = tmp_path / "full", tmp_path / "part"
     train_script.build_and_train(common + ["--run_dir", str(full), "--train_steps", "60"])

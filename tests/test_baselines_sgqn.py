@@ -11,7 +11,7 @@ from agent_support import A, OBS, batch, filled_replay, tiny_cfg
 from cg2a_ext.rl.core.agent import make_agent
 from cg2a_ext.rl.algorithms.parts.guided_backprop import q1_guided_backprop
 from cg2a_ext.rl.algorithms.sgqn import fill_unsalient, saliency_mask
-from cg2a_ext.rl.config import config_from_args
+from cg2a_ext.rl.cli.options import config_from_args
 
 
 def _guided_reference(critic, obs, action):
@@ -203,7 +203,7 @@ def _batch_of(ag, rb):
 
 def test_quantile_defaults_per_task():
     def q(*argv):
-        return config_from_args(["--algorithm", "sgqn", "--preset", "cpu", *argv]).sgqn_quantile
+        return config_from_args(["--algorithm", "sgqn", "--preset", "cpu", *argv]).options.quantile
 
     assert q("--task", "cartpole_swingup") == 0.98 and q("--task", "ball_in_cup_catch") == 0.98
     assert q("--task", "walker_walk") == 0.95 and q("--task", "finger_spin") == 0.95

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from agent_support import A, OBS, batch, filled_replay, tiny_cfg
 from cg2a_ext.rl.core.agent import make_agent
 from cg2a_ext.rl.algorithms.base import Batch
-from cg2a_ext.rl.config import config_from_args
+from cg2a_ext.rl.cli.options import config_from_args
 
 
 def _agent(**kw):
@@ -149,7 +149,7 @@ def test_mask_area_loss_starts_after_the_gate():
     on = aux_minus_mask(1001, 0)
     assert abs(off[0]) < 1e-5 and off[2] == 0.0
     assert abs(on[0] - on[1]) < 1e-5 and on[1] > 0 and on[2] == 1.0
-    alg.cfg.smg_mask_gate = "env_steps"                                   # the option: the agent step
+    alg.options.mask_gate = "env_steps"                                   # the option: the agent step
     assert aux_minus_mask(5000, 1000)[2] == 0.0 and aux_minus_mask(0, 1001)[2] == 1.0
 
 

@@ -7,7 +7,8 @@ import torch
 from agent_support import A, OBS, batch, filled_replay, tiny_cfg
 from cg2a_ext.rl.core.agent import make_agent
 from cg2a_ext.rl.algorithms.soda import center_crop, random_crop, soda_loss
-from cg2a_ext.rl.config import ConfigError, config_from_args
+from cg2a_ext.rl.cli.options import config_from_args
+from cg2a_ext.rl.config import ConfigError
 
 
 def test_random_crop_draws_offsets_below_the_margin_shared_by_frames():
@@ -53,7 +54,7 @@ def test_network_input_is_the_crop_and_the_policy_acts_on_the_centre():
 
 def test_default_frames_are_rendered_larger_unless_given():
     paper = config_from_args(["--algorithm", "soda", "--preset", "paper", "--task", "walker_walk", "--device", "cpu"])
-    assert paper.image_size == 100 and paper.soda_crop == "random"
+    assert paper.image_size == 100 and paper.options.crop == "random"
     cpu = config_from_args(["--algorithm", "soda", "--preset", "cpu", "--task", "walker_walk"])
     assert cpu.image_size == 48 + 16
     shift = config_from_args(["--algorithm", "soda", "--preset", "paper", "--soda_crop", "shift", "--device", "cpu"])

@@ -97,6 +97,24 @@ def explicit_options(argv: Sequence[str], algorithm: str) -> set[str]:
     return found
 
 
+def _refuse_other_algorithms_options(argv: Sequence[str], algorithm: str) -> None:
+    """An option of another algorithm is a mistake worth naming (tyro would only say "unrecognized")."""
+    from cg2a_ext.rl import algorithms
+
+    mine = set(algorithms.get(algorithm).cli_names().values())
+    owners: dict[str, str] = {}
+    for other in algorithms.NAMES:
+        if other != algorithm:
+            for flag in algorithms.get(other).cli_names().values():
+                if flag not in mine:
+                    owners.setdefault(flag, other)
+    for token in argv:
+        key = token[2:].split("=", 1)[0].replace("-", "_") if token.startswith("--") else ""
+        key = key[3:] if key.startswith("no_") and key[3:] in owners else key
+        if key in owners:
+            raise ConfigError(f"--{key} is an option of {owners[key]}, not of --algorithm {algorithm}")
+
+
 def parse(argv: Sequence[str], prog: str | None = None) -> tuple[TrainConfig, set[str]]:
     """argv -> (an unresolved TrainConfig, the options given explicitly)."""
     import tyro
@@ -108,6 +126,7 @@ def parse(argv: Sequence[str], prog: str | None = None) -> tuple[TrainConfig, se
     if name not in algorithms.NAMES:
         raise ConfigError(f"unknown algorithm {name!r}; choose one of {', '.join(algorithms.NAMES)}")
     algo = algorithms.get(name)
+    _refuse_other_algorithms_options(argv, name)
     parsed = tyro.cli(cli_class(name), args=argv, use_underscores=True, prog=prog,
                       description=f"Train a SAC agent ({' / '.join(algorithms.NAMES)}) on a visual control task.")
     values = dataclasses.asdict(parsed)
