@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cg2a_ext.rl.envs import MODES, TASKS, make_env
+from cg2a_ext.rl.envs import TASKS, make_env
+from cg2a_ext.rl.envs.dmc import MODES
 from cg2a_ext.rl.envs import rendering
 from cg2a_ext.rl.envs.dmc.color import GREEN
 from cg2a_ext.rl.envs.dmc.data import DATA_ENV_VAR

@@ -16,7 +16,8 @@ from cg2a_ext import per_group_grads
 from cg2a_ext.rl.core.agent import make_agent
 from cg2a_ext.rl.core.agent.networks import build_networks
 from cg2a_ext.rl.algorithms.base import critic_loss
-from cg2a_ext.rl.config import ConfigError, TrainConfig, config_from_args
+from cg2a_ext.rl.cli.options import config_from_args
+from cg2a_ext.rl.config import ConfigError, TrainConfig
 from cg2a_ext.rl.core.env_stepper import EnvStepper
 from cg2a_ext.rl.core.agent.precision import autocast_dtype, matmul_precision, resolve_precision
 from cg2a_ext.rl.core.replay import FrameReplayBuffer, NumpyFrames, TorchFrames, frames_device_for

@@ -418,14 +418,14 @@ def check(cfg: TrainConfig) -> None:
     _finite("checkpoint_minutes", cfg.checkpoint_minutes, low=0.0)
     if cfg.device not in ("auto", "cpu") and not cfg.device.startswith("cuda"):
         raise ConfigError(f"unknown device {cfg.device!r}; use auto, cpu, cuda or cuda:N")
+    if cfg.replay_device == "cuda" and cfg.device == "cpu":
+        raise ConfigError(f"--replay_device cuda needs a CUDA --device, got --device {cfg.device}")
     if cfg.device.startswith("cuda") or cfg.replay_device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             what = f"--device {cfg.device}" if cfg.device.startswith("cuda") else "--replay_device cuda"
             raise ConfigError(f"{what} asked for but CUDA is not available")
-    if cfg.replay_device == "cuda" and cfg.device == "cpu":
-        raise ConfigError(f"--replay_device cuda needs a CUDA --device, got --device {cfg.device}")
     if cfg.resume and not cfg.run_dir:
         raise ConfigError("--resume needs --run_dir (the run folder to continue)")
     if cfg.resume and cfg.overwrite:

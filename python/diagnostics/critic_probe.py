@@ -13,7 +13,7 @@ to improve in: that is what a batch-32 drq run on cartpole_balance showed.
 from __future__ import annotations
 
 import argparse
-import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from cg2a_ext.rl.core.agent import make_agent
 from cg2a_ext.rl.run.checkpoint import latest_checkpoint, load_checkpoint
 from cg2a_ext.rl.config import TrainConfig
 from cg2a_ext.rl.envs import make_env
+from cg2a_ext.rl.run.folder import CONFIG
 
 
 def main() -> None:
@@ -30,8 +31,7 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    with open(f"{args.run_dir}/config.json") as f:
-        cfg = TrainConfig(**json.load(f))
+    cfg = TrainConfig.load(Path(args.run_dir) / CONFIG)
     env = make_env(cfg.task, seed=cfg.seed + 5, image_size=cfg.image_size, frame_stack=cfg.frame_stack,
                    action_repeat=cfg.action_repeat, episode_length=cfg.episode_length)
     adim = env.action_space.shape[0]

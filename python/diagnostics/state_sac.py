@@ -24,7 +24,7 @@ from cg2a_ext.rl import algorithms
 from cg2a_ext.rl.core.agent import SACAgent
 from cg2a_ext.rl.run.seeding import SeedStreams
 from cg2a_ext.rl.core.agent.networks import Actor, Critic, Encoder, Projection
-from cg2a_ext.rl.config import config_from_args
+from cg2a_ext.rl.cli.options import config_from_args
 
 
 class IdentityTrunk(nn.Module):

@@ -47,12 +47,14 @@ from cg2a_ext.bench.timing import median_time, sync
 
 
 def _cfg(preset: str, **kw):
-    from cg2a_ext.rl.config import PRESETS, TrainConfig
+    """The preset's configuration of cartpole_balance on this machine's device, its unset options filled."""
+    from cg2a_ext.rl.config import TrainConfig, resolve
 
-    d = dict(PRESETS[preset])
-    d.update(task="cartpole_balance", device="cuda" if torch.cuda.is_available() else "cpu")
+    d = dict(preset=preset, task="cartpole_balance", device="cuda" if torch.cuda.is_available() else "cpu")
     d.update(kw)
-    return TrainConfig(**d)
+    cfg = TrainConfig(**d)
+    resolve(cfg)
+    return cfg
 
 
 def critic_update_times(preset: str, reps: int) -> dict:

@@ -38,11 +38,18 @@ CONFIGS = (
 
 
 def config(preset: str, algorithm: str, options=()):
-    from cg2a_ext.rl.config import config_from_args
+    """The preset's config of ``algorithm`` on cartpole_balance with command-line ``options``; SystemExit naming a
+    bad option or algorithm."""
+    from cg2a_ext.rl.cli.options import config_from_args
+    from cg2a_ext.rl.config import ConfigError
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return config_from_args(["--preset", preset, "--algorithm", algorithm, "--task", "cartpole_balance",
-                             "--device", device, *options])
+    try:
+        return config_from_args(["--preset", preset, "--algorithm", algorithm, "--task", "cartpole_balance",
+                                 "--device", device, *options])
+    except ConfigError as e:
+        print(f"baselines.py: error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 def random_replay(obs_shape, action_dim: int, frames: int, frame_stack: int):

@@ -17,7 +17,7 @@ import typing
 from pathlib import Path
 from typing import Annotated, Sequence
 
-from cg2a_ext.rl.config import RESUMABLE, ConfigError, TrainConfig, resolve_preset
+from cg2a_ext.rl.config import RESUMABLE, ConfigError, TrainConfig, resolve, resolve_preset
 
 _HELP_MARKUP = re.compile(r"``([^`]*)``")
 
@@ -155,6 +155,7 @@ def _resume_config(parsed: TrainConfig, explicit: set[str]) -> TrainConfig:
     if not cfg_path.is_file():
         raise ConfigError(f"--resume: no {CONFIG} in {parsed.run_dir!r} (not a run folder?)")
     saved = TrainConfig.load(cfg_path)
+    resolve(saved)                          # a config.json written by hand may leave options unset
     if saved.buffer_capacity == 0:          # the buffer keeps the capacity it was created with
         saved.buffer_capacity = saved.train_steps
     if parsed.algorithm != saved.algorithm and "algorithm" in explicit:

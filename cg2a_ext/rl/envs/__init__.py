@@ -87,9 +87,13 @@ def make_env(task: str, mode: str = "train", seed: int = 0, *, image_size: int |
     if mode not in fam.modes:
         raise ValueError(f"unknown mode {mode!r} for {fam.name} task {task!r}; choose one of {', '.join(fam.modes)}")
     d = fam.observation_defaults(task, preset)
-    return fam.make_env(task, mode, seed, image_size=image_size or d.image_size,
-                        frame_stack=frame_stack or d.frame_stack, action_repeat=action_repeat or d.action_repeat,
-                        episode_length=episode_length or d.episode_length, data_dir=data_dir, **options)
+
+    def pick(value, default):
+        return default if value is None else value
+
+    return fam.make_env(task, mode, seed, image_size=pick(image_size, d.image_size),
+                        frame_stack=pick(frame_stack, d.frame_stack), action_repeat=pick(action_repeat, d.action_repeat),
+                        episode_length=pick(episode_length, d.episode_length), data_dir=data_dir, **options)
 
 
 def __getattr__(name: str) -> Any:
