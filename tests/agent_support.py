@@ -71,3 +71,12 @@ def flat_tensors(state, prefix="") -> dict[str, torch.Tensor]:
         for i, v in enumerate(state):
             out.update(flat_tensors(v, f"{prefix}/{i}"))
     return out
+
+
+def aux_step(agent, batch, replay=None, num_transitions: int | None = None):
+    """The AuxiliaryStep the agent hands its algorithm for ``batch`` (a Batch), drawing from ``replay``."""
+    from cg2a_ext.rl.algorithms.base import AuxiliaryStep
+
+    n = num_transitions if num_transitions is not None else (replay.num_transitions if replay is not None else 0)
+    sample = (lambda k: replay.sample(k, device=agent.device)[0]) if replay is not None else None
+    return AuxiliaryStep(agent.nets, batch, agent.num_updates, n, sample)

@@ -62,7 +62,7 @@ def test_per_loss_grads_equal_separate_backward(algorithm):
 
 
 def _grads_after(agent, obs, action, target, diagnostics):
-    out = agent.algorithm.critic_gradient(agent, obs, action, target, diagnostics=diagnostics)
+    out = agent.algorithm.critic_gradient(agent.critic_step(obs, action, target, diagnostics=diagnostics))
     return [p.grad.clone() for p in agent.critic_params], out
 
 
@@ -104,7 +104,7 @@ def test_svea_loss_is_weighted_sum():
     ag = make_agent(OBS, A, small_agent_cfg(algorithm="svea"), "cpu")
     strat = ag.algorithm
     strat.generator.manual_seed(3)
-    out = strat.critic_gradient(ag, obs, action, target)
+    out = strat.critic_gradient(ag.critic_step(obs, action, target))
     strat.generator.manual_seed(3)
     aug = strat.augment(obs)
     with torch.no_grad():
@@ -140,7 +140,7 @@ def test_agent_update_runs_and_state_roundtrip():
         rb.add(rng.uniform(-1, 1, A), 1.0, rng.integers(0, 256, OBS, dtype=np.uint8), False)
     m1 = ag.update(rb, diagnostics=True)
     m2 = ag.update(rb)
-    assert "actor_loss" in m2 and "diag/conflict_fraction" in m1
+    assert "actor_loss" in m2 and "conflict_fraction" in m1.diagnostics
     ag2 = make_agent(OBS, A, cfg, "cpu")
     ag2.load_state_dict(ag.state_dict())
     x = torch.rand(2, *OBS) * 255
@@ -380,7 +380,7 @@ def test_cg2a_with_identity_copies_takes_drq_step():
         torch.manual_seed(step)
         m_cg = cg.update(rb_cg, diagnostics=True)
         assert torch.allclose(m_drq["critic_loss"], m_cg["critic_loss"], rtol=1e-6)
-        assert abs(m_cg["diag/weight_0"] - 0.5) < 1e-6 and abs(m_cg["diag/cos_0_1"] - 1.0) < 1e-5
+        assert abs(m_cg.diagnostics["weight_0"] - 0.5) < 1e-6 and abs(m_cg.diagnostics["cos_0_1"] - 1.0) < 1e-5
     for a, b in zip(drq.critic.parameters(), cg.critic.parameters()):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), (a - b).abs().max()
     for a, b in zip(drq.actor.parameters(), cg.actor.parameters()):

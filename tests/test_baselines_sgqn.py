@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from agent_support import A, OBS, batch, filled_replay, tiny_cfg
+from agent_support import aux_step, A, OBS, batch, filled_replay, tiny_cfg
 from cg2a_ext.rl.core.agent import make_agent
 from cg2a_ext.rl.algorithms.parts.guided_backprop import q1_guided_backprop
 from cg2a_ext.rl.algorithms.sgqn import fill_unsalient, saliency_mask
@@ -109,7 +109,7 @@ def test_consistency_loss_has_no_stop_gradient():
     alg = ag.algorithm
     obs, action, target = batch(8)
     alg.generator.manual_seed(3)
-    out = alg.critic_gradient(ag, obs, action, target)
+    out = alg.critic_gradient(ag.critic_step(obs, action, target))
     got = [p.grad.clone() for p in ag.critic_params]
     # the same mask and fill value, the loss written out
     alg.generator.manual_seed(3)
@@ -187,7 +187,7 @@ def test_predictor_optimizer_trains_encoder_and_decoder_only():
     heads = [p.detach().clone() for p in list(ag.critic.Q1.parameters()) + ag.actor_params]
     dec = [p.detach().clone() for p in alg.decoder.parameters()]
     enc = [p.detach().clone() for p in ag.critic.encoder.parameters()]
-    alg.auxiliary_update(ag, _batch_of(ag, rb), rb)
+    alg.auxiliary_update(aux_step(ag, _batch_of(ag, rb), rb))
     assert all(torch.equal(a, b) for a, b in zip(heads, list(ag.critic.Q1.parameters()) + ag.actor_params))
     assert all(not torch.equal(a, b) for a, b in zip(dec, alg.decoder.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(enc, ag.critic.encoder.parameters()))
@@ -213,7 +213,7 @@ def test_quantile_defaults_per_task():
 def test_evaluation_images_show_saliency_and_masks():
     ag = make_agent(OBS, A, tiny_cfg("sgqn"), "cpu")
     obs = torch.randint(0, 256, (3, *OBS), dtype=torch.uint8)
-    images = ag.algorithm.evaluation_images(ag, obs)
+    images = ag.algorithm.evaluation_images(ag.nets, obs)
     assert set(images) == {"sgqn_observation", "sgqn_saliency", "sgqn_mask", "sgqn_predicted_mask"}
     for v in images.values():
         assert v.shape == (3, 32, 32, 3) and v.dtype == np.uint8

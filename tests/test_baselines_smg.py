@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from agent_support import A, OBS, batch, filled_replay, tiny_cfg
+from agent_support import aux_step, A, OBS, batch, filled_replay, tiny_cfg
 from cg2a_ext.rl.core.agent import make_agent
 from cg2a_ext.rl.algorithms.base import Batch
 from cg2a_ext.rl.cli.options import config_from_args
@@ -45,9 +45,9 @@ def test_views_compose_the_soft_mask_with_one_background_per_sample():
     ag = _agent()
     alg = ag.algorithm
     obs, _, _ = batch(6)
-    views = alg.make_views(ag, obs)
+    views = alg.make_views(ag.nets, obs)
     with torch.no_grad():
-        _, mask = alg.fore(ag, obs)
+        _, mask = alg.fore(ag.nets, obs)
     assert ((mask > 0.01) & (mask < 0.99)).float().mean() > 0.5                     # soft, not binarised
     bg = views.background
     assert torch.equal(bg[:, 0:3], bg[:, 3:6]) and torch.equal(bg[:, 0:3], bg[:, 6:9])   # shared by the frames
@@ -62,7 +62,7 @@ def test_attribution_view_is_chosen_for_a_quarter_of_the_updates():
     ag = _agent()
     alg = ag.algorithm
     obs, _, _ = batch(2)
-    picks = [alg.make_views(ag, obs) for _ in range(400)]
+    picks = [alg.make_views(ag.nets, obs) for _ in range(400)]
     frac = np.mean([v.consistency is v.attribution for v in picks])
     assert 0.18 < frac < 0.32
     for v in picks[:20]:
@@ -77,7 +77,7 @@ def test_q_consistency_stops_the_gradient_at_the_clean_q():
     obs, action, target = batch(8)
     alg.generator.manual_seed(2)
     alg.choice_generator.manual_seed(2)
-    out = alg.critic_gradient(ag, obs, action, target)
+    out = alg.critic_gradient(ag.critic_step(obs, action, target))
     got = [p.grad.clone() for p in ag.critic_params]
     tau = alg.views.consistency
 
@@ -100,12 +100,12 @@ def test_auxiliary_losses_targets_and_the_foreground_stop_gradient():
     ag = _agent()
     alg = ag.algorithm
     b = _batch(8)
-    alg.critic_gradient(ag, b.obs, b.action, torch.zeros(8, 1))
+    alg.critic_gradient(ag.critic_step(b.obs, b.action, torch.zeros(8, 1)))
     views = alg.views
     ag.num_updates = 2000                                                # mask term active
-    losses = alg.auxiliary_losses(ag, b, SimpleNamespace(num_transitions=0))
+    losses = alg.auxiliary_losses(aux_step(ag, b, num_transitions=0))
     enc = ag.critic.encoder
-    fore, mask = alg.fore(ag, b.obs)
+    fore, mask = alg.fore(ag.nets, b.obs)
     back = alg.back(b.obs)
     recon = fore * mask + back * (1 - mask)
     torch.testing.assert_close(losses["smg_recon_loss"], (recon - b.obs).abs().mean())         # target: o in 0-255
@@ -114,7 +114,7 @@ def test_auxiliary_losses_targets_and_the_foreground_stop_gradient():
     torch.testing.assert_close(losses["smg_back_loss"], (alg.back(views.attribution) - views.background).abs().mean())
     pred = alg.inverse_dynamics(torch.cat([enc(b.obs), enc(b.next_obs)], 1))
     torch.testing.assert_close(losses["smg_action_loss"], F.mse_loss(pred, b.action))
-    fore_t, mask_t = alg.fore(ag, views.consistency)
+    fore_t, mask_t = alg.fore(ag.nets, views.consistency)
     torch.testing.assert_close(losses["smg_fore_loss"], (fore_t * mask_t - fore * mask).abs().mean())
     total = (losses["smg_recon_loss"] + losses["smg_mask_loss"] + 2 * losses["smg_back_loss"]
              + losses["smg_action_loss"] + 0.1 * losses["smg_fore_loss"])
@@ -137,9 +137,9 @@ def test_mask_area_loss_starts_after_the_gate():
     def aux_minus_mask(updates, transitions):
         alg.generator.manual_seed(0)
         alg.choice_generator.manual_seed(0)
-        alg.critic_gradient(ag, b.obs, b.action, torch.zeros(4, 1))
+        alg.critic_gradient(ag.critic_step(b.obs, b.action, torch.zeros(4, 1)))
         ag.num_updates = updates
-        losses = alg.auxiliary_losses(ag, b, SimpleNamespace(num_transitions=transitions))
+        losses = alg.auxiliary_losses(aux_step(ag, b, num_transitions=transitions))
         rest = (losses["smg_recon_loss"] + 2 * losses["smg_back_loss"] + losses["smg_action_loss"]
                 + 0.1 * losses["smg_fore_loss"])
         return float((losses["smg_aux_loss"] - rest).detach()), float(losses["smg_mask_loss"].detach()), \
@@ -197,7 +197,7 @@ def test_protocol_defaults():
 def test_evaluation_images_show_reconstruction_and_mask():
     ag = _agent()
     obs = torch.randint(0, 256, (2, *OBS), dtype=torch.uint8)
-    images = ag.algorithm.evaluation_images(ag, obs)
+    images = ag.algorithm.evaluation_images(ag.nets, obs)
     assert set(images) == {"smg_observation", "smg_foreground", "smg_mask", "smg_background", "smg_reconstruction"}
     for v in images.values():
         assert v.shape == (2, 32, 32, 3) and v.dtype == np.uint8
@@ -208,4 +208,4 @@ def test_evaluation_images_show_reconstruction_and_mask():
 def test_auxiliary_step_without_its_critic_step_fails_clearly():
     ag = _agent()
     with pytest.raises(RuntimeError, match="critic step"):
-        ag.algorithm.auxiliary_update(ag, _batch(4), filled_replay())
+        ag.algorithm.auxiliary_update(aux_step(ag, _batch(4), filled_replay()))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cg2a_ext.rl.config import config_from_args
+from cg2a_ext.rl.cli.options import config_from_args
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = ["README.md", "RESULTS.md", "BENCHMARKS.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]

@@ -18,7 +18,7 @@ def gpu_checks():
 
 
 def test_learning_runs_are_valid_train_commands(gpu_checks, tmp_path):
-    from cg2a_ext.rl.config import config_from_args
+    from cg2a_ext.rl.cli.options import config_from_args
 
     commands = gpu_checks.stage_commands("learning", tmp_path, {"PYTHONPATH": ""})
     assert [c[c.index("--algorithm") + 1] for c in commands] == ["drq", "cg2a"]
@@ -78,7 +78,7 @@ def test_preflight_reports_and_refuses_where_op_errors_do_not_reach_python(gpu_c
 
 
 def test_baselines_learning_runs_are_valid_train_commands(gpu_checks, tmp_path):
-    from cg2a_ext.rl.config import config_from_args
+    from cg2a_ext.rl.cli.options import config_from_args
 
     commands = gpu_checks.stage_commands("learning-baselines", tmp_path, {"PYTHONPATH": ""})
     assert [c[c.index("--algorithm") + 1] for c in commands] == ["soda", "sgqn", "smg"]

@@ -107,7 +107,7 @@ def test_fp32_critic_gradient_is_the_plain_float_path(algorithm, monkeypatch):
     params = agent.critic_params
     if algorithm == "drq":
         expected = torch.autograd.grad(critic_loss(agent.critic, obs, action, target), params)
-        agent.algorithm.critic_gradient(agent, obs, action, target)
+        agent.algorithm.critic_gradient(agent.critic_step(obs, action, target))
         got = [p.grad for p in params]
     else:   # the K per-loss gradients the aggregator receives, against K plain backward passes
         state = agent.algorithm.generator.get_state()
@@ -115,7 +115,7 @@ def test_fp32_critic_gradient_is_the_plain_float_path(algorithm, monkeypatch):
         per_view = [torch.autograd.grad(critic_loss(agent.critic, v, action, target), params) for v in views]
         expected = [torch.stack(gs) for gs in zip(*per_view)]
         agent.algorithm.generator.set_state(state)
-        got, _ = agent.algorithm.per_loss_grads(agent, obs, action, target)
+        got, _ = agent.algorithm.per_loss_grads(agent.nets, obs, action, target)
     for g, e in zip(got, expected):
         assert torch.equal(g, e)
 
@@ -131,7 +131,7 @@ def test_bf16_update_gives_finite_fp32_gradients_close_to_fp32(algorithm):
         agent.algorithm.generator.manual_seed(3)   # the same augmentation draws
         if algorithm == "cg2a":
             agent.algorithm.gamma_generator.manual_seed(4)
-        out = agent.algorithm.critic_gradient(agent, obs, action, target)
+        out = agent.algorithm.critic_gradient(agent.critic_step(obs, action, target))
         assert not out.zeroed and out.loss.dtype == torch.float32
         grads[name] = [p.grad.clone() for p in agent.critic_params]
     differs = False
@@ -173,7 +173,7 @@ def test_a_recorded_split_method_that_no_longer_applies_is_measured_again(monkey
     reason = lambda module, names: "submodule 'encoder' is compiled (as with --compile on)"   # noqa: E731
     monkeypatch.setattr(split_module, "unsupported_reason", reason)
     monkeypatch.setattr(pgg, "unsupported_reason", reason)
-    grads, _ = agent.algorithm.per_loss_grads(agent, obs, action, target)
+    grads, _ = agent.algorithm.per_loss_grads(agent.nets, obs, action, target)
     assert agent.algorithm.grad_method in ("loop", "vmap")
     assert all(torch.isfinite(g).all() for g in grads)
 
@@ -472,7 +472,7 @@ def test_per_loss_gradient_method_is_chosen_once_and_kept_across_a_restart(algor
     agent = make_agent(OBS, A, small_agent_cfg(algorithm=algorithm, augmentations=("overlay",)), "cpu")
     obs, action, target = float_batch()
     assert agent.algorithm.grad_method is None and agent.algorithm.state_dict()["grad_method"] == ""
-    agent.algorithm.per_loss_grads(agent, obs, action, target)
+    agent.algorithm.per_loss_grads(agent.nets, obs, action, target)
     chosen = agent.algorithm.grad_method
     assert chosen in ("vmap", "loop", "split") and list(pgg._AUTO_CHOICE.values()) == [chosen]
     state = agent.algorithm.state_dict()

@@ -362,7 +362,7 @@ def _train(cfg, run_dir: Path, command: str, rd, load_resumable) -> RunResult:
         print(f"measuring this machine's speed ({cfg.preset} preset on {device}) ...", flush=True)
         rates = measure_rates(cfg, env, obs_shape, action_dim, device)
         pending = (start == 0 and cfg.eval_freq > 0) or bool(state and state.get("evaluate_first"))
-        p = plan(cfg, device, agent.algorithm.K, run_dir, start, rates, pending)
+        p = plan(cfg, device, agent.K, run_dir, start, rates, pending)
         rd.write_json_atomic(run_dir / rd.PLAN, p)
         print(describe(p) + ("\n  resumed from " + str(path) if state else ""), flush=True)
 

@@ -21,15 +21,16 @@ class AugmentedMean(AugmentationCombination):
     def ablation(cls, options) -> str | None:
         return "ac"
 
-    def critic_gradient(self, agent, obs, action, target, *, diagnostics=False) -> CriticGradOutput:
+    def critic_gradient(self, step) -> CriticGradOutput:
+        nets, obs, action, target, diagnostics = step
         if not diagnostics:
             v = self.views(obs)
             k, b = v.shape[:2]
-            loss = critic_loss(agent.critic, v.reshape(k * b, *v.shape[2:]), action.repeat(k, 1),
+            loss = critic_loss(nets.critic, v.reshape(k * b, *v.shape[2:]), action.repeat(k, 1),
                                target.repeat(k, 1))
-            return self.backward_single(agent, loss)
-        params = agent.critic_params
-        grads, losses = self.per_loss_grads(agent, obs, action, target)
+            return self.backward_single(nets, loss)
+        params = nets.critic_params
+        grads, losses = self.per_loss_grads(nets, obs, action, target)
         for p, g in zip(params, grads):
             p.grad = g.mean(0)
         diag = gram_diagnostics(gram_of(grads), weights=torch.full((self.K,), 1.0 / self.K),

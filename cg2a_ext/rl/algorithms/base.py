@@ -5,11 +5,11 @@ temperature and their optimizers, and runs one update as
 
     batch    = replay.sample(); obs, next_obs = algorithm.augment_observations(...)
     y        = TD target on the clean next observation
-    critic   : algorithm.critic_gradient(agent, obs, action, y) writes the critic's .grad,
+    critic   : algorithm.critic_gradient(CriticStep(nets, obs, action, y, diagnostics)) writes the critic's .grad,
                then the core's critic optimizer steps
     actor    : every actor_update_freq updates (SAC, encoder detached)
     targets  : every critic_target_update_freq updates
-    auxiliary: algorithm.auxiliary_update(agent, batch, replay) every aux_update_freq updates,
+    auxiliary: algorithm.auxiliary_update(AuxiliaryStep(nets, batch, ...)) every aux_update_freq updates,
                with the algorithm's own networks and optimizers (built in ``attach``)
 
 An algorithm owns its random generators and auxiliary state and saves them in ``state_dict``.
@@ -23,7 +23,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -33,7 +33,6 @@ import torch.nn.functional as F
 from cg2a_ext.rl.run.seeding import SeedStreams
 
 if TYPE_CHECKING:
-    from cg2a_ext.rl.core.agent.sac_agent import SACAgent
     from cg2a_ext.rl.config import TrainConfig
 
 
@@ -45,6 +44,44 @@ class Batch(NamedTuple):
     reward: torch.Tensor
     next_obs: torch.Tensor
     not_done: torch.Tensor
+
+
+@dataclass(frozen=True)
+class AgentNetworks:
+    """What an algorithm may use of the SAC core (the agent itself is not handed out): the networks, the critic's
+    trainable parameters (whose .grad a critic step writes), the shapes and where they live."""
+
+    actor: nn.Module
+    critic: nn.Module
+    critic_target: nn.Module
+    critic_params: list
+    obs_shape: tuple[int, ...]
+    action_dim: int
+    device: torch.device
+    channels_last: bool
+
+
+class CriticStep(NamedTuple):
+    """One critic update's inputs: the networks, the float batch (augmented as the algorithm asked), the TD target,
+    and whether to return gradient diagnostics this update. Everything is on the device: the step reads nothing
+    back and draws its randomness from the algorithm's generators."""
+
+    nets: AgentNetworks
+    obs: torch.Tensor
+    action: torch.Tensor
+    target: torch.Tensor
+    diagnostics: bool = False
+
+
+class AuxiliaryStep(NamedTuple):
+    """One auxiliary update's inputs: the networks, the update's batch, the update count, the transitions stored
+    so far, and ``sample_observations(n)``: n uint8 observations drawn from the replay on the device."""
+
+    nets: AgentNetworks
+    batch: "Batch"
+    num_updates: int
+    num_transitions: int
+    sample_observations: Callable[[int], torch.Tensor]
 
 
 @dataclass
@@ -181,15 +218,15 @@ class Algorithm(abc.ABC):
     def network_obs_shape(self, obs_shape: tuple[int, ...]) -> tuple[int, ...]:
         return self.network_obs_shape_for(self.options, obs_shape)
 
-    def attach(self, agent: "SACAgent") -> None:
+    def attach(self, nets: AgentNetworks) -> None:
         """Build auxiliary networks and optimizers once the agent's networks exist (default: none)."""
 
-    def place(self, agent: "SACAgent", module: nn.Module) -> nn.Module:
+    def place(self, nets: AgentNetworks, module: nn.Module) -> nn.Module:
         """An auxiliary module on the agent's device, with channels-last convolution weights where the agent's
         networks have them (``--channels_last``): the decoders of sgqn and smg then run in the layout of the
         trunk feeding them (1.5x faster forward and backward on one CPU core, oneDNN)."""
         module = module.to(self.device)
-        if agent.channels_last:
+        if nets.channels_last:
             module.to(memory_format=torch.channels_last)
         return module
 
@@ -207,14 +244,14 @@ class Algorithm(abc.ABC):
         return obs
 
     @abc.abstractmethod
-    def critic_gradient(self, agent: "SACAgent", obs, action, target, *, diagnostics: bool = False) -> CriticGradOutput:
-        """Write the critic gradient into ``agent.critic_params``' .grad; return the loss and diagnostics."""
+    def critic_gradient(self, step: CriticStep) -> CriticGradOutput:
+        """Write the critic gradient into ``step.nets.critic_params``' .grad; return the loss and diagnostics."""
 
-    def auxiliary_update(self, agent: "SACAgent", batch: Batch, replay) -> dict[str, Any]:
+    def auxiliary_update(self, step: AuxiliaryStep) -> dict[str, Any]:
         """The method's own losses and optimizer steps after the SAC updates; returns metrics to log."""
         return {}
 
-    def evaluation_images(self, agent: "SACAgent", obs: torch.Tensor) -> dict[str, np.ndarray]:
+    def evaluation_images(self, nets: AgentNetworks, obs: torch.Tensor) -> dict[str, np.ndarray]:
         """Images worth looking at for a few evaluation frames (masks, reconstructions): name -> [N, H, W, 3] uint8."""
         return {}
 
@@ -229,9 +266,9 @@ class Algorithm(abc.ABC):
         self.skipped_aux_steps.fill_(int(state.get("skipped_aux_steps", 0)))
 
     # ------------------------------------------------------------------ helpers for subclasses
-    def backward_single(self, agent: "SACAgent", loss: torch.Tensor) -> CriticGradOutput:
+    def backward_single(self, nets: AgentNetworks, loss: torch.Tensor) -> CriticGradOutput:
         """The critic gradient of one scalar loss."""
-        params = agent.critic_params
+        params = nets.critic_params
         for p in params:
             p.grad = None
         loss.backward()

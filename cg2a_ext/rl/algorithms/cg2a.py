@@ -59,9 +59,10 @@ class CG2AAlgorithm(AugmentationCombination):
                                generator=self.gamma_generator,
                                nonfinite="zero" if self.nonfinite == "skip" else "raise")
 
-    def critic_gradient(self, agent, obs, action, target, *, diagnostics=False) -> CriticGradOutput:
-        params = agent.critic_params
-        grads, losses = self.per_loss_grads(agent, obs, action, target)
+    def critic_gradient(self, step) -> CriticGradOutput:
+        nets, obs, action, target, diagnostics = step
+        params = nets.critic_params
+        grads, losses = self.per_loss_grads(nets, obs, action, target)
         for p in params:
             p.grad = None
         res = self.aggregator.apply_(params, grads)

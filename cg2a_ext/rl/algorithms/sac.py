@@ -14,8 +14,9 @@ class SAC(Algorithm):
     def ablation(cls, options) -> str | None:
         return cls.name if cls.name == "sac" else None
 
-    def critic_gradient(self, agent, obs, action, target, *, diagnostics=False) -> CriticGradOutput:
-        return self.backward_single(agent, critic_loss(agent.critic, obs, action, target))
+    def critic_gradient(self, step) -> CriticGradOutput:
+        nets, obs, action, target, diagnostics = step
+        return self.backward_single(nets, critic_loss(nets.critic, obs, action, target))
 
 
 ALGORITHM = SAC

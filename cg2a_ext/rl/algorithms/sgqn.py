@@ -111,10 +111,10 @@ class SGQN(Algorithm):
         self.weight = self.options.consistency_weight
         self.overlay = make_combination(["overlay"], image_bank=cfg.image_bank or None)
 
-    def attach(self, agent) -> None:
-        c, h, w = agent.obs_shape
-        encoder = agent.critic.encoder
-        self.decoder = self.place(agent, AttributionDecoder(encoder.out_dim, agent.action_dim,
+    def attach(self, nets) -> None:
+        c, h, w = nets.obs_shape
+        encoder = nets.critic.encoder
+        self.decoder = self.place(nets, AttributionDecoder(encoder.out_dim, nets.action_dim,
                                                             encoder.shared_cnn.out_shape, (h, w), c))
         self.params = list(encoder.parameters()) + list(self.decoder.parameters())   # f, P_c, D
         self.optimizer = adam(self.params, self.options.aux_lr, self.options.aux_beta1)
@@ -131,8 +131,9 @@ class SGQN(Algorithm):
         return lo + (hi - lo) * r
 
     # ------------------------------------------------------------------ losses
-    def critic_gradient(self, agent, obs, action, target, *, diagnostics=False) -> CriticGradOutput:
-        critic = agent.critic
+    def critic_gradient(self, step) -> CriticGradOutput:
+        nets, obs, action, target, diagnostics = step
+        critic = nets.critic
         mask = self.mask(critic, obs, action)
         masked = fill_unsalient(obs, mask, self.fill_value(obs))
         b = obs.shape[0]
@@ -140,39 +141,40 @@ class SGQN(Algorithm):
         q1_o, q1_m, q2_o, q2_m = q1[:b], q1[b:], q2[:b], q2[b:]
         td = F.mse_loss(q1_o, target) + F.mse_loss(q2_o, target)
         consistency = F.mse_loss(q1_o, q1_m) + F.mse_loss(q2_o, q2_m)
-        out = self.backward_single(agent, td + self.weight * consistency)
+        out = self.backward_single(nets, td + self.weight * consistency)
         out.metrics = {"sgqn_td_loss": td.detach(), "sgqn_consistency_loss": consistency.detach(),
                        "sgqn_mask_fraction": mask.float().mean()}
         return out
 
-    def prediction_target(self, agent, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    def prediction_target(self, nets, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """M+: the saliency mask of the current (updated) critic, float 0/1, no gradient."""
-        return self.mask(agent.critic, obs, action).float()
+        return self.mask(nets.critic, obs, action).float()
 
-    def prediction_logits(self, agent, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    def prediction_logits(self, nets, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
         """D(P_c f(obs), action): the saliency predictor's logits [B, C, H, W] (with gradient)."""
-        return self.decoder(agent.critic.encoder(obs), action)
+        return self.decoder(nets.critic.encoder(obs), action)
 
-    def auxiliary_update(self, agent, batch, replay) -> dict:
+    def auxiliary_update(self, step) -> dict:
+        nets, batch = step.nets, step.batch
         obs, action = batch.obs, batch.action
-        target = self.prediction_target(agent, obs, action)
+        target = self.prediction_target(nets, obs, action)
         overlaid = self.overlay(obs, generator=self.generator)[0]
-        loss = F.binary_cross_entropy_with_logits(self.prediction_logits(agent, overlaid, action), target)
+        loss = F.binary_cross_entropy_with_logits(self.prediction_logits(nets, overlaid, action), target)
         self.auxiliary_step(self.optimizer, self.params, loss, "sgqn auxiliary")
         return {"sgqn_prediction_loss": loss.detach(), "skipped_aux_steps": self.skipped_aux_steps.clone()}
 
     # ------------------------------------------------------------------ diagnostics
-    def evaluation_images(self, agent, obs: torch.Tensor) -> dict[str, np.ndarray]:
+    def evaluation_images(self, nets, obs: torch.Tensor) -> dict[str, np.ndarray]:
         """For the newest frame of each observation, with the policy's mean action: the frame, its guided-backprop
         saliency (normalised per image), the frame with the unsalient pixels greyed out (the critic's mask M), and
         the decoder's predicted mask."""
         x = self.acting_view(torch.as_tensor(obs, device=self.device).float())
         with torch.no_grad():
-            action = agent.actor(x, compute_pi=False, compute_log_pi=False)[0]
-        attribution = q1_guided_backprop(agent.critic, x, action)
+            action = nets.actor(x, compute_pi=False, compute_log_pi=False)[0]
+        attribution = q1_guided_backprop(nets.critic, x, action)
         mask = saliency_mask(attribution, self.quantile)
         with torch.no_grad():
-            predicted = torch.sigmoid(self.prediction_logits(agent, x, action))
+            predicted = torch.sigmoid(self.prediction_logits(nets, x, action))
         sal = attribution[:, -3:].abs().amax(1, keepdim=True)
         sal = sal / sal.amax((2, 3), keepdim=True).clamp_min(1e-12)
         return {

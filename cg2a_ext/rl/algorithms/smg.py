@@ -24,7 +24,7 @@ Per update, on the shifted batch (o, a, r, o'):
    + inverse dynamics (I(P_c f(o), P_c f(o')) - a)^2 + 0.1 |F M (tau(o)) - sg(F M (o))|
    over the trunk, the critic's projection and every SMG module (no target networks). The mask-area
    term starts once the update count exceeds ``smg_mask_start`` (or, with ``smg_mask_gate=env_steps``,
-   once the agent step does: the official condition read literally).
+   once the nets step does: the official condition read literally).
 
 The inverse-dynamics MLP (2d -> 1024 -> 1024 -> |A|) has orthogonal init, the decoders and H+
 PyTorch's default. ``smg_protocol=official`` sets batch 64 and d = 256 unless given; ``dmcgb`` keeps the
@@ -98,7 +98,7 @@ class SMGOptions:
     mask_ratio: float = 0.06
     """Target foreground-mask area rho (0.06 is the official walker_walk value; other tasks' are unpublished)."""
     mask_gate: Literal["updates", "env_steps"] = "updates"
-    """The mask-area loss starts once the update count (updates) or the agent step (env_steps, the official
+    """The mask-area loss starts once the update count (updates) or the nets step (env_steps, the official
     condition read literally) exceeds mask_start."""
     mask_start: int = 1000
     """Threshold of mask_gate."""
@@ -124,7 +124,7 @@ class SMGOptions:
     """Global gradient-norm clip of the predictor step."""
 
 
-# SMG trains walker_stand for 250k agent steps (its paper, section 4.2), the other tasks for 500k.
+# SMG trains walker_stand for 250k nets steps (its paper, section 4.2), the other tasks for 500k.
 SHORT_TASKS = {"walker_stand": 250_000}
 
 
@@ -179,20 +179,20 @@ class SMG(Algorithm):
         self.choice_generator = seeds.torch_generator("smg_view_choice")
         self.views: SMGViews | None = None
 
-    def attach(self, agent) -> None:
-        c, h, w = agent.obs_shape
+    def attach(self, nets) -> None:
+        c, h, w = nets.obs_shape
         self.frames = c // 3
-        encoder = agent.critic.encoder
+        encoder = nets.critic.encoder
         d = encoder.out_dim
         trunk_shape = encoder.shared_cnn.out_shape
         self.fore_head = FrameHead(d, self.frames).to(self.device)
         # the background branch starts as a copy of the foreground encoder; it shares nothing with the RL networks
         self.back_encoder = BackgroundEncoder(copy.deepcopy(encoder), copy.deepcopy(self.fore_head))
-        self.fore_decoder = self.place(agent, ImageMaskDecoder(d, trunk_shape, (h, w)))
-        self.back_decoder = self.place(agent, ImageDecoder(d, trunk_shape, (h, w)))
+        self.fore_decoder = self.place(nets, ImageMaskDecoder(d, trunk_shape, (h, w)))
+        self.back_decoder = self.place(nets, ImageDecoder(d, trunk_shape, (h, w)))
         from cg2a_ext.rl.core.agent.networks import mlp, weight_init
 
-        self.inverse_dynamics = mlp(2 * d, INVERSE_DYNAMICS_HIDDEN, agent.action_dim).to(self.device)
+        self.inverse_dynamics = mlp(2 * d, INVERSE_DYNAMICS_HIDDEN, nets.action_dim).to(self.device)
         self.inverse_dynamics.apply(weight_init)
         self.aux_modules = {"fore_head": self.fore_head, "back_encoder": self.back_encoder,
                         "fore_decoder": self.fore_decoder, "back_decoder": self.back_decoder,
@@ -206,8 +206,8 @@ class SMG(Algorithm):
         image, mask = self.fore_decoder(self.fore_head(z))
         return stack_frames(image, z.shape[0]), stack_frames(mask.expand(-1, 3, -1, -1), z.shape[0])
 
-    def fore(self, agent, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.fore_from_latent(agent.critic.encoder(obs))
+    def fore(self, nets, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.fore_from_latent(nets.critic.encoder(obs))
 
     def back(self, obs: torch.Tensor) -> torch.Tensor:
         """Background image [B, C, H, W]."""
@@ -219,8 +219,8 @@ class SMG(Algorithm):
         area = mask.reshape(b, c // 3, 3, h * w)[:, :, 0].mean(-1)              # [B, frames]
         return (area - self.options.mask_ratio).square().mean(), area.mean()
 
-    def mask_active(self, agent, replay) -> bool:
-        count = agent.num_updates if self.options.mask_gate == "updates" else replay.num_transitions
+    def mask_active(self, step) -> bool:
+        count = step.num_updates if self.options.mask_gate == "updates" else step.num_transitions
         return count > self.options.mask_start
 
     # ------------------------------------------------------------------ views and critic
@@ -230,10 +230,10 @@ class SMG(Algorithm):
         idx = torch.randint(len(pool), (batch,), device=self.device, generator=self.generator)
         return pool[idx].float()
 
-    def make_views(self, agent, obs: torch.Tensor) -> SMGViews:
+    def make_views(self, nets, obs: torch.Tensor) -> SMGViews:
         b, c, h, w = obs.shape
         with torch.no_grad():
-            _, mask = self.fore(agent, obs)
+            _, mask = self.fore(nets, obs)
         background = self.background_images(b, h, w).repeat(1, c // 3, 1, 1)
         attribution = obs * mask + background * (1.0 - mask)
         if torch.rand((), generator=self.choice_generator).item() < self.options.attribution_prob:
@@ -244,28 +244,29 @@ class SMG(Algorithm):
             consistency = random_overlay(obs, generator=self.generator, alpha=0.5, image_bank=self.image_bank)
         return SMGViews(obs, attribution, background, consistency)
 
-    def critic_gradient(self, agent, obs, action, target, *, diagnostics=False) -> CriticGradOutput:
-        self.views = views = self.make_views(agent, obs)
+    def critic_gradient(self, step) -> CriticGradOutput:
+        nets, obs, action, target, diagnostics = step
+        self.views = views = self.make_views(nets, obs)
         b = obs.shape[0]
-        q1, q2 = agent.critic(torch.cat([obs, views.consistency]), torch.cat([action, action]))
+        q1, q2 = nets.critic(torch.cat([obs, views.consistency]), torch.cat([action, action]))
         q1_o, q1_t, q2_o, q2_t = q1[:b], q1[b:], q2[:b], q2[b:]
         td = F.mse_loss(q1_o, target) + F.mse_loss(q2_o, target)
         consistency = F.mse_loss(q1_t, q1_o.detach()) + F.mse_loss(q2_t, q2_o.detach())
-        out = self.backward_single(agent, td + self.options.consistency_weight * consistency)
+        out = self.backward_single(nets, td + self.options.consistency_weight * consistency)
         out.metrics = {"smg_td_loss": td.detach(), "smg_consistency_loss": consistency.detach(),
                        "smg_attribution_view": float(views.consistency is views.attribution)}
         return out
 
     # ------------------------------------------------------------------ auxiliary step
-    def auxiliary_losses(self, agent, batch, replay) -> dict[str, torch.Tensor]:
+    def auxiliary_losses(self, step) -> dict[str, torch.Tensor]:
+        nets, batch = step.nets, step.batch
         views = self.views
         if views is None or views.obs is not batch.obs:
             raise RuntimeError("smg: the auxiliary step needs the views of this update's critic step "
                                "(call critic_gradient on the same batch first)")
         obs, next_obs, action = batch.obs, batch.next_obs, batch.action
         b = obs.shape[0]
-        cfg = self.cfg
-        z_obs, z_next, z_tau = agent.critic.encoder(torch.cat([obs, next_obs, views.consistency])).split(b)
+        z_obs, z_next, z_tau = nets.critic.encoder(torch.cat([obs, next_obs, views.consistency])).split(b)
         fore, mask = self.fore_from_latent(torch.cat([z_obs, z_tau]))
         fore_obs, fore_tau, mask_obs, mask_tau = fore[:b], fore[b:], mask[:b], mask[b:]
         back = self.back(torch.cat([obs, views.attribution]))
@@ -276,7 +277,7 @@ class SMG(Algorithm):
         losses["smg_back_loss"] = F.l1_loss(back_attr, views.background)
         losses["smg_action_loss"] = F.mse_loss(self.inverse_dynamics(torch.cat([z_obs, z_next], 1)), action)
         losses["smg_fore_loss"] = F.l1_loss(fore_tau * mask_tau, (fore_obs * mask_obs).detach())
-        active = self.mask_active(agent, replay)
+        active = self.mask_active(step)
         losses["smg_mask_active"] = torch.tensor(float(active))
         losses["smg_aux_loss"] = (self.options.recon_weight * losses["smg_recon_loss"]
                                   + (self.options.mask_weight * losses["smg_mask_loss"] if active else 0.0)
@@ -285,20 +286,20 @@ class SMG(Algorithm):
                                   + self.options.fore_weight * losses["smg_fore_loss"])
         return losses
 
-    def auxiliary_update(self, agent, batch, replay) -> dict:
-        losses = self.auxiliary_losses(agent, batch, replay)
+    def auxiliary_update(self, step) -> dict:
+        losses = self.auxiliary_losses(step)
         self.auxiliary_step(self.optimizer, self.params, losses["smg_aux_loss"], "smg auxiliary",
                             max_grad_norm=self.options.grad_clip)
         self.views = None
         return {**{k: v.detach() for k, v in losses.items()}, "skipped_aux_steps": self.skipped_aux_steps.clone()}
 
     # ------------------------------------------------------------------ diagnostics
-    def evaluation_images(self, agent, obs: torch.Tensor) -> dict[str, np.ndarray]:
+    def evaluation_images(self, nets, obs: torch.Tensor) -> dict[str, np.ndarray]:
         """For the newest frame of each observation: the frame, the foreground F * M, the soft mask M, the
         background Bg and the reconstruction F * M + Bg * (1 - M)."""
         x = self.acting_view(torch.as_tensor(obs, device=self.device).float())
         with torch.no_grad():
-            fore, mask = self.fore(agent, x)
+            fore, mask = self.fore(nets, x)
             back = self.back(x)
         return {
             "smg_observation": newest_frames(x),

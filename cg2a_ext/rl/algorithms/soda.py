@@ -180,8 +180,8 @@ class SODA(Algorithm):
         return center_crop(obs, obs.shape[-1] - self.margin) if self.crop == "random" else obs
 
     # ------------------------------------------------------------------ modules
-    def attach(self, agent) -> None:
-        trunk = agent.critic.encoder.shared_cnn
+    def attach(self, nets) -> None:
+        trunk = nets.critic.encoder.shared_cnn
         d = self.options.projection_dim
         projection = soda_mlp(math.prod(trunk.out_shape), d, d).to(self.device)
         predictor = soda_mlp(d, d, d).to(self.device)
@@ -198,8 +198,9 @@ class SODA(Algorithm):
         self.optimizer = adam(self.params, self.options.aux_lr, self.options.aux_beta1)
 
     # ------------------------------------------------------------------ losses
-    def critic_gradient(self, agent, obs, action, target, *, diagnostics=False) -> CriticGradOutput:
-        return self.backward_single(agent, critic_loss(agent.critic, obs, action, target))
+    def critic_gradient(self, step) -> CriticGradOutput:
+        nets, obs, action, target, diagnostics = step
+        return self.backward_single(nets, critic_loss(nets.critic, obs, action, target))
 
     def views(self, obs_u8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(online, target) views of a uint8 batch: independent crops (or shifts); the online one augmented."""
@@ -220,8 +221,8 @@ class SODA(Algorithm):
         with torch.no_grad():
             torch._foreach_lerp_(list(self.target.parameters()), list(self.online.parameters()), self.options.tau)
 
-    def auxiliary_update(self, agent, batch, replay) -> dict:
-        obs_u8 = replay.sample(self.options.batch_size, device=self.device)[0]
+    def auxiliary_update(self, step) -> dict:
+        obs_u8 = step.sample_observations(self.options.batch_size)
         loss = self.loss(*self.views(obs_u8))
         self.auxiliary_step(self.optimizer, self.params, loss, "soda auxiliary")
         self.update_target()

@@ -54,16 +54,17 @@ class SVEA(Algorithm):
     def augment(self, obs: torch.Tensor) -> torch.Tensor:
         return self.augmentation(obs.clone(), generator=self.generator)[0]
 
-    def critic_gradient(self, agent, obs, action, target, *, diagnostics=False) -> CriticGradOutput:
+    def critic_gradient(self, step) -> CriticGradOutput:
+        nets, obs, action, target, diagnostics = step
         aug = self.augment(obs)
-        critic = agent.critic
+        critic = nets.critic
         if self.alpha == self.beta:   # one forward on the 2B batch
             loss = (self.alpha + self.beta) * critic_loss(
                 critic, torch.cat([obs, aug]), torch.cat([action, action]), torch.cat([target, target]))
         else:
             loss = self.alpha * critic_loss(critic, obs, action, target) + self.beta * critic_loss(
                 critic, aug, action, target)
-        return self.backward_single(agent, loss)
+        return self.backward_single(nets, loss)
 
 
 ALGORITHM = SVEA

@@ -28,10 +28,8 @@ counters and the logging accumulator.
 """
 from __future__ import annotations
 
-import math
 import os
 import random
-import re
 import signal
 import threading
 import time
@@ -40,14 +38,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cg2a_ext.rl.algorithms.base import Algorithm
 from cg2a_ext.rl.run.checkpoint import save_checkpoint
 from cg2a_ext.rl.core.env_stepper import EnvStepper, resolve_env_overlap
 from cg2a_ext.rl.core.evaluation import evaluate_modes
+from cg2a_ext.rl.core.evaluation_images import save_evaluation_images
 from cg2a_ext.rl.run.folder import IMAGES, VIDEOS, write_finished
 from cg2a_ext.rl.run.seeding import SeedStreams
 
-EVALUATION_IMAGE_FRAMES = 4       # observations handed to Algorithm.evaluation_images
 
 
 def window_means(values: dict[str, list]) -> dict[str, float]:
@@ -115,21 +112,6 @@ class _StopSignals:
 
     def __exit__(self, *exc) -> None:
         self._restore()
-
-
-def image_grid(images: np.ndarray, where: str = "image") -> np.ndarray:
-    """[N, H, W, 3] uint8 -> one [rows*H, cols*W, 3] image, N tiles in a near-square grid."""
-    a = np.asarray(images)
-    if a.dtype != np.uint8 or a.ndim != 4 or a.shape[-1] != 3 or a.shape[0] == 0:
-        raise ValueError(f"{where}: expected a non-empty uint8 array [N, H, W, 3], got {a.dtype} {a.shape}")
-    n, h, w, _ = a.shape
-    cols = math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    grid = np.zeros((rows * h, cols * w, 3), np.uint8)
-    for i in range(n):
-        r, c = divmod(i, cols)
-        grid[r * h:(r + 1) * h, c * w:(c + 1) * w] = a[i]
-    return grid
 
 
 class Trainer:
@@ -250,63 +232,14 @@ class Trainer:
                                      "std_return": r["std"], "episodes": r["episodes"],
                                      "data_source": r["data_source"],
                                      "returns": ";".join(f"{x:.2f}" for x in r["returns"])})
-        self.save_evaluation_images()
+        save_evaluation_images(self.agent, self.eval_envs, self.cfg, self.seeds, self.step,
+                               self.run_dir / IMAGES)
         self.last_eval = {m: r["mean"] for m, r in res.items()}
         if self.progress is not None:
             self.progress.set(**{f"eval_{m}": v for m, v in self.last_eval.items()})
             self.progress.evaluation_done(time.monotonic() - t0, sum(r["episodes"] for r in res.values()))
         self._phase = ""
         return res
-
-    def evaluation_observations(self, n: int = EVALUATION_IMAGE_FRAMES) -> torch.Tensor:
-        """``n`` observations of the first evaluation mode, float [n, C, H, W] on the agent's device as the
-        policy sees them (``acting_view``), spread over the first part of a seeded episode."""
-        env = next(iter(self.eval_envs.values()))
-        stride = max(1, math.ceil(self.cfg.episode_length / self.cfg.action_repeat) // n)
-        obs, _ = env.reset(seed=self.seeds.integer("evaluation_images", self.step, bits=31))
-        frames = [obs]
-        self.agent.train(False)
-        try:
-            t = 0
-            while len(frames) < n:
-                obs, _, terminated, truncated, _ = env.step(self.agent.act(obs, sample=False))
-                t += 1
-                if terminated or truncated:
-                    frames.append(obs)
-                    break
-                if t % stride == 0:
-                    frames.append(obs)
-        finally:
-            self.agent.train(True)
-        x = torch.as_tensor(np.stack(frames), device=self.agent.device).float()
-        with torch.no_grad():
-            return self.agent.algorithm.acting_view(x)
-
-    def save_evaluation_images(self) -> list[Path]:
-        """If the algorithm overrides ``evaluation_images``, save its arrays as PNG grids in
-        ``<run>/images/step_<N>/<name>.png``."""
-        algorithm = self.agent.algorithm
-        if not self.eval_envs or type(algorithm).evaluation_images is Algorithm.evaluation_images:
-            return []
-        from PIL import Image
-
-        obs = self.evaluation_observations()
-        self.agent.train(False)
-        try:
-            with torch.no_grad():
-                images = algorithm.evaluation_images(self.agent, obs)
-        finally:
-            self.agent.train(True)
-        folder = self.run_dir / IMAGES / f"step_{self.step:09d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        out = []
-        for name, array in images.items():
-            safe = re.sub(r"[^A-Za-z0-9_.-]", "_", str(name))
-            grid = image_grid(array, f"{type(algorithm).__name__}.evaluation_images()[{name!r}]")
-            path = folder / f"{safe}.png"
-            Image.fromarray(grid).save(path)
-            out.append(path)
-        return out
 
     def _evaluate_or_stop(self) -> dict:
         try:
@@ -358,14 +291,12 @@ class Trainer:
             # transition t is stored, as in the serial order, so both give the same run
             self.stepper.step_async(action)
             if training and len(self.replay) > 0:
-                diag = agent.algorithm.gradient_diagnostics and (self.step + 1) % cfg.log_freq == 0
+                diag = agent.logs_gradient_diagnostics and (self.step + 1) % cfg.log_freq == 0
                 m = agent.update(self.replay, diagnostics=diag)
-                d = {k[5:]: v for k, v in m.items() if k.startswith("diag/")}
-                if d:
-                    self.logger.log("diagnostics", {"step": self.step + 1, **d})
+                if m.diagnostics:
+                    self.logger.log("diagnostics", {"step": self.step + 1, **m.diagnostics})
                 for k, v in m.items():
-                    if not k.startswith("diag/"):
-                        self._log_acc.setdefault(k, []).append(v)
+                    self._log_acc.setdefault(k, []).append(v)
             next_obs, reward, terminated, truncated, _ = self.stepper.wait()
             self.replay.add(action, reward, next_obs, terminated)
             ep_return += float(reward)

@@ -58,23 +58,23 @@ class AugmentationCombination(Algorithm):
         copies = self.combination(obs, generator=self.generator)
         return torch.stack([obs, *copies])
 
-    def per_loss_grads(self, agent, obs, action, target):
+    def per_loss_grads(self, nets, obs, action, target):
         """The K per-loss critic gradients (list of [K, *shape]) and the K losses, one batched backward.
 
         The first call lets per_group_grads measure its methods (vmap, loop, split: "auto"); the choice is kept
         (and checkpointed), so a resumed run computes its gradients the same way, bit for bit."""
         views = self.views(obs)
         try:
-            result = per_group_grads(agent.critic, critic_loss, (views,), (action, target),
-                                     params=agent.critic_params, method=self.grad_method or "auto")
+            result = per_group_grads(nets.critic, critic_loss, (views,), (action, target),
+                                     params=nets.critic_params, method=self.grad_method or "auto")
         except SplitUnsupported:
             # a run that chose split, resumed with options split cannot serve (e.g. --compile on): measure again
             self.grad_method = None
-            result = per_group_grads(agent.critic, critic_loss, (views,), (action, target),
-                                     params=agent.critic_params, method="auto")
+            result = per_group_grads(nets.critic, critic_loss, (views,), (action, target),
+                                     params=nets.critic_params, method="auto")
         if self.grad_method is None:
-            self.grad_method = auto_method(agent.critic, critic_loss, (views,), (action, target),
-                                           params=agent.critic_params)
+            self.grad_method = auto_method(nets.critic, critic_loss, (views,), (action, target),
+                                           params=nets.critic_params)
         return result
 
     def state_dict(self):

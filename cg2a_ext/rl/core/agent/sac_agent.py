@@ -11,7 +11,7 @@ import math
 import numpy as np
 import torch
 
-from cg2a_ext.rl.algorithms.base import Algorithm, Batch
+from cg2a_ext.rl.algorithms.base import AgentNetworks, Algorithm, AuxiliaryStep, Batch, CriticStep
 from cg2a_ext.rl.core.agent.precision import autocast_dtype, matmul_precision, resolve_precision
 
 from cg2a_ext.rl.core.agent.networks import build_networks, compile_blocks, set_autocast
@@ -30,6 +30,15 @@ def resolve_compile(compile: str, device: torch.device | str) -> bool:
     if compile not in ("auto", "on", "off"):
         raise ValueError(f"unknown compile setting {compile!r}; choose auto, on or off")
     return compile == "on"
+
+
+class UpdateMetrics(dict):
+    """An update's metrics (name -> 0-d tensor or number, logged every update) and ``diagnostics``: the gradient
+    diagnostics of the updates that asked for them (logged apart, at log steps)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.diagnostics: dict = {}
 
 
 class SACAgent:
@@ -82,7 +91,10 @@ class SACAgent:
         # device counters (0-d float32): counting a skipped step reads nothing back
         self.skipped_critic_steps = torch.zeros((), device=self.device)
         self.skipped_actor_steps = torch.zeros((), device=self.device)
-        algorithm.attach(self)
+        # what the algorithm sees of the agent: the networks, never the agent itself
+        self.nets = AgentNetworks(self.actor, self.critic, self.critic_target, self.critic_params, self.obs_shape,
+                                  action_dim, self.device, self.channels_last)
+        algorithm.attach(self.nets)
 
     # ------------------------------------------------------------------ acting
     @property
@@ -93,10 +105,38 @@ class SACAgent:
         self.actor.train(training)
         self.critic.train(training)
 
+    @property
+    def K(self) -> int:
+        """The number of critic loss terms the algorithm forms."""
+        return self.algorithm.K
+
+    @property
+    def logs_gradient_diagnostics(self) -> bool:
+        """The algorithm forms K per-loss gradients and returns their diagnostics when an update asks."""
+        return self.algorithm.gradient_diagnostics
+
+    def policy_view(self, obs: torch.Tensor) -> torch.Tensor:
+        """The view of a float observation batch the policy acts on (SODA: the centre crop)."""
+        return self.algorithm.acting_view(obs)
+
+    @property
+    def has_evaluation_images(self) -> bool:
+        """The algorithm has images worth saving at evaluations (masks, reconstructions)."""
+        return type(self.algorithm).evaluation_images is not Algorithm.evaluation_images
+
+    @torch.no_grad()
+    def evaluation_images(self, obs: torch.Tensor) -> dict[str, np.ndarray]:
+        """The algorithm's images of ``obs`` (as ``policy_view`` returns it), evaluated in eval mode."""
+        self.train(False)
+        try:
+            return self.algorithm.evaluation_images(self.nets, obs)
+        finally:
+            self.train(True)
+
     @torch.no_grad()
     def act(self, obs: np.ndarray, sample: bool = False) -> np.ndarray:
         """Action for one observation: the mean (evaluation) or a sample (training)."""
-        x = self.algorithm.acting_view(torch.as_tensor(np.asarray(obs), device=self.device).float().unsqueeze(0))
+        x = self.policy_view(torch.as_tensor(np.asarray(obs), device=self.device).float().unsqueeze(0))
         with matmul_precision(self.precision, self.device):
             mu, pi, _, _ = self.actor(x, compute_pi=sample, compute_log_pi=False)
         a = pi if sample else mu
@@ -118,14 +158,17 @@ class SACAgent:
         target_v = torch.min(tq1, tq2) - self.alpha.detach() * log_pi
         return reward + not_done * self.cfg.discount * target_v
 
-    def update_critic(self, obs, action, target, diagnostics: bool = False) -> dict:
-        out = self.algorithm.critic_gradient(self, obs, action, target, diagnostics=diagnostics)
-        metrics = {"critic_loss": out.loss, **out.metrics}
+    def critic_step(self, obs, action, target, diagnostics: bool = False) -> CriticStep:
+        return CriticStep(self.nets, obs, action, target, diagnostics)
+
+    def update_critic(self, obs, action, target, diagnostics: bool = False) -> "UpdateMetrics":
+        out = self.algorithm.critic_gradient(self.critic_step(obs, action, target, diagnostics))
+        metrics = UpdateMetrics({"critic_loss": out.loss, **out.metrics})
         zeroed = out.zeroed if isinstance(out.zeroed, torch.Tensor) else \
             (torch.ones((), device=self.device) if out.zeroed else None)
         guarded_step(self.critic_optimizer, self.critic_params, self.cfg.nonfinite, "critic",
                      self.skipped_critic_steps, zeroed)
-        metrics.update({f"diag/{k}": v for k, v in out.diagnostics.items()})
+        metrics.diagnostics.update(out.diagnostics)
         return metrics
 
     def update_actor_and_alpha(self, obs) -> dict:
@@ -153,7 +196,9 @@ class SACAgent:
         soft_update(self.critic.Q2, self.critic_target.Q2, self.cfg.critic_tau)
         soft_update(self.critic.encoder, self.critic_target.encoder, self.cfg.encoder_tau)
 
-    def update(self, replay, diagnostics: bool = False) -> dict:
+    def update(self, replay, diagnostics: bool = False) -> "UpdateMetrics":
+        """One update from ``replay``: its metrics (name -> 0-d tensor or number) and, when ``diagnostics`` is asked
+        and the algorithm forms per-loss gradients, their diagnostics (``.diagnostics``)."""
         with matmul_precision(self.precision, self.device):
             return self._update(replay, diagnostics)
 
@@ -169,7 +214,10 @@ class SACAgent:
         if self.num_updates % self.cfg.critic_target_update_freq == 0:
             self.update_targets()
         if self.algorithm.has_auxiliary_update and self.num_updates % self.cfg.aux_update_freq == 0:
-            metrics.update(self.algorithm.auxiliary_update(self, Batch(obs, action, reward, next_obs, not_done), replay))
+            step = AuxiliaryStep(self.nets, Batch(obs, action, reward, next_obs, not_done), self.num_updates,
+                                 replay.num_transitions,
+                                 lambda n: replay.sample(n, device=self.device)[0])
+            metrics.update(self.algorithm.auxiliary_update(step))
             self.algorithm.num_aux_updates += 1
         metrics["alpha"] = self.alpha.detach()
         metrics["target_q"] = target.mean()
