@@ -118,13 +118,13 @@ def _peg_chain() -> str:
     """PegInBox: a peg hanging from the gripper on two capsules with ball joints (in link7's frame, z down)."""
     return """
                     <body name="chain0" pos="0 0 0.10" childclass="chain">
-                      <joint name="chain0" type="ball" range="0 0.35" damping="0.03"/>
+                      <joint name="chain0" type="ball" range="0 0.35" damping="0.1"/>
                       <geom type="capsule" fromto="0 0 0 0 0 0.04" size="0.004" mass="0.005" rgba="0.1 0.1 0.1 1"/>
                       <body name="chain1" pos="0 0 0.04">
-                        <joint name="chain1" type="ball" range="0 0.35" damping="0.03"/>
+                        <joint name="chain1" type="ball" range="0 0.35" damping="0.1"/>
                         <geom type="capsule" fromto="0 0 0 0 0 0.04" size="0.004" mass="0.005" rgba="0.1 0.1 0.1 1"/>
                         <body name="peg" pos="0 0 0.04">
-                          <joint name="peg" type="ball" range="0 0.35" damping="0.03"/>
+                          <joint name="peg" type="ball" range="0 0.35" damping="0.1"/>
                           <geom name="peg" type="cylinder" pos="0 0 0.04" size="0.03 0.035" mass="0.1"
                                 rgba="0.6 0.8 0.5 1" condim="3"/>
                           <site name="peg" pos="0 0 0.04" size="0.005" rgba="0 0 0 0"/>
