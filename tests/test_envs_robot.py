@@ -67,8 +67,19 @@ def test_observations_actions_and_episode_end(envs):
         assert truncated == (k == 2)
     with pytest.raises(RuntimeError, match="reset"):
         env.step(np.zeros(2))
+    # Oldest frame first: after a step the newest frame is the last three channels.
+    env.reset(seed=0)
+    obs, *_ = env.step(np.ones(2, np.float32))
+    assert np.array_equal(obs[3:], env.render_frame().transpose(2, 0, 1))
+    assert not np.array_equal(obs[:3], obs[3:])
     for control, dim in (("xyz", 3), ("xyzw", 4)):
         assert envs("reach", control=control).action_space.shape == (dim,)
+    # action_repeat counts toward episode_length: 2 + 1 steps of 20 substeps.
+    rep = envs("reach", action_repeat=2, episode_length=3)
+    rep.reset(seed=0)
+    assert rep.step(np.zeros(2))[4]["sim_steps"] == 2
+    _, _, _, truncated, info = rep.step(np.zeros(2))
+    assert info["sim_steps"] == 1 and truncated
 
 
 def test_reward_formulas_on_constructed_states():
