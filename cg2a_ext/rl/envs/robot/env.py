@@ -95,6 +95,7 @@ class RobotEnv(gym.Env):
         self._peg = self.model.site("peg").id if task == "peg_in_box" else -1
         self._target = self.model.site("target").id if task == "reach" else -1
         self._box_qadr = self.model.joint("box").qposadr[0] if task == "peg_in_box" else -1
+        self._box_dadr = self.model.joint("box").dofadr[0] if task == "peg_in_box" else -1
         self._box_body = self.model.body("box").id if task == "peg_in_box" else -1
 
         ensure_rendering_backend()
@@ -155,7 +156,7 @@ class RobotEnv(gym.Env):
         else:
             a = self._box_qadr
             self.data.qpos[a:a + 7] = [xy[0], xy[1], 0.62, 1.0, 0.0, 0.0, 0.0]
-            self.data.qvel[self.model.joint("box").dofadr[0]:][:6] = 0.0
+            self.data.qvel[self._box_dadr:self._box_dadr + 6] = 0.0
 
     def _settle(self) -> None:
         import mujoco

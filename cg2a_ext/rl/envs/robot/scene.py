@@ -208,7 +208,7 @@ def scene_xml(task: str, mode: str) -> str:
     <body name="table" pos="1.555 0.3 0.53625">
       <geom name="table" type="box" size="0.3 0.6 0.04375" material="table_mat" friction="1 0.005 0.0001"/>
     </body>
-{_arm_and_objects(task, arm)}
+{arm}{_box() if task == "peg_in_box" else ""}
     <light directional="true" ambient="0.1 0.1 0.1" diffuse="0 0 0" specular="0 0 0" castshadow="false" pos="1.65 0 10" dir="-0.57 -0.57 -0.57"/>
     <light directional="true" ambient="0.1 0.1 0.1" diffuse="0 0 0" specular="0 0 0" castshadow="false" pos="0 -4 4" dir="0 1 -0.1"/>
     <light directional="true" ambient="0.05 0.05 0.05" diffuse="0 0 0" specular="0 0 0" castshadow="false" pos="2.13 1.6 2.5"/>
@@ -225,6 +225,3 @@ def scene_xml(task: str, mode: str) -> str:
 </mujoco>
 """
 
-
-def _arm_and_objects(task: str, arm: str) -> str:
-    return arm + (_box() if task == "peg_in_box" else "")
