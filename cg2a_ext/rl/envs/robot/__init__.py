@@ -1,0 +1,44 @@
+"""The ``robot`` family: xArm7 Reach and PegInBox from pixels, re-created on today's MuJoCo.
+
+The published tasks (Look Closer / SGQN) ran on mujoco_py with the xArm7's
+meshes; this re-creation uses the ``mujoco`` bindings and an arm of primitive
+geoms on the xArm7's kinematic chain, with the published numbers for the
+workspace, camera, physics, rewards, reset draws and test scenes (colours
+and table textures; the textures are procedural look-alikes unless
+``texture_dir`` is given).
+"""
+from __future__ import annotations
+
+import os
+
+from .env import MODES, RobotEnv
+from .expert import expert_action
+from .tasks import CONTROLS, TASKS
+
+__all__ = ["TASKS", "MODES", "CONTROLS", "OBSERVATION_DEFAULTS", "RobotEnv", "make_env", "expert_action"]
+
+OBSERVATION_DEFAULTS = {"frame_stack": 1, "action_repeat": 1, "episode_length": 50, "image_size": 84}
+
+
+def make_env(
+    task: str,
+    mode: str = "train",
+    seed: int = 0,
+    image_size: int = 84,
+    frame_stack: int = 1,
+    action_repeat: int = 1,
+    episode_length: int = 50,
+    control: str = "xy",
+    texture_dir: str | os.PathLike | None = None,
+) -> RobotEnv:
+    """Create robot ``task`` (``"reach"`` or ``"peg_in_box"``) in ``mode``.
+
+    Args:
+        mode: ``train`` (white table) or ``test1`` .. ``test5`` (colours and
+            table texture change; dynamics do not).
+        control: ``xy`` (published runs), ``xyz`` or ``xyzw`` (adds the gripper):
+            action dims 2, 3, 4.
+        texture_dir: a folder with ``test1.png`` ... to use as table textures
+            instead of the procedural ones (ignored in ``train``).
+    """
+    return RobotEnv(task, mode, seed, image_size, frame_stack, action_repeat, episode_length, control, texture_dir)
