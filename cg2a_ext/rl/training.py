@@ -74,25 +74,24 @@ def check_networks(cfg) -> None:
                           f"{str(e).splitlines()[0]}") from None
 
 
-def check_inputs(cfg) -> None:
-    """Every data input of ``cfg``, checked before a run folder is created (InputError naming the problem).
+def check_inputs(cfg) -> str:
+    """Every data input of ``cfg``, checked before a run folder is created (InputError naming the problem); returns
+    what the test modes draw from.
 
-    The DMC-GB data of the evaluation modes (``data_dir`` or CG2A_DMCGB_DATA: folder, colour JSONs,
-    each clip's first frame) and the overlay image folder (``image_bank`` or CG2A_OVERLAY_DATA: every
-    image it will use is decoded now, at the observation size; the run then reuses these images)."""
-    from cg2a_ext.rl.envs.dmc.data import check_data_dir, resolve_data_dir
+    The family's test-mode data (``data_dir``; dmc: DMC-GB's colour JSONs and each clip's first frame, or
+    CG2A_DMCGB_DATA) and the overlay image folder (``image_bank`` or CG2A_OVERLAY_DATA: every image it will use is
+    decoded now, at the observation size; the run then reuses these images)."""
     from cg2a_ext.rl.core.image_bank import OVERLAY_ENV_VAR, resolve_image_bank
+    from cg2a_ext.rl.envs import family_of
 
     try:
-        modes = [m for m in cfg.eval_modes if m != "train"] if cfg.eval_freq > 0 else []
-        if modes:
-            check_data_dir(cfg.data_dir or None, modes)
-        elif cfg.data_dir:
-            resolve_data_dir(cfg.data_dir)
+        modes = tuple(cfg.eval_modes) if cfg.eval_freq > 0 else ("train",)
+        source = family_of(cfg.task).check_data(cfg.data_dir or None, modes)
         if cfg.image_bank or os.environ.get(OVERLAY_ENV_VAR, "").strip():
             resolve_image_bank(cfg.image_bank or None).pool(cfg.image_size, cfg.image_size)
     except (OSError, ValueError, RuntimeError) as e:
         raise InputError(str(e)) from None
+    return source
 
 
 def measure_rates(cfg, env, obs_shape, action_dim, device):

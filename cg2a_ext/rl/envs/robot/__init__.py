@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 
-from .env import MODES, RobotEnv
-from .expert import expert_action
-from .tasks import CONTROLS, TASKS
+from cg2a_ext.rl.envs.robot.env import MODES, RobotEnv
+from cg2a_ext.rl.envs.robot.expert import expert_action
+from cg2a_ext.rl.envs.robot.tasks import CONTROLS, TASKS
 
-__all__ = ["TASKS", "MODES", "CONTROLS", "OBSERVATION_DEFAULTS", "RobotEnv", "make_env", "expert_action"]
+from cg2a_ext.rl.envs.family import EnvFamily, ObservationDefaults
+
+__all__ = ["TASKS", "MODES", "CONTROLS", "OBSERVATION_DEFAULTS", "RobotEnv", "make_env", "expert_action", "FAMILY"]
 
 OBSERVATION_DEFAULTS = {"frame_stack": 1, "action_repeat": 1, "episode_length": 50, "image_size": 84}
 
@@ -42,3 +44,37 @@ def make_env(
             instead of the procedural ones (ignored in ``train``).
     """
     return RobotEnv(task, mode, seed, image_size, frame_stack, action_repeat, episode_length, control, texture_dir)
+
+
+class RobotFamily(EnvFamily):
+    """The family's registry entry: its tasks and modes, one 84 px frame, no action repeat, 50-step episodes (the
+    published protocol, at both presets: a single frame is cheap on a CPU), and an optional folder of table textures
+    (``data_dir``: test1.png ...) in place of the procedural ones."""
+
+    name = "robot"
+    modes = MODES
+    description = "xArm7 reach and peg_in_box (a re-creation on today's MuJoCo); test modes recolour the scene"
+
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(TASKS)
+
+    def observation_defaults(self, task: str, preset: str) -> ObservationDefaults:
+        return ObservationDefaults(**OBSERVATION_DEFAULTS)
+
+    def check_data(self, data_dir, modes) -> str:
+        if not data_dir:
+            return "procedural table textures"
+        from cg2a_ext.rl.envs.robot.textures import load_texture_dir
+
+        for mode in modes:
+            if mode != "train":
+                load_texture_dir(data_dir, mode)
+        return f"table textures {data_dir}"
+
+    def make_env(self, task, mode, seed, *, image_size, frame_stack, action_repeat, episode_length, data_dir=None,
+                 **options):
+        return make_env(task, mode, seed, image_size, frame_stack, action_repeat, episode_length,
+                        texture_dir=data_dir or None, **options)
+
+
+FAMILY = RobotFamily()

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..rendering import ensure_rendering_backend
 from . import scene, tasks
-from .textures import load_texture_dir, png_bytes, table_texture
+from cg2a_ext.rl.envs.robot.textures import load_texture_dir, png_bytes, table_texture
 
 __all__ = ["MODES", "RobotEnv"]
 
