@@ -126,20 +126,153 @@ def test_random_conv_is_one_kernel_per_sample_shared_by_frames():
 
 
 @pytest.mark.parametrize("fn,alpha", [(random_overlay, 0.5), (overlay_s, 0.1)])
-def test_overlay_mixes_one_bank_image_per_sample(fn, alpha):
+def test_overlay_mixes_one_fresh_image_per_sample(fn, alpha):
     bank = ib.ProceduralImageBank(pool_size=16, seed=1)
     x = _batch(b=8, frames=3)
     y = fn(x, generator=_gen("cpu", 0), image_bank=bank)
     img = (y - (1 - alpha) * x) / (alpha * 255.0)  # the overlaid image, in [0, 1]
     assert img.min() > -1e-4 and img.max() < 1 + 1e-4
     torch.testing.assert_close(img[:, :3], img[:, 3:6], atol=1e-4, rtol=0)  # same image on every frame
-    pool = bank.pool(20, 24).float() / 255.0
-    dist = (img[:, None, :3] - pool[None]).abs().amax(dim=(2, 3, 4))  # [B, N]
-    assert bool((dist.min(dim=1).values < 1e-3).all())  # each is a bank image
-    assert len(set(dist.argmin(dim=1).tolist())) > 1
+    assert not torch.allclose(img[0, :3], img[1, :3], atol=1e-2)
     assert (y - x).abs().max() <= alpha * 255.0 + 1e-3
     with pytest.raises(ValueError, match="alpha"):
         random_overlay(x, alpha=1.5)
+
+
+class _GradientBank(ib.ImageBank):
+    """One image whose red channel is the column, green the row, blue constant: crops and flips readable."""
+
+    def _build(self, side):
+        cols = torch.arange(side).float().expand(side, side)
+        img = torch.stack([cols, cols.t(), torch.full((side, side), 7.0)])
+        return img.mul(255.0 / (side - 1)).round().to(torch.uint8)[None]
+
+    def __len__(self):
+        return 1
+
+
+def test_overlay_images_are_fresh_crops_and_flips_per_draw():
+    """Every draw is a new random resized crop (and flip) of a pool image: with a one-image pool, two draws
+    differ from each other and from the whole image (the old fixed pool served the same image each time)."""
+    bank = ib.ProceduralImageBank(pool_size=1, seed=3)
+    x = torch.zeros(16, 9, 24, 24)
+    g = _gen("cpu", 0)
+    a, b = random_overlay(x, generator=g, image_bank=bank), random_overlay(x, generator=g, image_bank=bank)
+    assert not torch.equal(a, b)
+    whole = bank.pool(24, 24).float() * 0.5
+    assert not torch.allclose(a[:, :3], whole.expand(16, -1, -1, -1), atol=3)
+    assert len({tuple(a[i, :3].flatten()[:50].tolist()) for i in range(16)}) == 16   # one crop per sample
+
+
+def test_random_resized_crops_match_a_crop_resize_flip_reference():
+    bank = _GradientBank()
+    src = bank.source(40)
+    n, h, w = 64, 20, 20
+    out = ib.random_resized_crops(src, n, h, w, generator=_gen("cpu", 1))
+    g = _gen("cpu", 1)                                  # the same draws, in the same order
+    torch.randint(1, (n,), generator=g)
+    boxes = ib.random_resized_crop_boxes(n, 40, generator=g)
+    flips = torch.rand(n, generator=g) < 0.5
+    assert 0.3 < flips.float().mean() < 0.7
+    for i in range(n):
+        t, l, bh, bw = (int(v) for v in boxes[i])
+        ref = F.interpolate(src[:, :, t:t + bh, l:l + bw].float(), size=(h, w), mode="bilinear",
+                            align_corners=False)[0]
+        ref = ref.flip(-1) if flips[i] else ref
+        # inside the box's one-pixel rim the resampling is the same (up to the whole-level rounding)
+        assert (out[i, :, 1:-1, 1:-1] - ref[:, 1:-1, 1:-1]).abs().max() <= 0.5 + 1e-3
+    assert torch.equal(out, out.round()) and out.min() >= 0 and out.max() <= 255
+
+
+def test_random_resized_crop_boxes_follow_torchvision_defaults():
+    side = 100
+    boxes = ib.random_resized_crop_boxes(4000, side, generator=_gen("cpu", 2))
+    top, left, h, w = boxes.unbind(1)
+    assert bool(((top >= 0) & (left >= 0) & (top + h <= side) & (left + w <= side)).all())
+    area = h * w / side**2
+    assert area.min() > 0.08 - 0.02 and area.max() <= 1.0 and 0.3 < area.mean() < 0.6
+    ratio = w / h
+    assert ratio.min() > 0.75 - 0.03 and ratio.max() < 4 / 3 + 0.03 and ratio.std() > 0.1
+    assert ib.CROP_SCALE == (0.08, 1.0) and ib.CROP_RATIO == (3 / 4, 4 / 3)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_overlay_draws_are_seeded_by_the_generator_on_the_device(device):
+    bank = ib.ProceduralImageBank(pool_size=8, seed=0)
+    x = _batch(b=5, device=device)
+    a = random_overlay(x, generator=_gen(device, 4), image_bank=bank)
+    b = random_overlay(x, generator=_gen(device, 4), image_bank=bank)
+    c = random_overlay(x, generator=_gen(device, 5), image_bank=bank)
+    assert a.device == x.device and torch.equal(a, b) and not torch.equal(a, c)
+    assert bank.source(48, device).device.type == torch.device(device).type
+
+
+def test_pool_subset_and_procedural_images_come_from_the_run_seed(tmp_path):
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from cg2a_ext.rl.core.augmentations import overlay_options
+    from cg2a_ext.rl.run.seeding import SeedStreams
+
+    for i in range(12):
+        (tmp_path / "c").mkdir(exist_ok=True)
+        Image.new("RGB", (8, 8), (20 * i, 0, 0)).save(tmp_path / "c" / f"{i:02d}.png")
+    picks = {tuple(p.name for p in ib.FolderImageBank(tmp_path, pool_size=4, seed=s).files) for s in range(6)}
+    assert len(picks) > 1 and all(len(p) == 4 for p in picks)
+    cfg = SimpleNamespace(image_bank=str(tmp_path), overlay_pool_size=4, overlay_s_mu=0.05)
+    opts = [ib.bank_options(cfg, SeedStreams(seed)) for seed in (0, 1)]
+    assert opts[0]["pool_size"] == 4 and opts[0]["seed"] != 0 and opts[0]["seed"] != opts[1]["seed"]
+    assert ib.bank_options(cfg, SeedStreams(0)) == opts[0]                       # a stream, not a counter
+    banks = [ib.resolve_image_bank(**o) for o in opts]
+    assert len(banks[0]) == 4 and banks[0] is not banks[1]
+    assert banks[0] is ib.resolve_image_bank(**opts[0])                           # shared in the process
+    combo = make_combination("overlay_s", **overlay_options(cfg, SeedStreams(0)))
+    assert combo.image_bank is banks[0] and combo.overlay_s_mu == 0.05
+    proc = SimpleNamespace(image_bank="", overlay_pool_size=3, overlay_s_mu=0.1)
+    a, b = (ib.resolve_image_bank(**ib.bank_options(proc, SeedStreams(s))) for s in (0, 1))
+    assert isinstance(a, ib.ProceduralImageBank) and len(a) == 3 and not torch.equal(a.source(8), b.source(8))
+
+
+def test_overlay_s_mu_is_an_option_and_checked():
+    from cg2a_ext.rl.config import ConfigError, TrainConfig
+
+    x = torch.full((6, 9, 16, 16), 255.0)
+    (y,) = make_combination("overlay_s", overlay_s_mu=0.05)(x, generator=_gen("cpu", 0))
+    assert y.min() >= 0.95 * 255 - 1e-3 and y.min() < 0.97 * 255
+    for bad in (0.0, 0.2, 0.5):
+        with pytest.raises(ValueError, match="overlay_s_mu"):
+            make_combination("overlay_s", overlay_s_mu=bad)
+    cfg = TrainConfig(task="cartpole_balance", algorithm="cg2a", preset="cpu")
+    assert cfg.overlay_s_mu == 0.1 and cfg.overlay_pool_size == 2048
+    for name, bad in (("overlay_s_mu", 0.25), ("overlay_s_mu", 0.0), ("overlay_pool_size", 0)):
+        with pytest.raises(ConfigError, match=f"--{name}"):
+            TrainConfig(task="cartpole_balance", algorithm="cg2a", preset="cpu", **{name: bad}).validate()
+    TrainConfig(task="cartpole_balance", algorithm="cg2a", preset="cpu", overlay_s_mu=0.15,
+                overlay_pool_size=64).validate()
+
+
+def test_trunk_scales_pixels_as_dmcgb():
+    """DMC-GB's SharedCNN reads x / 255 (no - 0.5 centring)."""
+    from cg2a_ext.rl.core.agent.networks import SharedCNN
+
+    trunk = SharedCNN((9, 20, 20), num_layers=2, num_filters=4, num_stride2=1).double()
+    x = torch.randint(0, 256, (3, 9, 20, 20)).double()
+    torch.testing.assert_close(trunk(x), trunk.layers(x / 255.0), rtol=1e-12, atol=1e-12)
+
+
+def test_start_up_plan_says_when_the_overlays_are_procedural():
+    from cg2a_ext.rl.training import describe
+
+    p = {"task": "cartpole_balance", "algorithm": "cg2a", "K": 4, "preset": "cpu", "device": "cpu",
+         "cuda_available": False, "run_dir": "runs/x", "start_step": 0, "train_steps": 10, "seed_steps": 2,
+         "evaluation": {"every_steps": 0, "episodes": 1, "modes": ["train"]},
+         "checkpoints": {"every_steps": 0, "every_minutes": 0, "at_episode_end": False},
+         "measured": {"seed_steps_per_s": 1.0, "train_steps_per_s": 1.0, "eval_episode_s": 1.0},
+         "overlay_images": "procedural", "estimated_seconds": 5.0}
+    assert "overlay images: PROCEDURAL" in describe(p) and "not Places365" in describe(p)
+    assert "overlay images: the folder /data/places" in describe({**p, "overlay_images": "/data/places"})
+    assert "overlay images" not in describe({**p, "algorithm": "drq"})
 
 
 def test_folder_image_bank(tmp_path, monkeypatch):

@@ -209,6 +209,13 @@ def describe(p: dict) -> str:
     m = p["measured"]
     lines.append(f"  measured here: {m['seed_steps_per_s']:.3g} seed steps/s, {m['train_steps_per_s']:.3g} "
                  f"training steps/s, {m['eval_episode_s']:.3g} s per evaluation episode")
+    overlays = p.get("overlay_images")
+    if overlays and p["algorithm"] not in ("drq", "sac"):      # drq and sac never overlay images
+        if overlays == "procedural":
+            lines.append("  overlay images: PROCEDURAL (synthetic 1/f images, not Places365: an approximation, "
+                         "flag the results; --image_bank or CG2A_OVERLAY_DATA names an image folder)")
+        else:
+            lines.append(f"  overlay images: the folder {overlays} (fresh random crops and flips of a seeded pool)")
     lines.append(f"  estimated time: about {format_duration(p['estimated_seconds'])}")
     lines.append(f"  run folder: {p['run_dir']}")
     return "\n".join(lines)

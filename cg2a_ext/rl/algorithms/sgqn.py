@@ -105,11 +105,11 @@ class SGQN(Algorithm):
 
     def __init__(self, cfg, device, seeds) -> None:
         super().__init__(cfg, device, seeds)
-        from cg2a_ext.rl.core.augmentations import make_combination
+        from cg2a_ext.rl.core.augmentations import make_combination, overlay_options
 
         self.quantile = self.options.quantile
         self.weight = self.options.consistency_weight
-        self.overlay = make_combination(["overlay"], image_bank=cfg.image_bank or None)
+        self.overlay = make_combination(["overlay"], **overlay_options(cfg, seeds))
 
     def attach(self, nets) -> None:
         c, h, w = nets.obs_shape

@@ -172,9 +172,9 @@ class SMG(Algorithm):
 
     def __init__(self, cfg, device, seeds) -> None:
         super().__init__(cfg, device, seeds)
-        from cg2a_ext.rl.core.image_bank import resolve_image_bank
+        from cg2a_ext.rl.core.image_bank import bank_options, resolve_image_bank
 
-        self.image_bank = resolve_image_bank(cfg.image_bank or None)
+        self.image_bank = resolve_image_bank(**bank_options(cfg, seeds))
         # the per-update choice of view is a host decision: its own CPU generator, no device sync
         self.choice_generator = seeds.torch_generator("smg_view_choice")
         self.views: SMGViews | None = None

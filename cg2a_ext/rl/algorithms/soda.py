@@ -153,11 +153,11 @@ class SODA(Algorithm):
 
     def __init__(self, cfg, device, seeds) -> None:
         super().__init__(cfg, device, seeds)
-        from cg2a_ext.rl.core.augmentations import make_combination
+        from cg2a_ext.rl.core.augmentations import make_combination, overlay_options
 
         self.crop = self.options.crop
         self.margin = self.options.crop_margin if self.crop == "random" else 0
-        self.augmentation = make_combination([self.options.augmentation], image_bank=cfg.image_bank or None)
+        self.augmentation = make_combination([self.options.augmentation], **overlay_options(cfg, seeds))
 
     # ------------------------------------------------------------------ views
     @classmethod

@@ -46,9 +46,9 @@ class SVEA(Algorithm):
 
     def __init__(self, cfg, device, seeds) -> None:
         super().__init__(cfg, device, seeds)
-        from cg2a_ext.rl.core.augmentations import make_combination
+        from cg2a_ext.rl.core.augmentations import make_combination, overlay_options
 
-        self.augmentation = make_combination([self.options.augmentation], image_bank=cfg.image_bank or None)
+        self.augmentation = make_combination([self.options.augmentation], **overlay_options(cfg, seeds))
         self.alpha, self.beta = self.options.alpha, self.options.beta
 
     def augment(self, obs: torch.Tensor) -> torch.Tensor:

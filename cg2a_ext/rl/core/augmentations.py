@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from cg2a_ext.rl.core.image_bank import ImageBank, resolve_image_bank
+from cg2a_ext.rl.core.image_bank import DEFAULT_POOL_SIZE, ImageBank, bank_options, resolve_image_bank
 
 __all__ = [
     "random_shift",
@@ -27,11 +27,13 @@ __all__ = [
     "apply_conv_kernels",
     "random_overlay",
     "overlay_s",
+    "OVERLAY_S_MU",
     "identity",
     "AUGMENTATIONS",
     "ALIASES",
     "Combination",
     "make_combination",
+    "overlay_options",
 ]
 
 Augmentation = Callable[..., torch.Tensor]
@@ -124,31 +126,35 @@ def random_overlay(
 ) -> torch.Tensor:
     """Random overlay (SODA / DMC-GB): ``(1 - alpha) * x + alpha * 255 * img``.
 
-    ``img`` is drawn uniformly (with replacement) per sample from the image bank
-    at ``x``'s size and is the same for all stacked frames. ``image_bank``: an
-    :class:`ImageBank`, a folder (ImageFolder-style, e.g. Places365), or None
-    (``CG2A_OVERLAY_DATA`` if set, else the procedural bank).
+    ``img`` is a fresh image per sample, the same for all its stacked frames: a random resized crop of a
+    uniformly chosen pool image, flipped horizontally with probability 1/2 (:meth:`ImageBank.draw`; the
+    crop, flip and choice come from ``generator``, batched on ``x``'s device). ``image_bank``: an
+    :class:`ImageBank`, a folder (ImageFolder-style, e.g. Places365), or None (``CG2A_OVERLAY_DATA`` if set,
+    else the procedural bank).
     """
     b, c, h, w = _check(x, generator, "random_overlay")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"random_overlay: alpha must be in [0, 1], got {alpha}")
     bank = resolve_image_bank(image_bank)
-    pool = bank.pool(h, w, x.device)
-    idx = torch.randint(len(pool), (b,), device=x.device, generator=generator)
-    imgs = pool[idx].to(x.dtype).mul_(alpha)  # pool is uint8 0-255: alpha * 255 * img in [0, 1]
+    imgs = bank.draw(b, h, w, device=x.device, generator=generator, dtype=x.dtype).mul_(alpha)  # alpha*255*img
     # Broadcast the image over the stacked frames instead of repeating it.
     out = x.reshape(b, c // 3, 3, h, w).mul(1.0 - alpha).add_(imgs[:, None])
     return out.reshape(b, c, h, w)
+
+
+OVERLAY_S_MU = 0.1
+"""Overlay-S's default weight mu (CG2A: mu < 0.2; the project's default 0.1, ``--overlay_s_mu``)."""
 
 
 def overlay_s(
     x: torch.Tensor,
     *,
     generator: torch.Generator | None = None,
-    alpha: float = 0.1,
+    alpha: float = OVERLAY_S_MU,
     image_bank: ImageBank | str | os.PathLike | None = None,
 ) -> torch.Tensor:
-    """Overlay-S of CG2A: :func:`random_overlay` with a small weight (mu = 0.1 by default, < 0.2)."""
+    """Overlay-S of CG2A: :func:`random_overlay` with a small weight mu (``alpha``; CG2A: mu < 0.2, 0.1 by
+    default)."""
     return random_overlay(x, generator=generator, alpha=alpha, image_bank=image_bank)
 
 
@@ -168,14 +174,22 @@ class Combination:
     """A list of augmentations applied to the same batch; calling it returns one
     augmented copy per augmentation, in order (the clean batch is not included)."""
 
-    def __init__(self, names: Sequence[str], image_bank: ImageBank | str | os.PathLike | None = None) -> None:
+    def __init__(self, names: Sequence[str], image_bank: ImageBank | str | os.PathLike | None = None, *,
+                 pool_size: int = DEFAULT_POOL_SIZE, pool_seed: int = 0, overlay_s_mu: float = OVERLAY_S_MU) -> None:
+        if not 0.0 < overlay_s_mu < 0.2:
+            raise ValueError(f"overlay_s_mu must be in (0, 0.2) (CG2A's overlay-S: mu < 0.2), got {overlay_s_mu}")
         self.names = list(names)
-        bank = resolve_image_bank(image_bank) if _NEEDS_BANK & set(self.names) else None
+        self.overlay_s_mu = overlay_s_mu
+        needs_bank = bool(_NEEDS_BANK & set(self.names))
+        bank = resolve_image_bank(image_bank, pool_size=pool_size, seed=pool_seed) if needs_bank else None
         self.image_bank = bank
         self._fns: list[Augmentation] = []
         for n in self.names:
             fn = AUGMENTATIONS[n]
-            if n in _NEEDS_BANK:
+            if n == "overlay_s":
+                self._fns.append(lambda x, generator=None, _fn=fn: _fn(x, generator=generator, image_bank=bank,
+                                                                       alpha=overlay_s_mu))
+            elif n in _NEEDS_BANK:
                 self._fns.append(lambda x, generator=None, _fn=fn: _fn(x, generator=generator, image_bank=bank))
             else:
                 self._fns.append(fn)
@@ -191,8 +205,13 @@ class Combination:
         return f"Combination({','.join(self.names)!r}{bank})"
 
 
-def make_combination(spec: str | Sequence[str], image_bank: ImageBank | str | os.PathLike | None = None) -> Combination:
+def make_combination(spec: str | Sequence[str], image_bank: ImageBank | str | os.PathLike | None = None, *,
+                     pool_size: int = DEFAULT_POOL_SIZE, pool_seed: int = 0,
+                     overlay_s_mu: float = OVERLAY_S_MU) -> Combination:
     """Build a :class:`Combination` from ``"conv,overlay,overlay_s"`` or a list of names.
+
+    ``image_bank``, ``pool_size`` and ``pool_seed``: the overlay images (:func:`resolve_image_bank`; a run
+    passes :func:`overlay_options`); ``overlay_s_mu``: overlay-S's weight, in (0, 0.2).
 
     Raises:
         ValueError: an unknown or empty name (the message lists the valid ones).
@@ -207,4 +226,13 @@ def make_combination(spec: str | Sequence[str], image_bank: ImageBank | str | os
         if key not in AUGMENTATIONS:
             raise ValueError(f"unknown augmentation {p!r}; valid names: {', '.join(valid)}")
         names.append(key)
-    return Combination(names, image_bank=image_bank)
+    return Combination(names, image_bank=image_bank, pool_size=pool_size, pool_seed=pool_seed,
+                       overlay_s_mu=overlay_s_mu)
+
+
+def overlay_options(cfg, seeds) -> dict:
+    """A run's overlay arguments of :func:`make_combination`: ``--image_bank`` (else CG2A_OVERLAY_DATA, else
+    procedural), ``--overlay_pool_size``, the pool's seed from the run's seed streams, ``--overlay_s_mu``."""
+    bank = bank_options(cfg, seeds)
+    return {"image_bank": bank["bank"], "pool_size": bank["pool_size"], "pool_seed": bank["seed"],
+            "overlay_s_mu": cfg.overlay_s_mu}

@@ -48,9 +48,9 @@ class AugmentationCombination(Algorithm):
 
     def __init__(self, cfg, device, seeds) -> None:
         super().__init__(cfg, device, seeds)
-        from cg2a_ext.rl.core.augmentations import make_combination
+        from cg2a_ext.rl.core.augmentations import make_combination, overlay_options
 
-        self.combination = make_combination(list(self.options.augmentations), image_bank=cfg.image_bank or None)
+        self.combination = make_combination(list(self.options.augmentations), **overlay_options(cfg, seeds))
         self.grad_method: str | None = None    # per_group_grads' method, fixed at the first update
 
     def views(self, obs: torch.Tensor) -> torch.Tensor:

@@ -63,7 +63,7 @@ def set_autocast(modules, dtype: torch.dtype | None) -> None:
 
 
 class SharedCNN(AutocastForward, nn.Module):
-    """Convolutional trunk: pixels in [0, 255] -> feature map."""
+    """Convolutional trunk: pixels in [0, 255], scaled to [0, 1] (x / 255, as DMC-GB) -> feature map."""
 
     def __init__(self, obs_shape, num_layers: int = 11, num_filters: int = 32, num_stride2: int = 1):
         super().__init__()
@@ -78,8 +78,8 @@ class SharedCNN(AutocastForward, nn.Module):
         self.apply(weight_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x / 255 - 0.5 in one pass over the batch (it is the largest tensor the trunk reads)
-        x = torch.add(x.new_tensor(-0.5), x, alpha=1.0 / 255.0)
+        # x / 255 as DMC-GB's SharedCNN (pixels in [0, 1], no centring)
+        x = x / 255.0
         # No layout conversion here (a memory-format copy is unsupported inside vmap): the convolutions
         # run channels-last when their weights are (SACAgent converts them), whatever the input's layout.
         context, opened = self._autocast(x)
