@@ -58,9 +58,9 @@ def test_grid_names_runs_by_their_named_options_and_gives_method_options_to_thei
                            "--action_repeat", "8", "--augmentations", "overlay", "overlay_s"]
     assert "--augmentations" not in runs[0].argv()
     # the argv parses into the configuration the name says
-    from cg2a_ext.rl.config import config_from_args
+    from cg2a_ext.rl.cli.options import config_from_args
     cfg = config_from_args(cg2a.argv())
-    assert (cfg.algorithm, cfg.seed, cfg.action_repeat, cfg.augmentations) == ("cg2a", 0, 8, ("overlay", "overlay_s"))
+    assert (cfg.algorithm, cfg.seed, cfg.action_repeat, cfg.options.augmentations) == ("cg2a", 0, 8, ("overlay", "overlay_s"))
     assert RunSpec.from_dict(json.loads(json.dumps(cg2a.to_dict()))) == cg2a
 
 
@@ -350,6 +350,6 @@ def test_bad_options_fail_once_and_are_not_retried(ray_session, tmp_path):
     # the refused gamma is found before launching: never started
     other = bad_gamma[0].name
     assert [e["event"] for e in events(root) if e["run"] == other] == ["failed"]
-    assert "need 0 <= A <= B <= 1" in by_run[other]["error"]
+    assert "0 <= A <= B <= 1" in by_run[other]["error"]
     assert not (root / other).exists()
     assert "unknown task 'no_such_task'" in manifest.log_path(root, name).read_text()

@@ -53,10 +53,24 @@ def parser() -> argparse.ArgumentParser:
                    help="evaluate each run, once trained, on --zero_shot_modes with this many episodes per mode, in "
                         "its own slot (cached in the run folder: report.py then reuses it); 0: leave it to report.py")
     z.add_argument("--zero_shot_modes", nargs="+", default=None, metavar="MODE",
-                   help="modes of that evaluation (default: all five)")
+                   help="modes of that evaluation (default: every mode of the task's environment family)")
     r.add_argument("--stop_timeout", type=float, default=120.0,
                    help="seconds stopped runs get to checkpoint before they are killed")
     return p
+
+
+def _modes_of(spec) -> tuple[str, ...]:
+    """The evaluation modes of the sweep's tasks' environment families (in family order, each once)."""
+    from cg2a_ext.rl.envs import family_of
+
+    out: list[str] = []
+    for block in spec.blocks:
+        for task in block.tasks:
+            try:
+                out += [m for m in family_of(task).modes if m not in out]
+            except ValueError:                      # an unknown task: its runs fail on their own
+                continue
+    return tuple(out)
 
 
 def main(argv=None) -> int:
@@ -78,11 +92,7 @@ def main(argv=None) -> int:
             p.error(f"--{name} must be {'positive' if name == 'cpus_per_run' else '>= 0'}, got {value}")
     if args.gpus_per_run < 0:
         p.error(f"--gpus_per_run must be >= 0, got {args.gpus_per_run}")
-    from typing import get_args
-
-    from cg2a_ext.rl.config import Mode
-
-    MODES = get_args(Mode)
+    MODES = _modes_of(spec)
     if args.zero_shot_episodes < 0:
         p.error(f"--zero_shot_episodes must be >= 0, got {args.zero_shot_episodes}")
     zero_shot_modes = tuple(args.zero_shot_modes or MODES)

@@ -60,10 +60,25 @@ class GridError(ValueError):
 
 
 def _field_types() -> dict[str, Any]:
+    """Every option a run can be given, by its command-line name: the core fields and each algorithm's options."""
     from cg2a_ext.rl.config import TrainConfig
 
     hints = get_type_hints(TrainConfig)
-    return {f.name: hints[f.name] for f in fields(TrainConfig)}
+    out = {f.name: hints[f.name] for f in fields(TrainConfig) if f.name != "options"}
+    for name in algorithms.NAMES:
+        algo = algorithms.get(name)
+        option_hints = get_type_hints(algo.Options)
+        for option, flag in algo.cli_names().items():
+            out.setdefault(flag, option_hints[option])
+            for alias in algo.cli_aliases.get(option, ()):
+                out.setdefault(alias.lstrip("-"), option_hints[option])
+    return out
+
+
+def _flags(algorithm: str) -> set[str]:
+    """The command-line names (aliases included) of ``algorithm``'s own options."""
+    algo = algorithms.get(algorithm)
+    return set(algo.cli_names().values()) | {a.lstrip("-") for v in algo.cli_aliases.values() for a in v}
 
 
 def _is_bool(key: str) -> bool:
@@ -119,6 +134,8 @@ def option_argv(key: str, tokens: OptionValue) -> list[str]:
 def applies(key: str, algorithm: str) -> bool:
     """Whether ``algorithm`` takes option ``key``: options that are some algorithm's method option
     go only to the algorithms that own them; every other option goes to all."""
+    if any(key in _flags(name) for name in algorithms.NAMES):
+        return key in _flags(algorithm)
     owners = {k for name in algorithms.NAMES for k in algorithms.get(name).method_options}
     return key not in owners or key in algorithms.get(algorithm).method_options
 

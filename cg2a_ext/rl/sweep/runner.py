@@ -94,11 +94,19 @@ def root_lock(root: Path):
 
 
 def check_run(run: RunSpec, root: Path, threads: int) -> tuple[str, int | None, str | None]:
-    """(run folder status, train_steps, error): parse the run's options as its worker will."""
-    from cg2a_ext.rl.config import ConfigError, config_from_args
+    """(run folder status, train_steps, error): parse the run's options as its worker will. A task whose
+    environment family this machine lacks is left to the worker (a cluster node may have the simulator the
+    driver has not): it fails there, once, if no node has it."""
+    from cg2a_ext.rl.cli.options import config_from_args
+    from cg2a_ext.rl.config import ConfigError
+    from cg2a_ext.rl.envs import family_of
 
     run_dir = root / run.name
     status = run_status(run_dir)
+    try:
+        family_of(run.task)
+    except ValueError:
+        return status, None, None
     argv = run_argv(run, run_dir, resume=status != "new", threads=threads)
     err = io.StringIO()
     try:
