@@ -3,6 +3,7 @@ skip on relaunch, stop and resume, a bad option failing once, the progress table
 
 The Ray tests share one Ray session (module fixture): starting Ray takes many seconds on 2 cores.
 """
+import copy
 import csv
 import io
 import json
@@ -54,14 +55,39 @@ def test_grid_names_runs_by_their_named_options_and_gives_method_options_to_thei
                      "cartpole_balance--cg2a--augmentations=conv+overlay+overlay_s--seed1"]
     cg2a = runs[2]
     assert cg2a.method == "cg2a augmentations=overlay,overlay_s"
-    assert cg2a.argv() == ["--task", "cartpole_balance", "--algorithm", "cg2a", "--seed", "0", "--preset", "cpu",
-                           "--action_repeat", "8", "--augmentations", "overlay", "overlay_s"]
-    assert "--augmentations" not in runs[0].argv()
-    # the argv parses into the configuration the name says
+    # the run is a TrainConfig, typed: the algorithm's option in its options
+    cfg = cg2a.config
+    assert (cfg.algorithm, cfg.seed, cfg.action_repeat, cfg.options.augmentations) == \
+        ("cg2a", 0, 8, ("overlay", "overlay_s"))
+    assert runs[0].config.options == type(runs[0].config.options)()
+    # the command printed for a human parses into the same configuration
+    assert cg2a.command_line() == ["--task", "cartpole_balance", "--algorithm", "cg2a", "--seed", "0", "--preset",
+                                   "cpu", "--action_repeat", "8", "--augmentations", "overlay", "overlay_s"]
+    assert "--augmentations" not in runs[0].command_line()
     from cg2a_ext.rl.cli.options import config_from_args
-    cfg = config_from_args(cg2a.argv())
-    assert (cfg.algorithm, cfg.seed, cfg.action_repeat, cfg.options.augmentations) == ("cg2a", 0, 8, ("overlay", "overlay_s"))
+    assert config_from_args(cg2a.command_line()).to_dict() == copy.deepcopy(cg2a.config).validate().to_dict()
     assert RunSpec.from_dict(json.loads(json.dumps(cg2a.to_dict()))) == cg2a
+
+
+def test_grid_converts_values_by_the_field_types_and_gives_algorithm_options_to_their_owners():
+    spec = build_spec(None, ["cartpole_balance"], ["soda", "cg2a", "drq"], [0],
+                      ["preset=cpu", "soda_crop=shift", "gamma=0.3 0.3", "batch_size=64", "image_bank=/data/places"],
+                      ["augmentations=overlay overlay_s|conv overlay"])
+    by_algo = {}
+    for run in spec.runs():
+        by_algo.setdefault(run.algorithm, []).append(run)
+    soda, = by_algo["soda"]
+    assert soda.config.options.crop == "shift" and soda.config.batch_size == 64
+    assert soda.config.image_bank == "/data/places"
+    cg2a = by_algo["cg2a"]
+    assert [r.config.options.augmentations for r in cg2a] == [("overlay", "overlay_s"), ("conv", "overlay")]
+    assert all(r.config.options.sgs_damping == (0.3, 0.3) for r in cg2a)
+    drq, = by_algo["drq"]
+    assert drq.config.image_bank == "" and drq.config.batch_size == 64 and "gamma" not in drq.fixed
+    with pytest.raises(GridError, match="takes 2 values"):
+        build_spec(None, ["cartpole_balance"], ["cg2a"], [0], ["gamma=0.3"]).runs()
+    with pytest.raises(GridError, match="takes an integer"):
+        build_spec(None, ["cartpole_balance"], ["drq"], [0], ["batch_size=6.5"]).runs()
 
 
 def test_grid_toml_gives_the_same_runs_as_the_command_line(tmp_path):
@@ -77,7 +103,7 @@ def test_grid_toml_gives_the_same_runs_as_the_command_line(tmp_path):
                     '[[grid]]\nalgorithms = ["cg2a"]\nset = { gas = false }\n')
     runs = build_spec(str(toml)).runs()
     assert [r.name for r in runs] == ["cartpole_balance--drq--seed3", "cartpole_balance--cg2a--gas=false--seed3"]
-    assert runs[1].argv()[-1] == "--no-gas"
+    assert runs[1].command_line()[-1] == "--no-gas" and runs[1].config.options.gas is False
 
 
 @pytest.mark.parametrize("set_items,vary_items,message", [

@@ -44,7 +44,7 @@ def _runs(n: int, steps: int):
 def by_hand(runs, folder: Path, parallel: int = 2) -> float:
     start = time.perf_counter()
     for i in range(0, len(runs), parallel):
-        procs = [subprocess.Popen([sys.executable, "-m", "cg2a_ext.rl.cli.train", *run.argv(), "--no-progress",
+        procs = [subprocess.Popen([sys.executable, "-m", "cg2a_ext.rl.cli.train", *run.command_line(), "--no-progress",
                                    "--num_threads", "1", "--run_dir", str(folder / run.name)],
                                   env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
                  for run in runs[i:i + parallel]]

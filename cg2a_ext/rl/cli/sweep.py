@@ -12,6 +12,7 @@ the sweep (every run keeps its last checkpoint); a second Ctrl-C kills the runs 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
         p.error(f"unknown --zero_shot_modes {', '.join(unknown)}; known modes: {', '.join(MODES)}")
     if args.dry_run:
         for run in runs:
-            print(f"{run.name}\n    train.py {' '.join(run.argv())}")
+            print(f"{run.name}\n    train.py {shlex.join(run.command_line())}")
         print(f"{len(runs)} runs under {root}")
         return 0
     try:

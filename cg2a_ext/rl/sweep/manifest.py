@@ -2,7 +2,7 @@
 
 Layout of a sweep root::
 
-    sweep.json                 the grid and every run (name, task, algorithm, seed, options, argv);
+    sweep.json                 the grid and every run (name, task, algorithm, seed, options, config, command);
                                a relaunch with more runs adds them, runs already listed stay
     <run name>/                one run folder per run (config.json, CSV logs, checkpoints/, finished.json)
     _sweep/events.jsonl        one JSON line per event: launched, resumed, finished, retry, failed,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import io
 import math
 import os
 import threading
@@ -33,7 +32,7 @@ from cg2a_ext.rl.sweep import manifest
 from cg2a_ext.rl.sweep.grid import RunSpec
 from cg2a_ext.rl.sweep.progress import DONE, FAILED, FINISHED, QUEUED, RETRYING, RUNNING, SKIPPED, STOPPED, ProgressTable
 from cg2a_ext.rl.sweep.run_state import FINISHED as RUN_FINISHED, PARTIAL, checkpoint_steps, run_status
-from cg2a_ext.rl.sweep.worker import run_argv
+from cg2a_ext.rl.sweep.worker import run_config
 
 
 @dataclass
@@ -94,10 +93,9 @@ def root_lock(root: Path):
 
 
 def check_run(run: RunSpec, root: Path, threads: int) -> tuple[str, int | None, str | None]:
-    """(run folder status, train_steps, error): parse the run's options as its worker will. A task whose
+    """(run folder status, train_steps, error): the run's config checked as its worker will. A task whose
     environment family this machine lacks is left to the worker (a cluster node may have the simulator the
     driver has not): it fails there, once, if no node has it."""
-    from cg2a_ext.rl.cli.options import config_from_args
     from cg2a_ext.rl.config import ConfigError
     from cg2a_ext.rl.envs import family_of
 
@@ -107,17 +105,11 @@ def check_run(run: RunSpec, root: Path, threads: int) -> tuple[str, int | None, 
         family_of(run.task)
     except ValueError:
         return status, None, None
-    argv = run_argv(run, run_dir, resume=status != "new", threads=threads)
-    err = io.StringIO()
     try:
-        with contextlib.redirect_stderr(err):
-            cfg = config_from_args(argv, prog="train.py")
+        cfg = run_config(run, run_dir, resume=status != "new", threads=threads)
     except ConfigError as e:
         what = "the run folder was made with other options: " if status != "new" else ""
         return status, None, what + str(e)
-    except SystemExit:
-        lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
-        return status, None, "\n".join(lines[-4:]) or "options refused"
     return status, cfg.train_steps, None
 
 

@@ -1,14 +1,15 @@
 """One run of a sweep, executed inside a Ray worker (or any process): start it, resume it or skip it.
 
 ``execute_run`` looks at the run folder first, so a retried or relaunched run continues where it
-stopped: finished -> nothing to do; partial (a checkpoint exists) -> ``--resume --run_dir``;
+stopped: finished -> nothing to do; partial (a checkpoint exists) -> resumed (the run's config.json is
+the base; the sweep's options must agree with it, as ``train.py --resume`` checks);
 new -> a fresh start (leftovers of an attempt that died before its first checkpoint are removed:
 there is nothing in them to resume, and the CSV logs would otherwise get that attempt's rows twice).
 
 Errors come back as a result, sorted by whether retrying can help:
 
-- permanent (``"failed"``): the configuration is refused (ConfigError, ``SystemExit`` with a non-zero
-  code, as train.py exits 2 on a bad option), a file is missing (FileNotFoundError: DMC-GB data, a
+- permanent (``"failed"``): the configuration is refused (ConfigError, or ``train``'s RunError: bad
+  options, inputs or folders, a failed write), a file is missing (FileNotFoundError: DMC-GB data, a
   checkpoint), or the code cannot be imported. The same attempt would fail again.
 - transient (``"error"``): any other exception; the driver retries it while it has retries left.
 
@@ -39,8 +40,10 @@ from cg2a_ext.rl.sweep.run_state import FINISHED, FINISHED_FILE, PARTIAL, checkp
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, ImportError)
 
 
-# train_main exits with 128 + the signal number after checkpointing on SIGINT / SIGTERM
+# RunError exit codes of a run interrupted by Ctrl-C / SIGTERM (128 + the signal's number)
 STOPPED_EXIT_CODES = (128 + signal.SIGINT, 128 + signal.SIGTERM)
+# the command a run's messages name (how to resume it by hand)
+COMMAND = "python python/train.py"
 
 
 class _Tee(io.TextIOBase):
@@ -74,14 +77,25 @@ def _last_lines(text: str, n: int = 6) -> str:
     return "\n".join(lines[-n:])
 
 
-def run_argv(run: RunSpec, run_dir: Path, resume: bool, threads: int) -> list[str]:
-    argv = run.argv()
-    options = {**run.fixed, **run.named}
-    if "progress" not in options:
-        argv.append("--no-progress")         # the sweep shows its own table; tqdm bars would fill the log
-    if "num_threads" not in options and threads > 0:
-        argv += ["--num_threads", str(threads)]
-    return argv + (["--resume"] if resume else []) + ["--run_dir", str(run_dir)]
+def run_config(run: RunSpec, run_dir: Path, resume: bool, threads: int):
+    """The validated TrainConfig the worker trains: the run's config in ``run_dir``, without a progress bar
+    (the sweep shows its own table) and with ``threads`` torch threads unless the sweep sets them; resumed
+    from the run folder's config.json when ``resume``. ConfigError when refused."""
+    import copy
+
+    from cg2a_ext.rl.cli.options import _resume_config
+
+    cfg = copy.deepcopy(run.config)
+    given = run.explicit()
+    if "progress" not in given:
+        cfg.progress = False
+    if "num_threads" not in given and threads > 0:
+        cfg.num_threads = threads
+    cfg.run_dir = str(run_dir)
+    if not resume:
+        return cfg.validate()
+    cfg.resume = True
+    return _resume_config(cfg, given | {"progress", "num_threads"})
 
 
 def _zero_shot(run_dir: Path, zero_shot: dict, threads: int, out) -> str:
@@ -127,24 +141,27 @@ def execute_run(root: str, run: dict, attempt: int, threads: int = 1, launch: st
         torch.set_num_threads(threads)
     log = manifest.log_path(root_path, spec.name)
     log.parent.mkdir(parents=True, exist_ok=True)
-    argv = run_argv(spec, run_dir, resume, threads)
     result = {"action": action, "resumed_from": resumed_from}
     with open(log, "a") as f:
         tee = _Tee(f)
-        f.write(f"==== attempt {attempt}: {action}: train {' '.join(argv)}\n")
+        f.write(f"==== attempt {attempt}: {action}: train {' '.join(spec.command_line())}\n")
         f.flush()
         try:
             with contextlib.redirect_stdout(tee), contextlib.redirect_stderr(tee):
-                from cg2a_ext.rl.cli.train import build_and_train
+                from cg2a_ext.rl.core.trainer import TrainingStopped
+                from cg2a_ext.rl.training import RunError, train
 
-                build_and_train(argv)
-        except SystemExit as e:
-            if e.code in STOPPED_EXIT_CODES:    # stopped by a signal after writing a checkpoint
-                steps = checkpoint_steps(run_dir)
-                return {**result, "status": "incomplete", "step": steps[-1] if steps else 0}
-            if e.code not in (0, None):
-                return {**result, "status": "failed", "permanent": True,
-                        "error": _last_lines(tee.tail) or f"exited with code {e.code}"}
+                try:
+                    train(run_config(spec, run_dir, resume, threads), command=COMMAND)
+                except TrainingStopped:         # stopped by a signal after writing a checkpoint
+                    steps = checkpoint_steps(run_dir)
+                    return {**result, "status": "incomplete", "step": steps[-1] if steps else 0}
+                except RunError as e:
+                    f.write(f"train: error: {e}\n")
+                    if e.exit_code in STOPPED_EXIT_CODES:
+                        steps = checkpoint_steps(run_dir)
+                        return {**result, "status": "incomplete", "step": steps[-1] if steps else 0}
+                    return {**result, "status": "failed", "permanent": True, "error": str(e)}
         except KeyboardInterrupt:
             raise
         except Exception as e:                                          # noqa: BLE001 - sorted below
