@@ -246,3 +246,15 @@ def test_an_archive_refuses_a_folder_inside_the_sweep_or_not_empty(sweep_root, t
     with pytest.raises(SystemExit):
         report_main([str(root), "--no_eval", "--archive", str(full)])
     assert (full / "x").read_text() == "x" and not (root / "inside").exists()
+
+
+def test_a_runs_ablation_row_is_its_algorithms_from_the_options_config_json_records():
+    from cg2a_ext.rl import algorithms
+
+    new = _run("walker_walk", "cg2a gas=false", algorithms.PROPOSED, 0, {}, options={"gas": False, "sgs": True})
+    old = _run("walker_walk", "cg2a sgs=false", algorithms.PROPOSED, 0, {}, gas=True, sgs=False)   # flat, as before
+    plain = _run("walker_walk", "cg2a", algorithms.PROPOSED, 0, {}, options={})
+    assert (new.ablation, old.ablation, plain.ablation) == ("ac+sgs", "ac+gas", "cg2a")
+    assert _run("walker_walk", "svea", "svea", 0, {}).ablation is None
+    from cg2a_ext.rl.sweep.progress import short_mode
+    assert [short_mode(m) for m in ("train", "color_easy", "video_hard", "x_")] == ["train", "c_easy", "v_hard", "x_"]

@@ -1,6 +1,6 @@
 """``cg2a-report`` / ``python python/report.py SWEEP_DIR``: the report of a sweep.
 
-    python python/report.py runs/sweep                         # all five modes, 10 episodes per run and mode
+    python python/report.py runs/sweep                         # every mode of the tasks, 10 episodes per run and mode
     python python/report.py runs/sweep --episodes 100 --jobs 2 --modes train video_hard
     python python/report.py runs/sweep --archive results/sweep   # then keep the results, not the checkpoints
 
@@ -19,6 +19,9 @@ import sys
 import time
 from pathlib import Path
 
+from cg2a_ext.rl import algorithms
+from cg2a_ext.rl.sweep import paper_numbers
+from cg2a_ext.rl.sweep.grid import format_value
 from cg2a_ext.rl.sweep.manifest import load_manifest
 from cg2a_ext.rl.sweep.report import figures, tables
 from cg2a_ext.rl.sweep.report.archive import check_target, write_archive
@@ -26,14 +29,38 @@ from cg2a_ext.rl.sweep.report.collect import collect
 from cg2a_ext.rl.sweep.report.summary import add_statistics, build_cells
 from cg2a_ext.rl.sweep.report.zero_shot import evaluate_runs
 
-ALL_MODES = ("train", "color_easy", "color_hard", "video_easy", "video_hard")
+
+
+def task_modes(tasks) -> list[str]:
+    """The modes of the tasks' environment families, each once, in family order (train modes first)."""
+    from cg2a_ext.rl.envs import family_of
+
+    modes: list[str] = []
+    for task in tasks:
+        try:
+            family = family_of(task)
+        except ValueError:
+            continue
+        modes += [m for m in family.modes if m not in modes]
+    return modes
+
+
+def _overlaying_algorithms() -> str:
+    return ", ".join(n for n in algorithms.NAMES if algorithms.get(n).draws_overlay_images)
+
+
+def _fixed_options(spec: dict) -> str:
+    """The sweep's fixed options as ``key=value`` (values as run names show them)."""
+    return " ".join(f"{k}={format_value(tuple(v) if isinstance(v, list) else v)}"
+                    for k, v in spec.get("fixed", {}).items())
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="report.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("sweep_dir", help="the sweep's --root (sweep.json and one folder per run)")
-    p.add_argument("--modes", nargs="+", default=list(ALL_MODES), choices=ALL_MODES, help="zero-shot modes")
+    p.add_argument("--modes", nargs="+", default=None, metavar="MODE",
+                   help="zero-shot modes (default: every mode of the runs' environment families)")
     p.add_argument("--episodes", type=int, default=10, help="zero-shot episodes per run and mode")
     p.add_argument("--jobs", type=int, default=1, help="runs evaluated at once (processes)")
     p.add_argument("--device", default="cpu", help="torch device for the evaluation")
@@ -59,22 +86,25 @@ def write_page(root: Path, out: Path, runs, summary, curve_paths, diag_paths, ag
              "Cells: mean ± std over seeds of each run's mean return (n = runs); only finished runs.", ""]
     if doc.get("launches"):
         spec = doc["launches"][-1]["spec"]
-        fixed = " ".join(f"{k}={' '.join(v)}" for k, v in spec.get("fixed", {}).items())
+        fixed = _fixed_options(spec)
         lines += [f"Options of every run: `{fixed or '(defaults)'}`.", ""]
     lines += ["## What each cell rests on", "", tables.basis_table(summary), "## Data used by each mode", "",
               tables.data_sources(summary, runs)]
     overlays = tables.overlay_sources(runs)
     if overlays:
         lines += ["## Overlay images used in training", "",
-                  "Drawn by the overlay augmentations (svea, soda, sgqn, smg, and ac / cg2a with overlay or "
-                  "overlay_s); drq and sac do not overlay images.", "", overlays]
+                  f"Drawn by the overlay augmentations of {_overlaying_algorithms()} (the algorithms that can "
+                  "overlay images; an algorithm that combines augmentations only when its combination has one); "
+                  "the others do not overlay images.", "", overlays]
     for mode in modes:
-        table = tables.MODE_TABLE.get(mode)
+        table = paper_numbers.MODE_TABLE.get(mode)
         title = f"## {mode}: " + (f"the paper's Table {table} layout" if table else "not reported in the paper")
         lines += [title, "", tables.mode_table(summary, mode)]
-    abl = tables.ablation_table(summary, runs) if "video_hard" in modes else None
+    ablation_mode = paper_numbers.ABLATION_MODE
+    abl = tables.ablation_table(summary, runs, ablation_mode) if ablation_mode in modes else None
     if abl:
-        lines += ["## Ablations on video_hard: the paper's Table 4 layout", "", abl]
+        lines += [f"## Ablations on {ablation_mode}: the paper's Table {paper_numbers.ABLATION_TABLE} layout", "",
+                  abl]
     lines += ["## Aggregates across tasks (returns / 1000)", "",
               "IQM and mean over the (runs x tasks) scores; 95 % percentile intervals of a bootstrap over runs "
               "stratified by task. Estimators from rliable.", "", tables.aggregate_table(summary)]
@@ -85,7 +115,7 @@ def write_page(root: Path, out: Path, runs, summary, curve_paths, diag_paths, ag
                   "P(X > Y): the chance that a run of X scores above a run of Y on a task drawn at random "
                   "(ties count half), with its 95 % stratified-bootstrap interval.", "",
                   tables.improvement_table(summary)]
-    if "train" in modes and len(modes) > 1:
+    if summary.train_modes & set(modes) and len(modes) > 1:
         lines += ["## Return kept under each shift", "",
                   "Each run's zero-shot return on a test mode divided by its train-mode return; mean ± std over runs.",
                   "", tables.retention_table(summary)]
@@ -121,6 +151,11 @@ def main(argv=None) -> int:
     runs = collect(root)
     if not runs:
         p.error(f"{root} holds no runs (no sweep.json and no run folder with config.json)")
+    known = task_modes(sorted({r.task for r in runs}))
+    args.modes = args.modes or known
+    unknown = [m for m in args.modes if m not in known]
+    if unknown:
+        p.error(f"unknown --modes {', '.join(unknown)}; the runs' tasks have: {', '.join(known)}")
     finished = [r for r in runs if r.finished]
     if not args.no_eval and finished:
         results = evaluate_runs([r.dir for r in finished], args.modes, args.episodes, jobs=args.jobs,

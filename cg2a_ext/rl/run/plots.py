@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -24,9 +25,77 @@ def _num(v):
         return float("nan")
 
 
+def recorded_options(algorithm: str, config: dict):
+    """The Options of ``algorithm`` recorded in a config.json (its ``options`` object, or the flat keys of one
+    written before the algorithms owned their options); its defaults where the record is unreadable, None
+    for an algorithm the registry does not know."""
+    from cg2a_ext.rl import algorithms
+    from cg2a_ext.rl.config import ConfigError
+
+    if algorithm not in algorithms.NAMES:
+        return None
+    algo = algorithms.get(algorithm)
+    recorded = config.get("options")
+    if not isinstance(recorded, dict):
+        recorded = algorithms.take_legacy_options(dict(config)).get(algorithm, {})
+    try:
+        return algo.options_from_dict(recorded)
+    except ConfigError:
+        return algo.Options()
+
+
+def _default_options(algo, task: str):
+    """The algorithm's options a run of ``task`` gets when none is given (per-task defaults filled)."""
+    from cg2a_ext.rl.config import TrainConfig
+
+    options = algo.Options()
+    try:
+        algo.resolve_options(options, TrainConfig(task=task, algorithm=algo.name))
+    except Exception:                                   # noqa: BLE001 - a label falls back to the plain defaults
+        options = algo.Options()
+    return options
+
+
+def _flat_options(config: dict) -> dict:
+    """A config.json with its algorithm's ``options`` also under their command-line names (the form
+    ``core.image_bank.draws_overlay_images`` reads)."""
+    from cg2a_ext.rl import algorithms
+
+    name, options = config.get("algorithm"), config.get("options")
+    if name not in algorithms.NAMES or not isinstance(options, dict):
+        return config
+    flags = algorithms.get(name).cli_names()
+    return {**config, **{flags[k]: v for k, v in options.items() if k in flags}}
+
+
+def overlay_images(run_dir, config: dict, unrecorded: str = "procedural") -> str:
+    """The images a run's overlay augmentations drew from: plan.json's ``overlay_images`` (what the run resolved,
+    CG2A_OVERLAY_DATA included), else config.json's ``image_bank``, else ``unrecorded``; "" for a run that
+    overlays no images (its algorithm's ``draws_overlay_images`` is False, or its options leave the overlays out)."""
+    from cg2a_ext.rl import algorithms
+    from cg2a_ext.rl.core.image_bank import draws_overlay_images
+
+    name = config.get("algorithm")
+    if name in algorithms.NAMES and not algorithms.get(name).draws_overlay_images:
+        return ""
+    if not draws_overlay_images(_flat_options(config)):
+        return ""
+    try:
+        recorded = json.loads((Path(run_dir) / "plan.json").read_text()).get("overlay_images")
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    return str(recorded or config.get("image_bank") or unrecorded)
+
+
+def _shown(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+
 def run_label(run_dir) -> str:
     """``task algorithm`` plus every option of the algorithm's ``method_options`` (runs that differ in
-    them are different methods, e.g. ablations, not seeds of one curve) that differs from its default."""
+    them are different methods, e.g. ablations, not seeds of one curve) that differs from its default, and,
+    for an algorithm that overlays images, the images it drew (``image_bank=procedural``: an approximation
+    of Places365, always said)."""
     cfg_path = Path(run_dir) / "config.json"
     if not cfg_path.is_file():
         return Path(run_dir).name
@@ -34,18 +103,27 @@ def run_label(run_dir) -> str:
     from cg2a_ext.rl.config import TrainConfig
 
     cfg = json.loads(cfg_path.read_text())
-    algo = cfg.get("algorithm", "?")
-    label = f"{cfg.get('task', '?')} {algo}"
-    options = algorithms.get(algo).method_options if algo in algorithms.NAMES else ()
-    defaults = TrainConfig()
-    for name in options:
-        value = cfg.get(name)
+    name, task = cfg.get("algorithm", "?"), cfg.get("task", "?")
+    label = f"{task} {name}"
+    if name not in algorithms.NAMES:
+        return label
+    algo = algorithms.get(name)
+    options, defaults = recorded_options(name, cfg), _default_options(algo, task)
+    core_defaults = TrainConfig()
+    own = {f.name for f in dataclasses.fields(algo.Options)}
+    for option in algo.method_options:
+        if option in own:
+            value, default = getattr(options, option), getattr(defaults, option)
+        elif option == "image_bank" or option not in cfg:
+            continue                                    # the images: below, from what the run recorded
+        else:
+            value, default = cfg[option], getattr(core_defaults, option, None)
         value = tuple(value) if isinstance(value, list) else value
-        if name == "image_bank" and not value:
-            label += " image_bank=procedural"   # an approximation of Places365: always say so
-        elif name in cfg and value != getattr(defaults, name, None):
-            shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
-            label += f" {name}={shown}"
+        if value != default:
+            label += f" {option}={_shown(value)}"
+    images = overlay_images(run_dir, cfg)
+    if images:
+        label += f" image_bank={images}"
     return label
 
 

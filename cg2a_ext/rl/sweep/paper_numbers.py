@@ -20,6 +20,13 @@ CG2A_T4 = "CG2A paper, Table 4"
 SGQN_REPO = "SGQN repository results figure"
 DMCGB_REPO = "DMC-GB repository results table"
 
+# The paper's tables by test mode (Table 1: colours; Table 2: videos), the mode of its ablation (Table 4)
+# and the order of that table's rows (``Algorithm.ablation`` names a run's row).
+MODE_TABLE = {"color_hard": "1", "video_easy": "2", "video_hard": "2"}
+ABLATION_TABLE = "4"
+ABLATION_MODE = "video_hard"
+ABLATION_ORDER = ("sac", "ac", "ac+gas", "ac+sgs", "cg2a")
+
 TASKS = ("walker_walk", "walker_stand", "ball_in_cup_catch", "finger_spin", "cartpole_swingup", "cheetah_run")
 
 

@@ -26,8 +26,12 @@ from cg2a_ext.rl.sweep.run_state import Snapshot, snapshot
 QUEUED, RUNNING, RETRYING, FINISHED, SKIPPED, FAILED, STOPPED = (
     "queued", "running", "retrying", "finished", "skipped", "failed", "stopped")
 DONE = (FINISHED, SKIPPED)
-_MODE_SHORT = {"train": "train", "color_easy": "c_easy", "color_hard": "c_hard", "video_easy": "v_easy",
-               "video_hard": "v_hard"}
+
+
+def short_mode(mode: str) -> str:
+    """A mode's name for the narrow table: its first word's initial and the rest (``video_hard`` -> ``v_hard``)."""
+    head, sep, rest = mode.partition("_")
+    return f"{head[0]}_{rest}" if sep and head and rest else mode
 
 
 def format_duration(seconds: float | None) -> str:
@@ -103,7 +107,7 @@ def render(rows: list[Row], now: float | None = None) -> str:
         step = f"{r.snap.step}/{total}" if total else str(r.snap.step)
         steps_per_s, seconds_left = run_speed(r), run_eta(r)
         speed = f"{steps_per_s:.1f}" if steps_per_s is not None and r.state == RUNNING else ""
-        evaluation = " ".join(f"{_MODE_SHORT.get(m, m)}={v:.0f}" for m, v in r.snap.evaluation.items())
+        evaluation = " ".join(f"{short_mode(m)}={v:.0f}" for m, v in r.snap.evaluation.items())
         if evaluation:
             evaluation += f" @{r.snap.eval_step}"
         eta = format_duration(seconds_left) if seconds_left is not None else ""

@@ -102,7 +102,7 @@ def _zero_shot(run_dir: Path, zero_shot: dict, threads: int, out) -> str:
     """Evaluates the finished run on zero_shot["modes"] x zero_shot["episodes"]; returns a one-line summary."""
     import json
 
-    from cg2a_ext.rl.sweep.report.zero_shot import evaluate_run
+    from cg2a_ext.rl.sweep.report.zero_shot import evaluate_run, own_modes
 
     try:
         device = json.loads((run_dir / "config.json").read_text()).get("device", "cpu")
@@ -110,8 +110,8 @@ def _zero_shot(run_dir: Path, zero_shot: dict, threads: int, out) -> str:
         device = "cpu"
     device = "cpu" if device in ("", "auto") or not str(device).startswith("cuda") else device
     try:
-        results = evaluate_run(run_dir, list(zero_shot["modes"]), int(zero_shot["episodes"]), device=device,
-                               threads=threads)
+        modes = own_modes(run_dir, zero_shot["modes"])
+        results = evaluate_run(run_dir, modes, int(zero_shot["episodes"]), device=device, threads=threads)
     except KeyboardInterrupt:
         return "zero-shot evaluation stopped (report.py evaluates what is missing)"
     except Exception as e:                                              # noqa: BLE001 - the run itself is done

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cg2a_ext.rl.core.image_bank import draws_overlay_images
+from cg2a_ext.rl import algorithms
 from cg2a_ext.rl.sweep import manifest
 from cg2a_ext.rl.sweep.run_state import FINISHED, NEW, checkpoint_steps, read_rows, run_status
 
@@ -42,14 +42,23 @@ class RunInfo:
         return self.status == FINISHED
 
     @property
+    def options(self):
+        """The algorithm's options the run trained with (config.json's ``options``); None for an unknown algorithm."""
+        return run_options(self.algorithm, self.config)
+
+    @property
     def ablation(self) -> str | None:
-        """The row of the CG2A paper's Table 4 this run's configuration is (None if none)."""
-        if self.algorithm in ("sac", "ac"):
-            return self.algorithm
-        if self.algorithm == "cg2a":
-            gas, sgs = bool(self.config.get("gas", True)), bool(self.config.get("sgs", True))
-            return {(True, True): "cg2a", (True, False): "ac+gas", (False, True): "ac+sgs", (False, False): "ac"}[gas, sgs]
-        return None
+        """The row of the CG2A paper's Table 4 this run's configuration is (None if none): its algorithm's
+        ``ablation(options)``."""
+        options = self.options
+        return None if options is None else algorithms.get(self.algorithm).ablation(options)
+
+
+def run_options(algorithm: str, config: dict):
+    """The Options of ``algorithm`` recorded in a config.json (``run.plots.recorded_options``)."""
+    from cg2a_ext.rl.run.plots import recorded_options
+
+    return recorded_options(algorithm, config)
 
 
 def _method_without_manifest(run_dir: Path, task: str) -> str:
@@ -104,16 +113,9 @@ def _final_step(run_dir: Path) -> int:
 
 
 def overlay_images(run_dir: Path, cfg: dict) -> str:
-    """The overlay images the run trained with: plan.json's record, else what its config says; nothing for
-    a run that overlays no images (its plan records the source it would have drawn from)."""
-    if cfg and not draws_overlay_images(cfg):
-        return ""
-    try:
-        recorded = json.loads((run_dir / "plan.json").read_text()).get("overlay_images")
-    except (OSError, ValueError):
-        recorded = None
-    if recorded:
-        return recorded
-    if cfg.get("image_bank"):
-        return str(cfg["image_bank"])
-    return "procedural, unless CG2A_OVERLAY_DATA was set (not recorded by this run)" if cfg else ""
+    """The overlay images the run trained with (``run.plots.overlay_images``: plan.json's record, else its
+    config); "" for a run of an algorithm that overlays no images."""
+    from cg2a_ext.rl.run.plots import overlay_images as recorded
+
+    unrecorded = "procedural, unless CG2A_OVERLAY_DATA was set (not recorded by this run)"
+    return recorded(run_dir, cfg, unrecorded) if cfg else ""

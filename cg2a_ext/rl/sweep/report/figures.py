@@ -2,7 +2,7 @@
 
 Learning curves and diagnostics are ``cg2a_ext.rl.run.plots``'s: one figure per task with a panel
 per evaluation mode, the runs of a method averaged with a band of +- one std over seeds; the
-diagnostics of each method from its lowest-seed run (diagnostics are per run; ac and cg2a log them).
+diagnostics of each method from its lowest-seed run (diagnostics are per run; the algorithms with gradient_diagnostics log them).
 """
 from __future__ import annotations
 

@@ -10,10 +10,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cg2a_ext.rl import algorithms
 from cg2a_ext.rl.sweep.report import stats
 from cg2a_ext.rl.sweep.report.collect import RunInfo
 
-TEST_MODES = ("color_easy", "color_hard", "video_easy", "video_hard")
+
+def train_mode(task: str) -> str:
+    """The mode ``task`` trains in: its environment family's first mode (the others are its test modes)."""
+    from cg2a_ext.rl.envs import family_of
+
+    return family_of(task).modes[0]
 
 
 @dataclass
@@ -56,6 +62,11 @@ class Summary:
     retention: dict = field(default_factory=dict)        # (task, method, mode) -> list of per-run ratios
     retention_improvement: dict = field(default_factory=dict)  # test mode -> (x, y) -> Estimate on the ratios
 
+    @property
+    def train_modes(self) -> set[str]:
+        """The train modes of the summary's tasks (every other mode is some task's test mode)."""
+        return {train_mode(t) for t in self.tasks}
+
     def to_dict(self) -> dict:
         return {
             "modes": self.modes, "tasks": self.tasks, "methods": self.methods,
@@ -95,19 +106,18 @@ def build_cells(runs: list[RunInfo], modes) -> Summary:
             cell.run_means.append(float(z["mean"]))
             if z.get("data_source") and z["data_source"] not in cell.data_sources:
                 cell.data_sources.append(z["data_source"])
-    # columns as in the paper's tables: the registry's order with cg2a last; an algorithm's plain run
-    # before its variants, variants by name
-    from cg2a_ext.rl import algorithms
-
-    order = [n for n in algorithms.NAMES if n != "cg2a"] + ["cg2a"]
+    # columns as in the paper's tables: the registry's order with the proposed method last; an algorithm's
+    # plain run before its variants, variants by name
+    order = [n for n in algorithms.NAMES if n != algorithms.PROPOSED] + [algorithms.PROPOSED]
     rank = {name: i for i, name in enumerate(order)}
     methods.sort(key=lambda m: (rank.get(algorithm_of[m], len(rank)), m != algorithm_of[m], m))
     return Summary(list(modes), tasks, methods, algorithm_of, cells)
 
 
 def add_statistics(summary: Summary, runs: list[RunInfo], reps: int = 2000, seed: int = 0) -> Summary:
-    """Aggregates per mode and method, probability of improvement of each cg2a method over each
-    method of another algorithm, and each run's return under a test mode relative to its train mode."""
+    """Aggregates per mode and method, probability of improvement of each method of the proposed algorithm
+    (``algorithms.PROPOSED``) over each method of another algorithm, and each run's return under a test mode
+    relative to its train mode."""
     for mode in summary.modes:
         per_method = {}
         for method in summary.methods:
@@ -119,34 +129,35 @@ def add_statistics(summary: Summary, runs: list[RunInfo], reps: int = 2000, seed
             per_method[method] = {"iqm": stats.aggregate(matrix, "iqm", reps, seed),
                                   "mean": stats.aggregate(matrix, "mean", reps, seed), "tasks": tasks}
         summary.aggregates[mode] = per_method
-        summary.improvement[mode] = _cg2a_pairs(
+        summary.improvement[mode] = _proposed_pairs(
             summary, lambda t, m: summary.cells[(t, m, mode)].run_means if (t, m, mode) in summary.cells else None,
             reps, seed)
     for r in runs:
-        train = r.zero_shot.get("train") if r.finished else None
+        trained_in = train_mode(r.task) if r.finished else None
+        train = r.zero_shot.get(trained_in) if trained_in else None
         if not train or not train["mean"]:
             continue
         for mode in summary.modes:
             z = r.zero_shot.get(mode)
-            if mode != "train" and z:
+            if mode != trained_in and z:
                 summary.retention.setdefault((r.task, r.method, mode), []).append(z["mean"] / train["mean"])
     for mode in summary.modes:
-        if mode != "train":
-            # does cg2a keep more of its train return under this shift than each other method?
-            summary.retention_improvement[mode] = _cg2a_pairs(
+        if mode not in summary.train_modes:
+            # does the proposed method keep more of its train return under this shift than each other method?
+            summary.retention_improvement[mode] = _proposed_pairs(
                 summary, lambda t, m: summary.retention.get((t, m, mode)), reps, seed)
     return summary
 
 
-def _cg2a_pairs(summary: Summary, scores, reps: int, seed: int) -> dict:
-    """P(X > Y) with its interval for each cg2a method X and each method Y of another algorithm, over the
-    tasks where both have scores; ``scores(task, method)`` gives one score per run, or None."""
+def _proposed_pairs(summary: Summary, scores, reps: int, seed: int) -> dict:
+    """P(X > Y) with its interval for each method X of the proposed algorithm and each method Y of another
+    algorithm, over the tasks where both have scores; ``scores(task, method)`` gives one score per run, or None."""
     pairs = {}
     for x in summary.methods:
-        if summary.algorithm_of[x] != "cg2a":
+        if summary.algorithm_of[x] != algorithms.PROPOSED:
             continue
         for y in summary.methods:
-            if summary.algorithm_of[y] == "cg2a":
+            if summary.algorithm_of[y] == algorithms.PROPOSED:
                 continue
             common = [t for t in summary.tasks if scores(t, x) and scores(t, y)]
             if not common:

@@ -3,9 +3,12 @@
 - Table 1 (``color_hard``, the paper's "Random Colors") and Table 2 (``video_easy``, ``video_hard``):
   one row per task, one column per method, "mean +- std (n)" over seeds; after an algorithm's own
   columns, the paper's number for it where the paper has that task and mode, labelled as the paper's.
-- The same layout for the modes the paper does not report (train, color_easy).
-- Table 4 (ablations on ``video_hard``): one row per ablation the sweep holds (sac, ac, cg2a without
-  GAS or SGS, cg2a), tasks as columns, the paper's figure beside ours.
+- The same layout for the modes the paper does not report (the train mode, color_easy).
+- Table 4 (ablations on ``video_hard``): one row per ablation the sweep holds (each run's row is its
+  algorithm's ``ablation(options)``), tasks as columns, the paper's figure beside ours.
+
+Which mode is which table is the paper's fact (``paper_numbers``); the train mode of a task is its
+environment family's first mode.
 """
 from __future__ import annotations
 
@@ -13,10 +16,9 @@ import numpy as np
 
 from cg2a_ext.rl.sweep import paper_numbers
 from cg2a_ext.rl.sweep.report.collect import RunInfo
-from cg2a_ext.rl.sweep.report.summary import Summary
+from cg2a_ext.rl.sweep.report.summary import Summary, train_mode
 
-MODE_TABLE = {"color_hard": "1", "video_easy": "2", "video_hard": "2"}
-ABLATION_ORDER = ("sac", "ac", "ac+gas", "ac+sgs", "cg2a")
+MODE_TABLE = paper_numbers.MODE_TABLE
 
 
 def _md(headers: list[str], rows: list[list[str]]) -> str:
@@ -59,25 +61,27 @@ def mode_table(summary: Summary, mode: str) -> str:
     return _md(headers, rows)
 
 
-def ablation_table(summary: Summary, runs: list[RunInfo], mode: str = "video_hard") -> str | None:
+def ablation_table(summary: Summary, runs: list[RunInfo], mode: str = paper_numbers.ABLATION_MODE) -> str | None:
     """Table 4 layout, or None when the sweep holds fewer than two ablation rows."""
+    order = paper_numbers.ABLATION_ORDER
     ablation_of = {}
     for r in runs:
         if r.ablation is not None and r.finished:
             ablation_of.setdefault(r.method, r.ablation)
     if len(set(ablation_of.values())) < 2:
         return None
-    methods = sorted(ablation_of, key=lambda m: (ABLATION_ORDER.index(ablation_of[m]), m))
+    rank = lambda row: order.index(row) if row in order else len(order)     # noqa: E731
+    methods = sorted(ablation_of, key=lambda m: (rank(ablation_of[m]), ablation_of[m], m))
     headers = ["method", "paper's row"]
     for task in summary.tasks:
-        headers += [task, f"{task} (paper, Table 4)"]
+        headers += [task, f"{task} (paper, Table {paper_numbers.ABLATION_TABLE})"]
     rows = []
     for method in methods:
         row = [method, ablation_of[method]]
         for task in summary.tasks:
             cell = summary.cells.get((task, method, mode))
             row.append(f"{_pm(cell.mean, cell.std)} (n={len(cell.run_means)})" if cell else "")
-            row.append(_paper("4", mode, task, ablation_of[method]))
+            row.append(_paper(paper_numbers.ABLATION_TABLE, mode, task, ablation_of[method]))
         rows.append(row)
     return _md(headers, rows)
 
@@ -131,17 +135,19 @@ def retention_improvement_table(summary: Summary) -> str:
 
 
 def retention_table(summary: Summary) -> str:
-    test_modes = [m for m in summary.modes if m != "train"]
+    """Per task and method: the train-mode return, and the share of it each test mode keeps."""
+    test_modes = [m for m in summary.modes if m not in summary.train_modes]
     rows = []
     for task in summary.tasks:
         for method in summary.methods:
-            train = summary.cells.get((task, method, "train"))
+            train = summary.cells.get((task, method, train_mode(task)))
             if train is None:
                 continue
             row = [task, method, _pm(train.mean, train.std)]
             for m in test_modes:
                 r = summary.retention.get((task, method, m))
-                row.append((f"{np.mean(r):.2f} ± {np.std(r):.2f}" if len(r) > 1 else f"{r[0]:.2f}") if r else "")
+                row.append((f"{np.mean(r):.2f} ± {np.std(r):.2f}" if len(r) > 1 else f"{r[0]:.2f}")
+                           if r else "")
             rows.append(row)
     return _md(["task", "method", "train return"] + [f"{m} / train" for m in test_modes], rows)
 

@@ -5,10 +5,11 @@ mode used and the checkpoint step it was measured at. A mode is evaluated again 
 missing, was measured on another checkpoint, or has fewer episodes than asked (asking for fewer
 takes the first ones: episode seeds do not depend on the count).
 
-Seeds: mode m (its index i in ``envs.MODES``) gets the environment seed ``zero_shot_env`` i and
+Seeds: mode m (its index i in the modes of the task's environment family) gets the environment seed ``zero_shot_env`` i and
 episode e the reset seed ``zero_shot`` (0, i, e) from the run's seed streams. They do not depend on
 which modes are evaluated together, so a cached mode equals a fresh one; they are the seeds
-``python/eval.py`` uses when it is given all five modes in their usual order.
+``python/eval.py`` uses when it is given all the family's modes in their usual order. A sweep whose
+tasks belong to several families asks each run for the modes of its own family (``own_modes``).
 """
 from __future__ import annotations
 
@@ -110,10 +111,20 @@ def evaluate_run(run_dir, modes, episodes: int, device: str = "cpu", data_dir: s
     return {m: cached_result(doc, m, step, episodes) for m in modes}
 
 
+def own_modes(run_dir, modes) -> list[str]:
+    """Those of ``modes`` that the run's task has (its environment family's), in the order given."""
+    from cg2a_ext.rl.config import TrainConfig
+    from cg2a_ext.rl.envs import family_of
+
+    known = family_of(TrainConfig.load(Path(run_dir) / "config.json").task).modes
+    return [m for m in modes if m in known]
+
+
 def _evaluate_job(args) -> tuple[str, dict | str]:
     run_dir, modes, episodes, device, data_dir = args
     try:
-        return str(run_dir), evaluate_run(run_dir, modes, episodes, device=device, data_dir=data_dir)
+        return str(run_dir), evaluate_run(run_dir, own_modes(run_dir, modes), episodes, device=device,
+                                          data_dir=data_dir)
     except Exception as e:                                          # noqa: BLE001 - reported per run
         return str(run_dir), f"{type(e).__name__}: {e}"
 
