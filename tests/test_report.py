@@ -61,7 +61,7 @@ def test_report_lists_every_run_and_its_tables_add_up_to_the_run_folders(sweep_r
     for (method, mode), c in cells.items():
         means = [json.loads((root / n / CACHE_FILE).read_text())["modes"][mode]["mean"] for n in c["runs"]]
         assert sorted(c["runs"]) == sorted(r.name for r in runs if r.method == method)
-        assert c["mean"] == pytest.approx(np.mean(means)) and c["std"] == pytest.approx(np.std(means))
+        assert c["mean"] == pytest.approx(np.mean(means)) and c["std"] == pytest.approx(np.std(means, ddof=1))
         assert c["steps"] == [40, 40] and c["episodes"] == [2, 2] and c["seeds"] == [0, 1]
         assert f"{c['mean']:.0f} ± {c['std']:.0f} (n=2)" in page
     # aggregates: the normalised cell means (one task: the mean over runs)
@@ -118,7 +118,7 @@ def test_tables_put_the_papers_numbers_beside_ours_where_task_and_mode_match():
     header, _, *body = t1.strip().splitlines()
     assert "cg2a (paper, Table 1)" in header
     walker = next(r for r in body if r.startswith("| walker_walk"))
-    assert "880 ± 0 (n=2)" in walker and "902 ± 46" in walker
+    assert "880 ± 1 (n=2)" in walker and "902 ± 46" in walker        # sample std of 880, 881: 0.71
     cartpole = next(r for r in body if r.startswith("| cartpole_balance"))
     assert "700 (n=1)" in cartpole and "±" not in cartpole.split("|")[-2]   # no paper number for it
     t2 = tables.mode_table(summary, "video_hard")
@@ -258,3 +258,17 @@ def test_a_runs_ablation_row_is_its_algorithms_from_the_options_config_json_reco
     assert _run("walker_walk", "svea", "svea", 0, {}).ablation is None
     from cg2a_ext.rl.sweep.progress import short_mode
     assert [short_mode(m) for m in ("train", "color_easy", "video_hard", "x_")] == ["train", "c_easy", "v_hard", "x_"]
+
+
+def test_spreads_over_seeds_are_sample_stds_and_say_so():
+    """2-5 seeds: the population std (ddof = 0) would understate the spread; the tables use ddof = 1 and show n."""
+    runs = [_run("walker_walk", "drq", "drq", s, {"train": v, "video_hard": v / 2}) for s, v in enumerate((100, 300))]
+    summary = build_cells(runs, ["train", "video_hard"])
+    cell = summary.cells[("walker_walk", "drq", "video_hard")]
+    assert cell.std == pytest.approx(np.std([50, 150], ddof=1)) and cell.n == 2       # 70.7, not 50
+    assert cell.to_dict()["std_ddof"] == 1
+    table = tables.mode_table(summary, "video_hard")
+    assert "100 ± 71 (n=2)" in table and "ddof = 1" in table.splitlines()[0]
+    from cg2a_ext.rl.sweep.report.summary import add_statistics
+    retention = tables.retention_table(add_statistics(summary, runs, reps=50))
+    assert "200 ± 141 (n=2)" in retention and "0.50 ± 0.00 (n=2)" in retention

@@ -83,7 +83,8 @@ def write_page(root: Path, out: Path, runs, summary, curve_paths, diag_paths, ag
              f" --episodes {args.episodes} --modes {' '.join(modes)}`.", "",
              f"{len(runs)} runs ({n_finished} finished), {len(summary.tasks)} tasks, {len(summary.methods)} methods. "
              f"Zero-shot: {args.episodes} episodes per finished run and mode, the final checkpoint's mean action. "
-             "Cells: mean ± std over seeds of each run's mean return (n = runs); only finished runs.", ""]
+             "Cells: mean ± sample standard deviation (ddof = 1) over seeds of each run's mean return, with n, "
+             "the number of runs; only finished runs.", ""]
     if doc.get("launches"):
         spec = doc["launches"][-1]["spec"]
         fixed = _fixed_options(spec)
@@ -117,14 +118,14 @@ def write_page(root: Path, out: Path, runs, summary, curve_paths, diag_paths, ag
                   tables.improvement_table(summary)]
     if summary.train_modes & set(modes) and len(modes) > 1:
         lines += ["## Return kept under each shift", "",
-                  "Each run's zero-shot return on a test mode divided by its train-mode return; mean ± std over runs.",
+                  "Each run's zero-shot return on a test mode divided by its train-mode return; mean ± sample std (ddof = 1) over runs, with n.",
                   "", tables.retention_table(summary)]
         if any(summary.retention_improvement.values()):
             lines += ["The same ratios compared: the chance that a run of X keeps a larger share of its train "
                       "return than a run of Y (ties count half), with its 95 % stratified-bootstrap interval.", "",
                       tables.retention_improvement_table(summary)]
     lines += ["## Learning curves", "", "Periodic evaluations during training (each run's eval.csv); "
-              "band: ± one std over seeds.", ""]
+              "band: ± one sample std (ddof = 1) over seeds.", ""]
     lines += [f"![{p.stem}]({p.name})" for p in curve_paths] + [""]
     if diag_paths:
         lines += ["## Gradient diagnostics", "", "One run per method and task (its lowest seed).", ""]

@@ -5,6 +5,7 @@ import csv
 import dataclasses
 import json
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -136,7 +137,7 @@ def _plt():
 
 def plot_learning_curves(run_dirs, out_path) -> Path:
     """One panel per evaluation mode (plus training episode returns); runs with the same
-    label (task + algorithm) are averaged, the band is ± one std over runs."""
+    label (task + algorithm) are averaged, the band is ± one sample std over runs (ddof = 1)."""
     plt = _plt()
     groups: dict[str, list] = {}
     for d in run_dirs:
@@ -176,10 +177,12 @@ def plot_learning_curves(run_dirs, out_path) -> Path:
             else:
                 grid = np.unique(np.concatenate([c_[0] for c_ in curves]))
                 ys = np.stack([np.interp(grid, x, y, left=np.nan, right=np.nan) for x, y in curves])
-                m, s = np.nanmean(ys, 0), np.nanstd(ys, 0)
+                with warnings.catch_warnings():     # a step only one run reached has no spread: no band there
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    m, s = np.nanmean(ys, 0), np.nanstd(ys, 0, ddof=1)
                 (line,) = ax.plot(grid, m, color=c)
                 ax.fill_between(grid, m - s, m + s, alpha=0.2, color=c)
-                name = f"{label} (mean of {len(curves)} runs, band ± std)"
+                name = f"{label} (mean of {len(curves)} runs, band ± sample std)"
             handles.setdefault(name, line)
         ax.set_title(panel)
         ax.set_xlabel("agent steps")

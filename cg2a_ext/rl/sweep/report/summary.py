@@ -1,7 +1,8 @@
 """The numbers of the report, from the runs' zero-shot evaluations: cells, aggregates, comparisons.
 
 A *cell* is one task, method and mode: the mean over its runs (seeds) of each run's mean episode
-return, and the standard deviation over runs (population, as the paper's "mean +- std over seeds").
+return, and the sample standard deviation over runs (``STD_DDOF`` = 1: with the 2-5 seeds of a sweep
+the population std, ddof = 0, understates the spread by a factor up to 1.4), shown with n.
 Only finished runs with a zero-shot result enter a cell.
 """
 from __future__ import annotations
@@ -13,6 +14,10 @@ import numpy as np
 from cg2a_ext.rl import algorithms
 from cg2a_ext.rl.sweep.report import stats
 from cg2a_ext.rl.sweep.report.collect import RunInfo
+
+# Delta degrees of freedom of every spread over runs in the report: the sample standard deviation.
+STD_DDOF = 1
+STD_NOTE = "mean ± sample std over seeds (ddof = 1), n = runs"
 
 
 def train_mode(task: str) -> str:
@@ -40,14 +45,20 @@ class Cell:
         return float(np.mean(self.run_means))
 
     @property
-    def std(self) -> float:
-        """Population std over runs; None with a single run (a spread of 0 would claim what one run cannot show)."""
-        return float(np.std(self.run_means)) if len(self.run_means) > 1 else None
+    def std(self) -> float | None:
+        """Sample std over runs (ddof = ``STD_DDOF``); None with a single run (a spread of 0 would claim what
+        one run cannot show)."""
+        return float(np.std(self.run_means, ddof=STD_DDOF)) if len(self.run_means) > 1 else None
+
+    @property
+    def n(self) -> int:
+        return len(self.run_means)
 
     def to_dict(self) -> dict:
         return {"task": self.task, "method": self.method, "algorithm": self.algorithm, "mode": self.mode,
                 "runs": self.runs, "seeds": self.seeds, "steps": self.steps, "episodes": self.episodes,
-                "run_means": self.run_means, "mean": self.mean, "std": self.std, "data_sources": self.data_sources}
+                "run_means": self.run_means, "n": self.n, "mean": self.mean, "std": self.std, "std_ddof": STD_DDOF,
+                "data_sources": self.data_sources}
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Markdown tables of the report, in the CG2A paper's layouts.
 
 - Table 1 (``color_hard``, the paper's "Random Colors") and Table 2 (``video_easy``, ``video_hard``):
-  one row per task, one column per method, "mean +- std (n)" over seeds; after an algorithm's own
+  one row per task, one column per method, "mean +- std (n=runs)" over seeds (sample std, ddof = 1); after an algorithm's own
   columns, the paper's number for it where the paper has that task and mode, labelled as the paper's.
 - The same layout for the modes the paper does not report (the train mode, color_easy).
 - Table 4 (ablations on ``video_hard``): one row per ablation the sweep holds (each run's row is its
@@ -16,7 +16,7 @@ import numpy as np
 
 from cg2a_ext.rl.sweep import paper_numbers
 from cg2a_ext.rl.sweep.report.collect import RunInfo
-from cg2a_ext.rl.sweep.report.summary import Summary, train_mode
+from cg2a_ext.rl.sweep.report.summary import STD_DDOF, STD_NOTE, Summary, train_mode
 
 MODE_TABLE = paper_numbers.MODE_TABLE
 
@@ -38,7 +38,7 @@ def _paper(table: str, mode: str, task: str, method: str) -> str:
 
 def mode_table(summary: Summary, mode: str) -> str:
     table = MODE_TABLE.get(mode)
-    headers, columns = ["task"], []
+    headers, columns = [f"task ({STD_NOTE})"], []
     for i, method in enumerate(summary.methods):
         algorithm = summary.algorithm_of[method]
         columns.append(("ours", method))
@@ -56,9 +56,13 @@ def mode_table(summary: Summary, mode: str) -> str:
                 row.append(_paper(table, mode, task, key))
                 continue
             cell = summary.cells.get((task, key, mode))
-            row.append(f"{_pm(cell.mean, cell.std)} (n={len(cell.run_means)})" if cell else "")
+            row.append(_cell(cell))
         rows.append(row)
     return _md(headers, rows)
+
+
+def _cell(cell) -> str:
+    return f"{_pm(cell.mean, cell.std)} (n={cell.n})" if cell else ""
 
 
 def ablation_table(summary: Summary, runs: list[RunInfo], mode: str = paper_numbers.ABLATION_MODE) -> str | None:
@@ -72,7 +76,7 @@ def ablation_table(summary: Summary, runs: list[RunInfo], mode: str = paper_numb
         return None
     rank = lambda row: order.index(row) if row in order else len(order)     # noqa: E731
     methods = sorted(ablation_of, key=lambda m: (rank(ablation_of[m]), ablation_of[m], m))
-    headers = ["method", "paper's row"]
+    headers = [f"method ({STD_NOTE})", "paper's row"]
     for task in summary.tasks:
         headers += [task, f"{task} (paper, Table {paper_numbers.ABLATION_TABLE})"]
     rows = []
@@ -80,7 +84,7 @@ def ablation_table(summary: Summary, runs: list[RunInfo], mode: str = paper_numb
         row = [method, ablation_of[method]]
         for task in summary.tasks:
             cell = summary.cells.get((task, method, mode))
-            row.append(f"{_pm(cell.mean, cell.std)} (n={len(cell.run_means)})" if cell else "")
+            row.append(_cell(cell))
             row.append(_paper(paper_numbers.ABLATION_TABLE, mode, task, ablation_of[method]))
         rows.append(row)
     return _md(headers, rows)
@@ -143,13 +147,13 @@ def retention_table(summary: Summary) -> str:
             train = summary.cells.get((task, method, train_mode(task)))
             if train is None:
                 continue
-            row = [task, method, _pm(train.mean, train.std)]
+            row = [task, method, _cell(train)]
             for m in test_modes:
                 r = summary.retention.get((task, method, m))
-                row.append((f"{np.mean(r):.2f} ± {np.std(r):.2f}" if len(r) > 1 else f"{r[0]:.2f}")
-                           if r else "")
+                row.append((f"{np.mean(r):.2f} ± {np.std(r, ddof=STD_DDOF):.2f} (n={len(r)})" if len(r) > 1
+                            else f"{r[0]:.2f} (n=1)") if r else "")
             rows.append(row)
-    return _md(["task", "method", "train return"] + [f"{m} / train" for m in test_modes], rows)
+    return _md(["task", "method", f"train return ({STD_NOTE})"] + [f"{m} / train" for m in test_modes], rows)
 
 
 def data_sources(summary: Summary, runs: list[RunInfo]) -> str:
