@@ -335,7 +335,7 @@ def test_trunk_layout_and_normalisation_match_plain_formula():
     actor, critic, _ = build_networks(OBS, A, num_conv_layers=3, num_filters=8, num_stride2=2)
     trunk = critic.encoder.shared_cnn.double()
     x = torch.randint(0, 256, (4, *OBS)).double()
-    expected = x / 255.0 - 0.5
+    expected = x / 255.0
     for layer in trunk.layers:
         expected = layer(expected.contiguous())
     torch.testing.assert_close(trunk(x), expected, rtol=1e-10, atol=1e-12)

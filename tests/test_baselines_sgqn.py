@@ -29,7 +29,7 @@ def _guided_reference(critic, obs, action):
                 h = layer(h)
         return h
 
-    h = run(net.encoder.shared_cnn.layers, x / 255.0 - 0.5)
+    h = run(net.encoder.shared_cnn.layers, x / 255.0)
     z = net.encoder.projection(h)
     q1 = run(net.Q1.trunk, torch.cat([z, action.double()], 1))
     (grad,) = torch.autograd.grad(q1.sum(), x)

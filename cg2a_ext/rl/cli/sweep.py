@@ -104,6 +104,7 @@ def main(argv=None) -> int:
         for run in runs:
             print(f"{run.name}\n    train.py {shlex.join(run.command_line())}")
         print(f"{len(runs)} runs under {root}")
+        print(_cost(runs))
         return 0
     try:
         import ray  # noqa: F401
@@ -131,5 +132,20 @@ def main(argv=None) -> int:
     return code
 
 
+def _cost(runs) -> str:
+    """The GPU-hours the runs would take (``cg2a_ext.rl.sweep.cost``), their configs resolved as a run does."""
+    import copy
+
+    from cg2a_ext.rl.config import resolve
+    from cg2a_ext.rl.sweep.cost import describe, estimate
+
+    configs = []
+    for run in runs:
+        cfg = copy.deepcopy(run.config)
+        resolve(cfg)
+        configs.append(cfg)
+    return describe(estimate(configs))
+
 if __name__ == "__main__":
     sys.exit(main())
+
