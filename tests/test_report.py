@@ -272,3 +272,33 @@ def test_spreads_over_seeds_are_sample_stds_and_say_so():
     from cg2a_ext.rl.sweep.report.summary import add_statistics
     retention = tables.retention_table(add_statistics(summary, runs, reps=50))
     assert "200 ± 141 (n=2)" in retention and "0.50 ± 0.00 (n=2)" in retention
+
+
+def test_run_labels_name_the_overlay_images_the_plan_records_for_every_overlaying_algorithm(tmp_path):
+    """plan.json's overlay_images (what the run resolved, CG2A_OVERLAY_DATA included) names the images of every
+    algorithm whose draws_overlay_images is True; config.json's image_bank when there is no plan."""
+    from cg2a_ext.rl import algorithms
+    from cg2a_ext.rl.config import TrainConfig
+    from cg2a_ext.rl.run.plots import run_label
+
+    def run(name, plan_images=None, **kw):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "config.json").write_text(json.dumps(TrainConfig(task="cartpole_balance", **kw).to_dict()))
+        if plan_images is not None:
+            (d / "plan.json").write_text(json.dumps({"overlay_images": plan_images}))
+        return d
+
+    places = "/data/places365"
+    assert run_label(run("sgqn", places, algorithm="sgqn")) == f"cartpole_balance sgqn image_bank={places}"
+    for name in ("cg2a", "ac", "svea"):
+        assert algorithms.get(name).draws_overlay_images
+        assert run_label(run(name, "procedural", algorithm=name)) == f"cartpole_balance {name} image_bank=procedural"
+    assert run_label(run("drq", "procedural", algorithm="drq")) == "cartpole_balance drq"    # overlays nothing
+    # no plan.json (an older run): the config's image_bank, else procedural
+    assert run_label(run("old", algorithm="svea", image_bank=places)) == f"cartpole_balance svea image_bank={places}"
+    assert run_label(run("old_default", algorithm="svea")) == "cartpole_balance svea image_bank=procedural"
+    # an ablation still splits the curves, and reads the options config.json records
+    options = algorithms.get("cg2a").Options(gas=False)
+    assert run_label(run("ablation", "procedural", algorithm="cg2a", options=options)) == \
+        "cartpole_balance cg2a gas=False image_bank=procedural"

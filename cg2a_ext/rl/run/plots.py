@@ -115,6 +115,8 @@ def run_label(run_dir) -> str:
     for option in algo.method_options:
         if option in own:
             value, default = getattr(options, option), getattr(defaults, option)
+            if value is None:                           # left unset: the algorithm's default for the task
+                continue
         elif option == "image_bank" or option not in cfg:
             continue                                    # the images: below, from what the run recorded
         else:
