@@ -49,6 +49,23 @@ class RunResult:
     already_finished: bool = False
 
 
+def choose_threads(requested: int) -> tuple[int, str]:
+    """torch's intra-op threads and why: ``requested`` when given (--num_threads), else the cores free at start
+    (cores minus the 1-minute load average, at least 1): on a busy 2-core machine one thread ran a cg2a update
+    faster than two that fight the other jobs for the cores (BENCHMARKS.md)."""
+    import torch
+
+    if requested:
+        return requested, "--num_threads"
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return torch.get_num_threads(), "torch's default: the load is unknown"
+    free = max(1, min(cores, int(cores - load + 0.5)))
+    return free, f"{cores} cores, load {load:.1f}: the free ones; --num_threads N to choose"
+
+
 def check_networks(cfg) -> None:
     """Build the agent's networks on the meta device (no memory, no time): a frame too small for the encoder or
     another shape error is refused before any folder exists."""
@@ -81,14 +98,17 @@ def check_inputs(cfg) -> str:
     The family's test-mode data (``data_dir``; dmc: DMC-GB's colour JSONs and each clip's first frame, or
     CG2A_DMCGB_DATA) and the overlay image folder (``image_bank`` or CG2A_OVERLAY_DATA: every image it will use is
     decoded now, at the observation size; the run then reuses these images)."""
-    from cg2a_ext.rl.core.image_bank import OVERLAY_ENV_VAR, resolve_image_bank
+    from cg2a_ext.rl.core.image_bank import OVERLAY_ENV_VAR, bank_options, resolve_image_bank, source_side
     from cg2a_ext.rl.envs import family_of
+    from cg2a_ext.rl.run.seeding import SeedStreams
 
     try:
         modes = tuple(cfg.eval_modes) if cfg.eval_freq > 0 else ("train",)
         source = family_of(cfg.task).check_data(cfg.data_dir or None, modes)
         if cfg.image_bank or os.environ.get(OVERLAY_ENV_VAR, "").strip():
-            resolve_image_bank(cfg.image_bank or None).pool(cfg.image_size, cfg.image_size)
+            # the run's own pool (its subset and size): decoded now, so a bad image stops the run before its folder
+            bank = resolve_image_bank(**bank_options(cfg, SeedStreams(cfg.seed)))
+            bank.source(source_side(cfg.image_size, cfg.image_size))
     except (OSError, ValueError, RuntimeError) as e:
         raise InputError(str(e)) from None
     return source
@@ -323,8 +343,9 @@ def _train(cfg, run_dir: Path, command: str, rd, load_resumable) -> RunResult:
     from cg2a_ext.rl.run.seeding import SeedStreams
     from cg2a_ext.rl.core.trainer import Trainer, TrainingStopped
 
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    threads, why = choose_threads(cfg.num_threads)
+    torch.set_num_threads(threads)
+    print(f"torch threads: {threads} ({why})", flush=True)
     if cfg.keep_freed_host_memory:
         keep_freed_host_memory()
     device = torch.device("cuda" if (cfg.device == "auto" and torch.cuda.is_available()) else

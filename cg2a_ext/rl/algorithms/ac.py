@@ -15,7 +15,7 @@ class AugmentedMean(AugmentationCombination):
     name = "ac"
     label = "AC"
     summary = "AC: the plain mean of the clean and augmented critic losses"
-    method_options = ("augmentations", "image_bank")
+    method_options = ("augmentations", "image_bank", "overlay_s_mu")
 
     @classmethod
     def ablation(cls, options) -> str | None:

@@ -30,7 +30,7 @@ class CG2AAlgorithm(AugmentationCombination):
     Options = CG2AOptions
     cli_aliases = {"sgs_damping": ("--gamma",)}
     summary = "CG2A: per-loss gradients weighted by GAS and softly masked by SGS"
-    method_options = ("augmentations", "gas", "sgs", "sgs_damping", "mask", "image_bank")
+    method_options = ("augmentations", "gas", "sgs", "sgs_damping", "mask", "image_bank", "overlay_s_mu")
 
     @classmethod
     def check_config(cls, options, cfg) -> None:
