@@ -31,3 +31,23 @@ def test_bad_options_are_refused_before_the_run_folder_exists(tmp_path, kw, mess
     with pytest.raises(RunError, match=message) as err:
         train(TrainConfig(task="cartpole_balance", algorithm="drq", preset="cpu", run_dir=str(run), **kw))
     assert err.value.exit_code == 2 and not run.exists()
+
+
+def test_a_checkpoint_of_the_previous_format_is_refused_with_how_to_finish_it(tmp_path):
+    import torch
+
+    from cg2a_ext.rl.run.checkpoint import list_checkpoints
+
+    run = tmp_path / "run"
+    small = dict(task="cartpole_balance", algorithm="drq", preset="cpu", train_steps=30, seed_steps=10, eval_freq=0,
+                 batch_size=8, buffer_capacity=100, episode_length=80, image_size=32, num_conv_layers=2,
+                 num_filters=4, projection_dim=8, hidden_dim=16, progress=False, tensorboard=False, run_dir=str(run))
+    train(TrainConfig(**small))
+    path = list_checkpoints(run)[-1][1]
+    state = torch.load(path, weights_only=True)
+    assert state["format"] == 2
+    del state["format"]                                   # as the previous version wrote it
+    torch.save(state, path)
+    with pytest.raises(RunError, match="Finish it with the previous version: git checkout 3bcb0b2") as err:
+        train(TrainConfig(**{**small, "train_steps": 40, "resume": True}))
+    assert err.value.exit_code == 2

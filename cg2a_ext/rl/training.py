@@ -341,7 +341,7 @@ def _train(cfg, run_dir: Path, command: str, rd, load_resumable) -> RunResult:
     from cg2a_ext.rl.core.replay import FrameReplayBuffer, frames_device_for
     from cg2a_ext.rl.run.logs import Progress, Rates, RunLogger
     from cg2a_ext.rl.run.seeding import SeedStreams
-    from cg2a_ext.rl.core.trainer import Trainer, TrainingStopped
+    from cg2a_ext.rl.core.trainer import CHECKPOINT_FORMAT, PREVIOUS_FORMAT_VERSION, Trainer, TrainingStopped
 
     threads, why = choose_threads(cfg.num_threads)
     torch.set_num_threads(threads)
@@ -377,6 +377,12 @@ def _train(cfg, run_dir: Path, command: str, rd, load_resumable) -> RunResult:
         if cfg.resume:
             state, path = load_resumable(run_dir, replay, map_location=device,
                                          warn=lambda m: print(m, file=sys.stderr, flush=True))
+            if int(state.get("format", 1)) < CHECKPOINT_FORMAT:
+                raise RunError(f"--resume: {path} was written before checkpoint format {CHECKPOINT_FORMAT} (its networks "
+                               "saw pixels scaled x/255 - 0.5 and a fixed overlay set; this version scales x/255 and "
+                               "draws fresh overlays, so resuming would change the run). Finish it with the previous "
+                               f"version: git checkout {PREVIOUS_FORMAT_VERSION} && pip install --no-build-isolation . "
+                               f"&& {command} --resume --run_dir {shlex.quote(str(run_dir))}")
             if int(state["step"]) > cfg.train_steps:
                 raise RunError(f"--resume: the run's checkpoint is at step {state['step']}, past --train_steps "
                                f"{cfg.train_steps}")

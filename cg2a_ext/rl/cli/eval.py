@@ -1,4 +1,4 @@
-"""Zero-shot evaluation of saved agents on DMC-GB modes.
+"""Zero-shot evaluation of saved agents on their task family's modes (dmc: train and DMC-GB's four test modes).
 
     cg2a-eval --run DIR [DIR ...] --modes train color_hard video_easy video_hard --episodes 100
 
@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import get_args
-
-from cg2a_ext.rl.config import Mode
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", nargs="+", required=True, help="run folder(s) (each with config.json and checkpoints/)")
-    p.add_argument("--modes", nargs="+", choices=get_args(Mode), default=list(get_args(Mode)),
-                   help="evaluation modes (default: all)")
+    p.add_argument("--modes", nargs="+", default=None,
+                   help="evaluation modes of the runs' task family (default: all of them)")
     p.add_argument("--episodes", type=int, default=100, help="episodes per mode and run")
     p.add_argument("--checkpoint", default="latest", help="'latest' or a step_<N>.pt file name inside checkpoints/")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
@@ -29,25 +26,35 @@ def main(argv=None) -> dict:
     p.add_argument("--video", action="store_true", help="record the first episode of each mode")
     args = p.parse_args(argv)
 
+    from cg2a_ext.rl.config import ConfigError, TrainConfig
+    from cg2a_ext.rl.envs import family_of
     from cg2a_ext.rl.run.checkpoint import CheckpointError, checkpoint_dir, latest_checkpoint
-    from cg2a_ext.rl.config import TrainConfig
+    from cg2a_ext.rl.run.folder import CONFIG
 
-    modes = list(dict.fromkeys(args.modes))
     if args.episodes <= 0:
         p.error("--episodes must be positive")
     # check every run before any work
     plan = []
     for d in args.run:
         d = Path(d)
-        if not (d / "config.json").is_file():
-            p.error(f"{d} is not a run folder (no config.json)")
+        if not (d / CONFIG).is_file():
+            p.error(f"{d} is not a run folder (no {CONFIG})")
         try:
             ck = latest_checkpoint(d) if args.checkpoint == "latest" else checkpoint_dir(d) / args.checkpoint
             if not ck.is_file():
                 raise CheckpointError(f"checkpoint {ck} does not exist")
         except CheckpointError as e:
             p.error(str(e))
-        plan.append((d, ck, TrainConfig.load(d / "config.json")))
+        try:
+            cfg = TrainConfig.load(d / CONFIG)
+            modes = list(dict.fromkeys(args.modes or family_of(cfg.task).modes))
+            known = family_of(cfg.task).modes
+        except (ConfigError, ValueError) as e:
+            p.error(str(e))
+        unknown = [m for m in modes if m not in known]
+        if unknown:
+            p.error(f"unknown mode(s) {', '.join(unknown)} for {cfg.task}; choose from {', '.join(known)}")
+        plan.append((d, ck, cfg))
 
     import torch
 
@@ -66,7 +73,10 @@ def main(argv=None) -> dict:
         try:
             env0 = next(iter(envs.values()))
             agent = make_agent(env0.observation_space.shape, env0.action_space.shape[0], cfg, device=device)
-            state = load_checkpoint(ck, map_location=device)
+            try:
+                state = load_checkpoint(ck, map_location=device)
+            except CheckpointError as e:
+                p.error(str(e))
             agent.load_state_dict(state["agent"], networks_only=True)
             seeds = SeedStreams(cfg.seed if args.seed is None else args.seed)
             res = evaluate_modes(agent, envs, args.episodes, video_dir=(d / "videos") if args.video else None,

@@ -63,6 +63,12 @@ def window_means(values: dict[str, list]) -> dict[str, float]:
     return {key: means[key] for key in values}      # the metrics' own order
 
 
+# 2: networks scale pixels x/255 (DMC-GB) and overlays draw fresh crops; format 1 (no "format" key) scaled
+# x/255 - 0.5, so its networks would see shifted inputs if resumed by this code.
+CHECKPOINT_FORMAT = 2
+PREVIOUS_FORMAT_VERSION = "3bcb0b2"     # the last commit that writes and resumes format 1
+
+
 class TrainingStopped(Exception):
     """The run was stopped by a signal after writing a checkpoint (``path``) at ``step``."""
 
@@ -176,7 +182,7 @@ class Trainer:
 
     def state_dict(self) -> dict:
         return {"agent": self.agent.state_dict(), "rng": self.rng_state(), "episode": self.episode,
-                "config": self.cfg.to_dict(), "last_return": self.last_return,
+                "config": self.cfg.to_dict(), "last_return": self.last_return, "format": CHECKPOINT_FORMAT,
                 "log_accumulator": {k: [float(v) for v in vs] for k, vs in self._log_acc.items()},
                 "elapsed_s": self.elapsed(), "episode_in_progress": self._in_episode,
                 "evaluate_first": self._evaluate_first, "final_evaluation": self.final_evaluation,
