@@ -88,6 +88,8 @@ def test_grid_converts_values_by_the_field_types_and_gives_algorithm_options_to_
         build_spec(None, ["cartpole_balance"], ["cg2a"], [0], ["gamma=0.3"]).runs()
     with pytest.raises(GridError, match="takes an integer"):
         build_spec(None, ["cartpole_balance"], ["drq"], [0], ["batch_size=6.5"]).runs()
+    with pytest.raises(GridError, match="gamma and sgs_damping both set cg2a's sgs_damping"):
+        build_spec(None, ["cartpole_balance"], ["cg2a"], [0], ["gamma=0.3 0.3", "sgs_damping=0.2 0.2"]).runs()
 
 
 def test_grid_toml_gives_the_same_runs_as_the_command_line(tmp_path):

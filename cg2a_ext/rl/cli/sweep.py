@@ -146,6 +146,6 @@ def _cost(runs) -> str:
         configs.append(cfg)
     return describe(estimate(configs))
 
+
 if __name__ == "__main__":
     sys.exit(main())
-

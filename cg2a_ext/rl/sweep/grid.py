@@ -136,7 +136,7 @@ def _scalar(key: str, typ, value: Any) -> Any:
         if typ is int and isinstance(value, float) and not value.is_integer():
             raise GridError(f"option {key} takes an integer, got {value!r}")
         try:
-            return typ(text if text is not None else value) if typ is float or text is None else int(text)
+            return typ(text if text is not None else value)        # int("6.5") fails; int(8.0) is 8
         except (TypeError, ValueError):
             raise GridError(f"option {key} takes {'an integer' if typ is int else 'a number'}, got {value!r}") \
                 from None
@@ -214,12 +214,14 @@ def build_config(task: str, algorithm: str, seed: int, values: Mapping[str, Any]
     GridError when two names set one field (``gamma`` and ``sgs_damping``)."""
     core: dict[str, Any] = {}
     own: dict[str, Any] = {}
+    set_by: dict[tuple[str, str], str] = {}
     for key, value in values.items():
         opt = option(key)
-        target, name = (own, opt.owners[algorithm]) if opt.owners else (core, key)
-        if name in target:
-            raise GridError(f"option {key} sets {name}, which another option of the run sets too")
-        target[name] = value
+        kind, name = ("options", opt.owners[algorithm]) if opt.owners else ("core", key)
+        if (kind, name) in set_by:
+            raise GridError(f"options {set_by[kind, name]} and {key} both set {algorithm}'s {name}; give one")
+        set_by[kind, name] = key
+        (own if opt.owners else core)[name] = value
     return TrainConfig(task=task, algorithm=algorithm, seed=seed, options=algorithms.get(algorithm).Options(**own),
                        **core)
 
