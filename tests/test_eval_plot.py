@@ -59,7 +59,16 @@ def test_eval_bad_inputs(runs, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         eval_script.main(["--run", str(runs[0]), "--modes", "train", "foggy", "--episodes", "1"])
-    assert "invalid choice: 'foggy'" in capsys.readouterr().err
+    assert "unknown mode(s) foggy for cartpole_balance" in capsys.readouterr().err
+    bad = tmp_path / "damaged"
+    bad.mkdir()
+    for content in (b'{"task": "cartpole_balance", "seed', bytes(range(256)), b'{"task": 3, "seed": "x"}'):
+        (bad / "config.json").write_bytes(content)
+        (bad / "checkpoints").mkdir(exist_ok=True)
+        (bad / "checkpoints" / "step_000000010.pt").write_bytes(b"x")
+        with pytest.raises(SystemExit) as err:
+            eval_script.main(["--run", str(bad), "--episodes", "1"])
+        assert err.value.code == 2 and str(bad / "config.json") in capsys.readouterr().err
 
 
 def test_plot(runs, tmp_path):
@@ -75,21 +84,23 @@ def test_plot(runs, tmp_path):
 def test_run_label_separates_ablations_not_seeds(tmp_path):
     import json
 
-    from cg2a_ext.rl.config import TrainConfig
     from cg2a_ext.rl.run.plots import run_label
+
+    from agent_support import config_with
 
     def run(name, **kw):
         d = tmp_path / name
         d.mkdir()
-        (d / "config.json").write_text(json.dumps(TrainConfig(task="cartpole_balance", **kw).to_dict()))
+        (d / "config.json").write_text(json.dumps(config_with(task="cartpole_balance", **kw).to_dict()))
         return d
 
-    assert run_label(run("a", seed=0)) == run_label(run("b", seed=1)) == "cartpole_balance cg2a"
-    assert run_label(run("c", gas=False)) == "cartpole_balance cg2a gas=False"
+    procedural = " image_bank=procedural"      # overlay images are named for every algorithm that overlays
+    assert run_label(run("a", seed=0)) == run_label(run("b", seed=1)) == "cartpole_balance cg2a" + procedural
+    assert run_label(run("c", gas=False)) == "cartpole_balance cg2a gas=False" + procedural
     assert run_label(run("d", augmentations=("overlay", "overlay_s"))) == \
-        "cartpole_balance cg2a augmentations=overlay,overlay_s"
-    # drq ignores the combination options, so they do not split its curves
-    assert run_label(run("e", algorithm="drq", augmentations=("overlay",))) == "cartpole_balance drq"
+        "cartpole_balance cg2a augmentations=overlay,overlay_s" + procedural
+    # drq has no combination options and overlays nothing
+    assert run_label(run("e", algorithm="drq")) == "cartpole_balance drq"
     # the baselines' overlay images: results made with the procedural bank say so
     assert run_label(run("f", algorithm="soda")) == "cartpole_balance soda image_bank=procedural"
 

@@ -244,6 +244,10 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"unknown config keys: {', '.join(unknown)}")
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        for f in fields(cls):
+            if f.name in values and f.default is not None and f.name != "options":
+                if not _same_kind(values[f.name], f.default):
+                    raise ConfigError(f"{f.name} must be {type(f.default).__name__}, got {values[f.name]!r}")
         return cls(**values, options=algo.options_from_dict(options))
 
     def save(self, path) -> None:
@@ -311,6 +315,17 @@ PRESETS: dict[str, dict[str, Any]] = {
 UNSET_MEANS_DEFAULT = ("image_size", "frame_stack", "action_repeat", "episode_length", "train_steps", "seed_steps",
                        "eval_freq", "eval_episodes", "eval_modes", "log_freq", "checkpoint_freq", "batch_size",
                        "num_conv_layers", "num_filters", "num_stride2", "projection_dim", "hidden_dim")
+
+
+def _same_kind(value, default) -> bool:
+    """A JSON value fits a field whose default is ``default`` (an int for a float field is fine)."""
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, type(default))
 
 
 def resolve_preset(name: str) -> str:
