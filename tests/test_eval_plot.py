@@ -145,3 +145,20 @@ def test_evaluation_images_figure_rows_spread_over_training(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plot_evaluation_images(tmp_path / "no_images", tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+
+
+def test_plot_names_a_damaged_file(runs, tmp_path, capsys):
+    import shutil
+
+    bad = tmp_path / "damaged"
+    shutil.copytree(runs[0], bad)
+    for name, content in (("config.json", b'{"task": "cartpole_balance", "se'), ("config.json", b"[1, 2]")):
+        (bad / name).write_bytes(content)
+        with pytest.raises(SystemExit) as err:
+            plot_script.main([str(bad), "--out", str(tmp_path / "out")])
+        assert err.value.code == 2 and str(bad / name) in capsys.readouterr().err
+    shutil.copy(runs[0] / "config.json", bad / "config.json")
+    (bad / "eval.csv").write_bytes(b"step,mode\n\x00\xff\xfe\n")
+    with pytest.raises(SystemExit) as err:
+        plot_script.main([str(bad), "--out", str(tmp_path / "out")])
+    assert err.value.code == 2 and str(bad / "eval.csv") in capsys.readouterr().err

@@ -108,7 +108,7 @@ def test_second_process_is_refused_and_a_stale_lock_taken_over(tmp_path, capsys)
         with pytest.raises(RunDirError, match=f"in use by process {holder.pid}"):
             RunLock(d).acquire()
         with pytest.raises(SystemExit) as e:
-            run(d, "--train_steps", "10", "--eval_freq", "0")
+            run(d, "--train_steps", "30", "--eval_freq", "0")
         assert e.value.code == 2 and f"in use by process {holder.pid}" in capsys.readouterr().err
         assert not (d / "config.json").exists()
     finally:
@@ -122,6 +122,47 @@ def test_second_process_is_refused_and_a_stale_lock_taken_over(tmp_path, capsys)
     assert not (d / ".lock").exists()
 
 
+def test_a_launch_that_loses_the_race_deletes_nothing(tmp_path, monkeypatch):
+    """Issue 19, defect 1: a second launch that found no folder, then lost the lock to a first launch that
+    created the folder meanwhile, used to delete the folder the winner was writing."""
+    from cg2a_ext.rl.run.folder import open_new_run
+
+    d = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    original = Path.mkdir
+    holder = None
+
+    def mkdir_after_the_winner(self, *args, **kwargs):
+        nonlocal holder
+        if self == d and holder is None:       # the winner creates, locks and writes between our look and mkdir
+            original(self, parents=True)
+            (d / "train.csv").write_text("step\n1\n")
+            holder = subprocess.Popen([sys.executable, "-c", LOCKER, str(d)], stdout=subprocess.PIPE, env=env, cwd=ROOT)
+            assert holder.stdout.readline().strip() == b"locked"
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir_after_the_winner)
+    try:
+        with pytest.raises(RunDirError, match="in use by process"):
+            open_new_run(d)
+        assert (d / "train.csv").read_text() == "step\n1\n"       # the winner's folder and files are intact
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+
+
+def test_a_refused_new_run_removes_only_the_empty_folder_it_created(tmp_path, monkeypatch):
+    from cg2a_ext.rl.run import folder
+    from cg2a_ext.rl.run.folder import open_new_run
+
+    d = tmp_path / "fresh"
+    monkeypatch.setattr(folder, "clean_stale_temporaries", lambda run_dir: (_ for _ in ()).throw(OSError("boom")))
+    with pytest.raises(OSError, match="boom"):
+        open_new_run(d)
+    assert not d.exists()
+
+
 # --------------------------------------------------------------------------- new runs, finished runs
 def test_new_run_refuses_an_earlier_runs_logs_unless_overwrite(tmp_path, capsys):
     d = tmp_path / "run"
@@ -129,12 +170,12 @@ def test_new_run_refuses_an_earlier_runs_logs_unless_overwrite(tmp_path, capsys)
     (d / "train.csv").write_text("step,episode\n10,0\n")        # logs without a checkpoint
     assert run_status(d) == "partial"
     with pytest.raises(SystemExit) as e:
-        run(d, "--train_steps", "10", "--eval_freq", "0")
+        run(d, "--train_steps", "30", "--eval_freq", "0")
     err = capsys.readouterr().err
     assert e.value.code == 2 and "holds an earlier run" in err and "train.csv" in err and "--overwrite" in err
     assert (d / "train.csv").read_text() == "step,episode\n10,0\n"
-    run(d, "--train_steps", "10", "--eval_freq", "0", "--overwrite")
-    assert [(r["step"], r["episode"]) for r in rows(d / "train.csv")] == [("10", "0")]
+    run(d, "--train_steps", "30", "--eval_freq", "0", "--overwrite")
+    assert [(r["step"], r["episode"]) for r in rows(d / "train.csv")] == [("10", "0"), ("20", "1"), ("30", "2")]
     assert json.loads((d / "config.json").read_text())["overwrite"] is False
     assert run_status(d) == "finished"
 
@@ -292,7 +333,7 @@ def _image_folder(tmp_path):
 
 @pytest.mark.parametrize("case", ["missing_data", "missing_color", "bad_clip", "missing_bank", "bad_image"])
 def test_data_inputs_are_checked_before_the_run_folder(tmp_path, capsys, case):
-    ev = ["--eval_freq", "10", "--train_steps", "10"]
+    ev = ["--eval_freq", "30", "--train_steps", "30"]
     argv = {
         "missing_data": lambda: ev + ["--data_dir", str(tmp_path / "nope"), "--eval_modes", "color_easy"],
         "missing_color": lambda: ev + ["--data_dir", str(_clip_folder(tmp_path)), "--eval_modes", "train",
@@ -424,7 +465,9 @@ def test_progress_redraws_a_log_file_rarely_and_a_terminal_live(monkeypatch):
         def isatty(self):
             return True
 
+    from cg2a_ext.rl.config import resolve
     cfg = TrainConfig(train_steps=2000, seed_steps=0, eval_freq=0)
+    resolve(cfg)
     redraws = {}
     for name, stream in (("log", io.StringIO()), ("terminal", Terminal())):
         monkeypatch.setattr(sys, "stderr", stream)

@@ -143,9 +143,9 @@ def test_killed_run_resumes_mid_episode_from_last_checkpoint(tmp_path, monkeypat
 
 @pytest.mark.parametrize("argv,msg", [
     (["--task", "no_such_task"], "unknown task"),
-    (["--algorithm", "ppo"], "invalid choice 'ppo'"),
+    (["--algorithm", "ppo"], "unknown algorithm 'ppo'"),
     (["--gamma", "0.5"], "--gamma"),
-    (["--gamma", "0.3", "0.2"], "need 0 <= A <= B <= 1"),
+    (["--gamma", "0.3", "0.2"], "need finite 0 <= A <= B <= 1"),
     (["--augmentations", "conv", "bogus"], "invalid choice 'bogus'"),
     (["--checkpoint_minutes", "-1"], "--checkpoint_minutes must be >= 0"),
 ])
@@ -171,22 +171,23 @@ def test_resume_without_checkpoint_fails_clearly(tmp_path, capsys):
 
 
 def test_auto_preset_suits_the_machine():
-    from cg2a_ext.rl.config import PRESETS, config_from_args
+    from cg2a_ext.rl.cli.options import config_from_args
+    from cg2a_ext.rl.config import PRESETS
     cfg = config_from_args(["--task", "finger_spin"])
     if torch.cuda.is_available():
         assert cfg.preset == "paper" and cfg.device == "auto"
     else:
         assert cfg.preset == "cpu" and cfg.device == "cpu"
-        assert cfg.image_size == PRESETS["cpu"]["image_size"] and cfg.train_steps == PRESETS["cpu"]["train_steps"]
+        assert cfg.num_filters == PRESETS["cpu"]["num_filters"] and cfg.train_steps == PRESETS["cpu"]["train_steps"]
 
 
 def test_default_command_is_paper_configuration():
-    from cg2a_ext.rl.config import config_from_args
+    from cg2a_ext.rl.cli.options import config_from_args
     cfg = config_from_args(["--task", "finger_spin", "--preset", "paper"])
     assert (cfg.algorithm, cfg.train_steps, cfg.eval_freq, cfg.batch_size, cfg.image_size, cfg.action_repeat) == \
         ("cg2a", 500_000, 10_000, 128, 84, 4)
     assert cfg.eval_modes == ("train", "color_easy", "color_hard", "video_easy", "video_hard")
-    assert cfg.device == "auto" and cfg.augmentations == ("conv", "overlay", "overlay_s")
+    assert cfg.device == "auto" and cfg.options.augmentations == ("conv", "overlay", "overlay_s")
 
 
 def test_help_lists_every_option(capsys):
@@ -197,7 +198,11 @@ def test_help_lists_every_option(capsys):
         train_script.build_and_train(["--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    missing = [f.name for f in fields(TrainConfig) if f"--{f.name}" not in out]
+    from cg2a_ext.rl.algorithms import get as get_algorithm
+
+    names = [f.name for f in fields(TrainConfig) if f.name != "options"]   # options: the algorithm's own
+    names += [f.name for f in fields(get_algorithm("cg2a").Options)]
+    missing = [n for n in names if f"--{n}" not in out]
     assert not missing, f"options missing from --help: {missing}"
 
 
@@ -221,8 +226,8 @@ def test_speed_measurement_leaves_first_compilations_out(monkeypatch):
     import time as time_module
 
     import cg2a_ext.rl.core.agent as agent_module
-    from cg2a_ext.rl.config import config_from_args
-    from cg2a_ext.rl.cli.train import measure_rates
+    from cg2a_ext.rl.cli.options import config_from_args
+    from cg2a_ext.rl.training import measure_rates
 
     class FirstCallsSlow:
         def __init__(self):
