@@ -19,21 +19,28 @@ def main(argv=None) -> list[Path]:
     p.add_argument("runs", nargs="+", help="run folders")
     p.add_argument("--out", default=None, help="output folder (default: the first run folder)")
     args = p.parse_args(argv)
+    from cg2a_ext.rl.run.folder import LOGS
+
     for d in args.runs:
-        if not (Path(d) / "eval.csv").is_file() and not (Path(d) / "train.csv").is_file():
-            p.error(f"{d} is not a run folder with logs (no eval.csv / train.csv)")
+        if not any((Path(d) / name).is_file() for name in LOGS):
+            p.error(f"{d} is not a run folder with logs (no {' / '.join(LOGS)})")
     from cg2a_ext.rl.run.plots import (plot_evaluation_images, plot_gradient_diagnostics, plot_learning_curves,
                                       run_label)
 
+    from cg2a_ext.rl.run.folder import DamagedFileError
+
     out = Path(args.out) if args.out else Path(args.runs[0])
     out.mkdir(parents=True, exist_ok=True)
-    written = [plot_learning_curves(args.runs, out / "learning_curves.png")]
-    for i, d in enumerate(args.runs):
-        label = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_label(d))
-        for w in (plot_gradient_diagnostics(d, out / f"grad_diagnostics_{i}_{label}.png"),
-                  plot_evaluation_images(d, out / f"evaluation_images_{i}_{label}.png")):
-            if w is not None:
-                written.append(w)
+    try:
+        written = [plot_learning_curves(args.runs, out / "learning_curves.png")]
+        for i, d in enumerate(args.runs):
+            label = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_label(d))
+            for w in (plot_gradient_diagnostics(d, out / f"grad_diagnostics_{i}_{label}.png"),
+                      plot_evaluation_images(d, out / f"evaluation_images_{i}_{label}.png")):
+                if w is not None:
+                    written.append(w)
+    except DamagedFileError as e:
+        p.error(str(e))
     for w in written:
         print(f"wrote {w}")
     return written

@@ -52,6 +52,76 @@ _TEMPORARY = re.compile(r"^\..+\.tmp\d+$")
 RunStatus = Literal["new", "partial", "finished"]
 
 
+class DamagedFileError(ValueError):
+    """A run-folder file (config.json, plan.json, a CSV log) exists but cannot be read; the message names it."""
+
+
+def read_json(path):
+    """The JSON value in ``path``; DamagedFileError naming the file when it is truncated, not UTF-8 or not JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise DamagedFileError(f"{path} is damaged ({type(e).__name__}: {e})") from None
+
+
+def read_csv_rows(path) -> list[dict]:
+    """The rows of CSV log ``path`` as dicts ([] when it does not exist); DamagedFileError naming a damaged one."""
+    import csv
+    import io
+
+    path = Path(path)
+    if not path.is_file():
+        return []
+    try:
+        return list(csv.DictReader(io.StringIO(path.read_bytes().decode("utf-8"), newline="")))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise DamagedFileError(f"{path} is damaged ({type(e).__name__}: {e})") from None
+
+
+class DamagedFileError(ValueError):
+    """A run-folder file (config.json, plan.json, a CSV log, a checkpoint) exists but cannot be read; the
+    message starts with the file's path."""
+
+
+def read_json(path):
+    """The JSON value in ``path``; DamagedFileError naming the file when it is truncated, not UTF-8 or not JSON."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise DamagedFileError(f"{path}: damaged ({type(e).__name__}: {e})") from None
+
+
+def read_json_object(path) -> dict:
+    """``read_json`` for files that hold one JSON object (config.json, plan.json, finished.json)."""
+    value = read_json(path)
+    if not isinstance(value, dict):
+        raise DamagedFileError(f"{path}: damaged (a JSON object expected, got {type(value).__name__})")
+    return value
+
+
+def read_csv_rows(path) -> list[dict]:
+    """The rows of CSV log ``path`` as dicts ([] when it does not exist). A last line cut short by a killed
+    process or a full disk is left out; DamagedFileError naming a damaged file (not UTF-8, not CSV).
+    The one CSV reader of run folders: the logger, the plots and the sweep's run state read through it."""
+    import csv
+    import io
+
+    path = Path(path)
+    if not path.is_file():
+        return []
+    try:
+        text = path.read_bytes().decode("utf-8")
+        if "\0" in text:
+            raise ValueError("NUL bytes in a text file")
+        if text and not text.endswith("\n"):
+            text = text[: text.rfind("\n") + 1]
+        return list(csv.DictReader(io.StringIO(text, newline="")))
+    except (UnicodeDecodeError, ValueError, csv.Error) as e:
+        raise DamagedFileError(f"{path}: damaged ({type(e).__name__}: {e})") from None
+
+
 class RunDirError(RuntimeError):
     """The run folder cannot be used as asked (in use, holds another run, not a run)."""
 
@@ -221,11 +291,15 @@ def open_new_run(run_dir, overwrite: bool = False) -> RunLock:
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"--run_dir {run_dir} exists and is not a folder")
-    created = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock = RunLock(run_dir)
+    # created by this process only if this very mkdir made it (exists-then-mkdir would race another launch)
     try:
-        lock.acquire()
+        run_dir.mkdir(parents=True)
+        created = True
+    except FileExistsError:
+        created = False
+    lock = RunLock(run_dir)
+    lock.acquire()          # refused: nothing is removed, the folder is the holder's
+    try:
         found = existing_run_files(run_dir)
         if found and not overwrite:
             status = run_status(run_dir)
@@ -237,9 +311,12 @@ def open_new_run(run_dir, overwrite: bool = False) -> RunLock:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
         clean_stale_temporaries(run_dir)
     except BaseException:
-        lock.release()
+        lock.release()      # unlinks the lock file
         if created:
-            shutil.rmtree(run_dir, ignore_errors=True)
+            try:            # only if still empty: rmdir never deletes what another process wrote since
+                run_dir.rmdir()
+            except OSError:
+                pass
         raise
     return lock
 

@@ -1,7 +1,6 @@
 """Learning curves per mode and the gradient-diagnostics figure (paper Fig. 1), as PNG."""
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import re
@@ -12,11 +11,9 @@ import numpy as np
 
 
 def _read_csv(path) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    from cg2a_ext.rl.run.folder import read_csv_rows
+
+    return read_csv_rows(path)
 
 
 def _num(v):
@@ -103,7 +100,11 @@ def run_label(run_dir) -> str:
     from cg2a_ext.rl import algorithms
     from cg2a_ext.rl.config import TrainConfig
 
-    cfg = json.loads(cfg_path.read_text())
+    from cg2a_ext.rl.run.folder import DamagedFileError, read_json
+
+    cfg = read_json(cfg_path)
+    if not isinstance(cfg, dict):
+        raise DamagedFileError(f"{cfg_path} is not a config (a JSON object), got {type(cfg).__name__}")
     name, task = cfg.get("algorithm", "?"), cfg.get("task", "?")
     label = f"{task} {name}"
     if name not in algorithms.NAMES:
