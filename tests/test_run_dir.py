@@ -482,3 +482,50 @@ def test_progress_redraws_a_log_file_rarely_and_a_terminal_live(monkeypatch):
         redraws[name] = stream.getvalue().count("\r")
     assert redraws["log"] <= 6, redraws          # one per minute, plus the first and the last
     assert redraws["terminal"] >= 100, redraws    # about one a second
+
+
+# --------------------------------------------------------------------------- two launches into one new folder
+def test_a_launch_that_loses_the_lock_deletes_nothing(tmp_path, monkeypatch):
+    """Two launches into one new folder: the loser (here, delayed between creating the folder and locking it
+    while the winner locks it and writes config.json) must not delete the folder the winner is writing."""
+    from cg2a_ext.rl.run import folder as rd
+
+    d = tmp_path / "runs" / "run"
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    winner = []
+    acquire = rd.RunLock.acquire
+
+    def delayed_acquire(self):
+        if not winner:                          # the other launch gets in first
+            d.mkdir(parents=True, exist_ok=True)
+            winner.append(subprocess.Popen([sys.executable, "-c", LOCKER, str(d)], stdout=subprocess.PIPE,
+                                           env=env, cwd=ROOT))
+            assert winner[0].stdout.readline().strip() == b"locked"
+            (d / "config.json").write_text("{}\n")
+        return acquire(self)
+
+    monkeypatch.setattr(rd.RunLock, "acquire", delayed_acquire)
+    try:
+        with pytest.raises(RunDirError, match="in use by process"):
+            rd.open_new_run(d)
+        assert (d / "config.json").read_text() == "{}\n" and (d / ".lock").is_file()
+    finally:
+        for p in winner:
+            p.kill()
+            p.wait()
+
+
+def test_a_failed_new_run_removes_only_the_empty_folder_it_created(tmp_path):
+    from cg2a_ext.rl.run import folder as rd
+
+    d = tmp_path / "fresh"
+    lock = rd.open_new_run(d)
+    lock.release()
+    assert d.is_dir() and not any(d.iterdir())
+    lock = rd.RunLock(d).acquire()
+    (d / "keep").write_text("x")
+    assert lock.remove_empty_folder() is False and (d / "keep").is_file() and not lock.held
+    (d / "keep").unlink()
+    assert rd.RunLock(d).acquire().remove_empty_folder() is True and not d.exists()
+    with pytest.raises(RuntimeError, match="not held"):
+        rd.RunLock(tmp_path).remove_empty_folder()

@@ -53,33 +53,6 @@ RunStatus = Literal["new", "partial", "finished"]
 
 
 class DamagedFileError(ValueError):
-    """A run-folder file (config.json, plan.json, a CSV log) exists but cannot be read; the message names it."""
-
-
-def read_json(path):
-    """The JSON value in ``path``; DamagedFileError naming the file when it is truncated, not UTF-8 or not JSON."""
-    path = Path(path)
-    try:
-        return json.loads(path.read_bytes().decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise DamagedFileError(f"{path} is damaged ({type(e).__name__}: {e})") from None
-
-
-def read_csv_rows(path) -> list[dict]:
-    """The rows of CSV log ``path`` as dicts ([] when it does not exist); DamagedFileError naming a damaged one."""
-    import csv
-    import io
-
-    path = Path(path)
-    if not path.is_file():
-        return []
-    try:
-        return list(csv.DictReader(io.StringIO(path.read_bytes().decode("utf-8"), newline="")))
-    except (UnicodeDecodeError, csv.Error) as e:
-        raise DamagedFileError(f"{path} is damaged ({type(e).__name__}: {e})") from None
-
-
-class DamagedFileError(ValueError):
     """A run-folder file (config.json, plan.json, a CSV log, a checkpoint) exists but cannot be read; the
     message starts with the file's path."""
 
@@ -126,6 +99,148 @@ class RunDirError(RuntimeError):
     """The run folder cannot be used as asked (in use, holds another run, not a run)."""
 
 
+# --------------------------------------------------------------------------- the folder
+_STEP_PT = re.compile(r"^step_(\d+)\.pt$")
+_REPLAY = re.compile(r"^replay_(\d+)\.npz$")
+_IMAGE_STEP = re.compile(r"^step_(\d+)$")
+_VIDEO_STEP = re.compile(r"^step(\d+)_")
+LOG_KINDS = ("train", "update", "diagnostics", "eval")
+
+
+class RunFolder:
+    """One run folder: every file name in it, the readers of its files (a damaged one raises
+    :class:`DamagedFileError` naming it) and its markers. The only place that spells a run file's name.
+
+        f = RunFolder(path)
+        f.config  f.plan  f.finished  f.lock_file  f.log("eval")  f.checkpoint(step)  f.replay(step)  f.tensorboard
+        f.read_config()  f.read_plan()  f.read_finished()  f.rows("eval")  f.checkpoints()  f.status()
+    """
+
+    def __init__(self, path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    # ---- names
+    @property
+    def config(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def plan(self) -> Path:
+        return self.path / PLAN
+
+    @property
+    def finished(self) -> Path:
+        return self.path / FINISHED
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / LOCK
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / TENSORBOARD
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def videos(self) -> Path:
+        return self.path / VIDEOS
+
+    @property
+    def images(self) -> Path:
+        return self.path / IMAGES
+
+    def log(self, kind: str) -> Path:
+        """``<run>/<kind>.csv``, kind one of train, update, diagnostics, eval."""
+        if kind not in LOG_KINDS:
+            raise ValueError(f"unknown log {kind!r}; one of {', '.join(LOG_KINDS)}")
+        return self.path / f"{kind}.csv"
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints_dir / f"step_{int(step):09d}.pt"
+
+    def replay(self, step: int) -> Path:
+        return self.checkpoints_dir / f"replay_{int(step):09d}.npz"
+
+    def image_step(self, step: int) -> Path:
+        return self.images / f"step_{int(step)}"
+
+    # ---- discovery
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        """(step, path) of every ``step_<N>.pt``, oldest first."""
+        return self._numbered(self.checkpoints_dir, _STEP_PT)
+
+    def replays(self) -> list[tuple[int, Path]]:
+        """(step, path) of every ``replay_<N>.npz``, oldest first."""
+        return self._numbered(self.checkpoints_dir, _REPLAY)
+
+    def image_steps(self) -> list[tuple[int, Path]]:
+        """(step, folder) of every ``images/step_<N>/``, oldest first."""
+        return [(s, p) for s, p in self._numbered(self.images, _IMAGE_STEP) if p.is_dir()]
+
+    def video_steps(self) -> list[tuple[int, Path]]:
+        """(step, file) of every ``videos/step<N>_*``, oldest first."""
+        return self._numbered(self.videos, _VIDEO_STEP)
+
+    @staticmethod
+    def _numbered(folder: Path, pattern) -> list[tuple[int, Path]]:
+        if not folder.is_dir():
+            return []
+        return sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := pattern.match(p.name)))
+
+    def existing_files(self) -> list[str]:
+        """The run files (``RUN_FILES``) present."""
+        return [name for name in RUN_FILES if (self.path / name).exists()]
+
+    def has_logs(self) -> bool:
+        return any(self.log(k).is_file() for k in LOG_KINDS)
+
+    def status(self) -> "RunStatus":
+        """``new``: no run files (or no folder); ``finished``: finished.json is there; else ``partial``."""
+        if not self.path.is_dir() or not self.existing_files():
+            return "new"
+        return "finished" if self.finished.is_file() else "partial"
+
+    # ---- readers (DamagedFileError naming the file)
+    def rows(self, kind: str) -> list[dict]:
+        """The complete rows of ``<kind>.csv`` ([] without one)."""
+        return read_csv_rows(self.log(kind))
+
+    def read_config_dict(self) -> dict:
+        return read_json_object(self.config)
+
+    def read_config(self):
+        """The run's TrainConfig; DamagedFileError naming config.json when it is damaged or not a config."""
+        from cg2a_ext.rl.config import ConfigError, TrainConfig
+
+        data = self.read_config_dict()
+        try:
+            return TrainConfig.from_dict(data)
+        except (ConfigError, TypeError, ValueError) as e:
+            raise DamagedFileError(f"{self.config}: not a run config ({e})") from None
+
+    def read_plan(self) -> dict | None:
+        return read_json_object(self.plan) if self.plan.is_file() else None
+
+    def read_finished(self) -> dict | None:
+        return read_json_object(self.finished) if self.finished.is_file() else None
+
+    # ---- markers
+    def write_finished(self, final_step: int, final_evaluation: dict, wall_time_s: float) -> Path:
+        write_json_atomic(self.finished, {"final_step": int(final_step), "final_evaluation": final_evaluation,
+                                          "wall_time_s": round(float(wall_time_s), 3),
+                                          "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        return self.finished
+
+
 # --------------------------------------------------------------------------- naming
 def temporary_path(path) -> Path:
     """Where to write ``path`` before moving it into place: ``.<name>.tmp<pid>`` beside it."""
@@ -144,23 +259,17 @@ def default_run_dir(runs_root, task: str, algorithm: str, seed: int) -> Path:
 
 def existing_run_files(run_dir) -> list[str]:
     """The run files (``RUN_FILES``) present in ``run_dir``."""
-    run_dir = Path(run_dir)
-    return [name for name in RUN_FILES if (run_dir / name).exists()]
+    return RunFolder(run_dir).existing_files()
 
 
 def run_status(run_dir) -> RunStatus:
     """``new``: no run files (or no folder); ``finished``: finished.json is there; else ``partial``."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir() or not existing_run_files(run_dir):
-        return "new"
-    return "finished" if (run_dir / FINISHED).is_file() else "partial"
+    return RunFolder(run_dir).status()
 
 
 def read_finished(run_dir) -> dict | None:
-    path = Path(run_dir) / FINISHED
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text())
+    """finished.json's contents, None without one; DamagedFileError naming a damaged one."""
+    return RunFolder(run_dir).read_finished()
 
 
 def write_json_atomic(path, obj) -> None:
@@ -174,11 +283,7 @@ def write_json_atomic(path, obj) -> None:
 
 
 def write_finished(run_dir, final_step: int, final_evaluation: dict, wall_time_s: float) -> Path:
-    path = Path(run_dir) / FINISHED
-    write_json_atomic(path, {"final_step": int(final_step), "final_evaluation": final_evaluation,
-                             "wall_time_s": round(float(wall_time_s), 3),
-                             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    return path
+    return RunFolder(run_dir).write_finished(final_step, final_evaluation, wall_time_s)
 
 
 # --------------------------------------------------------------------------- the lock
@@ -256,6 +361,24 @@ class RunLock:
             os.close(self._fd)
             self._fd = None
 
+    def remove_empty_folder(self) -> bool:
+        """Under the lock: unlink the lock file, remove the folder if nothing else is in it, then unlock.
+
+        rmdir removes an empty folder only, so a file another process put there meanwhile (its own lock
+        file included) keeps the folder. Returns whether the folder was removed."""
+        if self._fd is None:
+            raise RuntimeError(f"the lock of {self.run_dir} is not held: its folder is not this process's to remove")
+        try:
+            self.path.unlink(missing_ok=True)
+            try:
+                self.run_dir.rmdir()
+                return True
+            except OSError:
+                return False
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
     def __enter__(self) -> "RunLock":
         return self.acquire()
 
@@ -291,14 +414,14 @@ def open_new_run(run_dir, overwrite: bool = False) -> RunLock:
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunDirError(f"--run_dir {run_dir} exists and is not a folder")
-    # created by this process only if this very mkdir made it (exists-then-mkdir would race another launch)
+    # created by this process only if this very mkdir made it (exists-then-mkdir races another launch)
     try:
         run_dir.mkdir(parents=True)
         created = True
     except FileExistsError:
         created = False
     lock = RunLock(run_dir)
-    lock.acquire()          # refused: nothing is removed, the folder is the holder's
+    lock.acquire()      # refused (another process holds it): nothing is removed, the folder is the holder's
     try:
         found = existing_run_files(run_dir)
         if found and not overwrite:
@@ -311,12 +434,10 @@ def open_new_run(run_dir, overwrite: bool = False) -> RunLock:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
         clean_stale_temporaries(run_dir)
     except BaseException:
-        lock.release()      # unlinks the lock file
         if created:
-            try:            # only if still empty: rmdir never deletes what another process wrote since
-                run_dir.rmdir()
-            except OSError:
-                pass
+            lock.remove_empty_folder()  # under the lock, and only while empty
+        else:
+            lock.release()
         raise
     return lock
 
@@ -324,7 +445,7 @@ def open_new_run(run_dir, overwrite: bool = False) -> RunLock:
 def open_existing_run(run_dir) -> RunLock:
     """Lock the run folder ``run_dir`` for resuming and remove stale temporaries."""
     run_dir = Path(run_dir)
-    if not (run_dir / CONFIG).is_file():
+    if not RunFolder(run_dir).config.is_file():
         raise RunDirError(f"{run_dir} is not a run folder (no {CONFIG})")
     lock = RunLock(run_dir).acquire()
     try:
