@@ -162,3 +162,97 @@ def test_plot_names_a_damaged_file(runs, tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
         plot_script.main([str(bad), "--out", str(tmp_path / "out")])
     assert err.value.code == 2 and str(bad / "eval.csv") in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- damaged run files: exit 2 naming the file
+DAMAGED = {"truncated": b'{"task": "cartpole_balance", "seed', "random": bytes(range(256)) * 4,
+           "wrong_types": b'{"task": 3, "seed": "x"}', "not_an_object": b'[1, 2]'}
+
+
+def _copy(run, tmp_path, name="copy"):
+    import shutil
+
+    d = tmp_path / name
+    shutil.copytree(run, d)
+    return d
+
+
+def _exits_2_naming(call, path, capsys):
+    with pytest.raises(SystemExit) as err:
+        call()
+    msg = capsys.readouterr().err
+    assert err.value.code == 2, msg
+    assert str(path) in msg and "error:" in msg and "Traceback" not in msg, msg
+
+
+@pytest.mark.parametrize("content", ["truncated", "random"])
+def test_eval_names_a_damaged_checkpoint(runs, tmp_path, capsys, content):
+    d = _copy(runs[0], tmp_path)
+    ck = sorted((d / "checkpoints").glob("step_*.pt"))[-1]
+    ck.write_bytes(ck.read_bytes()[:100] if content == "truncated" else DAMAGED["random"])
+    _exits_2_naming(lambda: eval_script.main(["--run", str(d), "--episodes", "1", "--device", "cpu"]), ck, capsys)
+
+
+CSV_DAMAGED = {"random": bytes(range(256)) * 4, "nul_bytes": b"step,mode\x00\n1,train\n"}
+CSV_READABLE = {  # from the file's own header: a last line cut short is left out; values that are not numbers are gaps
+    "cut_short": lambda text: text[:-5],
+    "not_numbers": lambda text: text.splitlines()[0] + "\n" + ",".join(
+        "train" if c == "mode" else "x" for c in text.splitlines()[0].split(",")) + "\n"}
+
+
+@pytest.mark.parametrize("file", ["config.json", "eval.csv", "train.csv", "diagnostics.csv"])
+@pytest.mark.parametrize("content", ["truncated", "random", "not_an_object", "nul_bytes", "cut_short", "not_numbers"])
+def test_plot_names_a_damaged_file(runs, tmp_path, capsys, file, content):
+    csv_file = file.endswith(".csv")
+    if csv_file != (content in CSV_DAMAGED or content in CSV_READABLE) and content != "random":
+        pytest.skip("not a damage of this kind of file")
+    d = _copy(runs[0], tmp_path)
+    if content in CSV_READABLE:
+        data = CSV_READABLE[content]((d / file).read_text()).encode()
+    else:
+        data = CSV_DAMAGED[content] if csv_file else DAMAGED[content]
+    (d / file).write_bytes(data)
+    call = lambda: plot_script.main([str(d), "--out", str(tmp_path / "plots")])  # noqa: E731
+    if content in CSV_READABLE:
+        assert call()
+        return
+    _exits_2_naming(call, d / file, capsys)
+
+
+@pytest.mark.parametrize("file", ["config.json", "plan.json", "finished.json"])
+@pytest.mark.parametrize("content", sorted(DAMAGED))
+def test_run_folder_readers_name_a_damaged_file(tmp_path, file, content):
+    from cg2a_ext.rl.run.folder import DamagedFileError, RunFolder
+
+    f = RunFolder(tmp_path)
+    (tmp_path / file).write_bytes(DAMAGED[content])
+    read = {"config.json": f.read_config, "plan.json": f.read_plan, "finished.json": f.read_finished}[file]
+    if content == "wrong_types" and file == "plan.json":
+        assert read() == {"task": 3, "seed": "x"}     # plan.json's contents are informative only
+        return
+    with pytest.raises(DamagedFileError, match=str(tmp_path / file)):
+        read()
+
+
+@pytest.mark.parametrize("file", ["config.json", "finished.json", "checkpoint"])
+@pytest.mark.parametrize("content", sorted(DAMAGED))
+def test_train_resume_names_a_damaged_file(runs, tmp_path, capsys, file, content):
+    d = _copy(runs[0], tmp_path)
+    if file == "checkpoint":
+        (d / "finished.json").unlink()                  # a run stopped before its end, its checkpoints damaged
+        for ck in (d / "checkpoints").glob("step_*.pt"):
+            ck.write_bytes(DAMAGED[content])
+        path = d / "checkpoints"
+    else:
+        path = d / file
+        path.write_bytes(DAMAGED[content])
+    _exits_2_naming(lambda: train_script.build_and_train(["--resume", "--run_dir", str(d), "--device", "cpu",
+                                                          "--no-progress"]), path, capsys)
+
+
+def test_train_main_resume_with_random_bytes_exits_2(runs, tmp_path, capsys):
+    from cg2a_ext.rl.cli import train as train_cli
+
+    d = _copy(runs[0], tmp_path)
+    (d / "config.json").write_bytes(DAMAGED["random"])
+    _exits_2_naming(lambda: train_cli.main(["--resume", "--run_dir", str(d)]), d / "config.json", capsys)

@@ -297,7 +297,10 @@ def train(cfg, *, command: str = "cg2a-train") -> RunResult:
 
     with lock:
         if cfg.resume:
-            finished = rd.read_finished(run_dir)
+            try:
+                finished = rd.read_finished(run_dir)
+            except rd.DamagedFileError as e:
+                raise RunError(f"--resume: {e}; remove it to resume the run from its last checkpoint") from None
             if finished is not None:
                 if cfg.train_steps <= finished["final_step"]:
                     ev = ", ".join(f"{m}={v:.1f}" for m, v in finished["final_evaluation"].items())

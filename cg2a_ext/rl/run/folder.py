@@ -231,7 +231,16 @@ class RunFolder:
         return read_json_object(self.plan) if self.plan.is_file() else None
 
     def read_finished(self) -> dict | None:
-        return read_json_object(self.finished) if self.finished.is_file() else None
+        """finished.json ({final_step, final_evaluation, ...}), None without one."""
+        if not self.finished.is_file():
+            return None
+        doc = read_json_object(self.finished)
+        step, evaluation = doc.get("final_step"), doc.get("final_evaluation")
+        if (not isinstance(step, int) or isinstance(step, bool) or not isinstance(evaluation, dict)
+                or not all(isinstance(v, (int, float)) for v in evaluation.values())):
+            raise DamagedFileError(f"{self.finished}: damaged (final_step must be an integer and final_evaluation "
+                                   "an object of numbers)")
+        return doc
 
     # ---- markers
     def write_finished(self, final_step: int, final_evaluation: dict, wall_time_s: float) -> Path:
