@@ -320,6 +320,8 @@ def train(cfg, *, command: str = "cg2a-train") -> RunResult:
             return _train(cfg, run_dir, command, rd, load_resumable)
         except CheckpointError as e:
             raise RunError(f"--resume: {e}") from None
+        except rd.DamagedFileError as e:       # a log the resumed run continues
+            raise RunError(f"--resume: {e}") from None
         except CheckpointWriteError as e:
             raise RunError(f"{e}. {_how_to_continue(command, run_dir)}", 1) from None
         except KeyboardInterrupt:

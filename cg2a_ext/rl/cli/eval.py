@@ -18,7 +18,7 @@ def main(argv=None) -> dict:
     p.add_argument("--modes", nargs="+", default=None,
                    help="evaluation modes of the runs' task family (default: all of them)")
     p.add_argument("--episodes", type=int, default=100, help="episodes per mode and run")
-    p.add_argument("--checkpoint", default="latest", help="'latest' or a step_<N>.pt file name inside checkpoints/")
+    p.add_argument("--checkpoint", default="latest", help="'latest' or a checkpoint's file name (step_<N>.pt) inside the run's checkpoints/")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--data_dir", default=None, help="override the runs' DMC-GB data folder")
     p.add_argument("--seed", type=int, default=None, help="evaluation seed (default: the run's seed)")
@@ -26,10 +26,9 @@ def main(argv=None) -> dict:
     p.add_argument("--video", action="store_true", help="record the first episode of each mode")
     args = p.parse_args(argv)
 
-    from cg2a_ext.rl.config import ConfigError, TrainConfig
     from cg2a_ext.rl.envs import family_of
-    from cg2a_ext.rl.run.checkpoint import CheckpointError, checkpoint_dir, latest_checkpoint
-    from cg2a_ext.rl.run.folder import CONFIG
+    from cg2a_ext.rl.run.checkpoint import CheckpointError, latest_checkpoint
+    from cg2a_ext.rl.run.folder import CONFIG, DamagedFileError, RunFolder
 
     if args.episodes <= 0:
         p.error("--episodes must be positive")
@@ -37,19 +36,20 @@ def main(argv=None) -> dict:
     plan = []
     for d in args.run:
         d = Path(d)
-        if not (d / CONFIG).is_file():
+        folder = RunFolder(d)
+        if not folder.config.is_file():
             p.error(f"{d} is not a run folder (no {CONFIG})")
         try:
-            ck = latest_checkpoint(d) if args.checkpoint == "latest" else checkpoint_dir(d) / args.checkpoint
+            ck = latest_checkpoint(d) if args.checkpoint == "latest" else folder.checkpoints_dir / args.checkpoint
             if not ck.is_file():
                 raise CheckpointError(f"checkpoint {ck} does not exist")
         except CheckpointError as e:
             p.error(str(e))
         try:
-            cfg = TrainConfig.load(d / CONFIG)
+            cfg = folder.read_config()
             modes = list(dict.fromkeys(args.modes or family_of(cfg.task).modes))
             known = family_of(cfg.task).modes
-        except (ConfigError, ValueError) as e:
+        except (DamagedFileError, ValueError) as e:
             p.error(str(e))
         unknown = [m for m in modes if m not in known]
         if unknown:
@@ -79,7 +79,7 @@ def main(argv=None) -> dict:
                 p.error(str(e))
             agent.load_state_dict(state["agent"], networks_only=True)
             seeds = SeedStreams(cfg.seed if args.seed is None else args.seed)
-            res = evaluate_modes(agent, envs, args.episodes, video_dir=(d / "videos") if args.video else None,
+            res = evaluate_modes(agent, envs, args.episodes, video_dir=RunFolder(d).videos if args.video else None,
                                  tag="zero_shot_", seeds=seeds, stream="zero_shot")
         finally:
             for e in envs.values():
@@ -93,7 +93,7 @@ def main(argv=None) -> dict:
     for r in per_run:
         groups.setdefault((r["task"], r["algorithm"]), []).append(r["results"])
     rows = [{"task": t, "algorithm": a, "aggregate": aggregate_runs(rs, modes)} for (t, a), rs in groups.items()]
-    out = Path(args.out) if args.out else Path(args.run[0]) / "zero_shot"
+    out = Path(args.out) if args.out else RunFolder(args.run[0]).zero_shot
     out.parent.mkdir(parents=True, exist_ok=True)
     doc = {"modes": modes, "episodes": args.episodes, "runs": per_run, "table": rows}
     save_json(doc, out.with_suffix(".json"))

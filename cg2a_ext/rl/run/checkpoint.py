@@ -29,10 +29,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from cg2a_ext.rl.run.folder import CHECKPOINTS, temporary_path
+from cg2a_ext.rl.run.folder import RunFolder, temporary_path
 
 KEEP_LAST = 2
-_PT = re.compile(r"^step_(\d+)\.pt$")
 _REQUIRED = ("step", "agent", "rng", "episode")
 
 
@@ -49,31 +48,30 @@ class CheckpointWriteError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- names
+# The names are the run folder's (RunFolder); these functions are kept for their callers.
 def checkpoint_dir(run_dir) -> Path:
-    return Path(run_dir) / CHECKPOINTS
+    return RunFolder(run_dir).checkpoints_dir
 
 
 def checkpoint_path(run_dir, step: int) -> Path:
-    return checkpoint_dir(run_dir) / f"step_{step:09d}.pt"
+    return RunFolder(run_dir).checkpoint(step)
 
 
 def replay_path(run_dir, step: int) -> Path:
-    return checkpoint_dir(run_dir) / f"replay_{step:09d}.npz"
+    return RunFolder(run_dir).replay(step)
 
 
 def list_checkpoints(run_dir) -> list[tuple[int, Path]]:
     """(step, path) of every ``step_<N>.pt``, oldest first."""
-    d = checkpoint_dir(run_dir)
-    if not d.is_dir():
-        return []
-    return sorted((int(m.group(1)), p) for p in d.iterdir() if (m := _PT.match(p.name)))
+    return RunFolder(run_dir).checkpoints()
 
 
 def latest_checkpoint(run_dir) -> Path:
     """Path of the newest checkpoint; CheckpointError with a clear message if none."""
     cks = list_checkpoints(run_dir)
     if not cks:
-        raise CheckpointError(f"no checkpoint in {checkpoint_dir(run_dir)} (expected step_<N>.pt files)")
+        raise CheckpointError(f"no checkpoint in {checkpoint_dir(run_dir)} "
+                              f"(expected {RunFolder.CHECKPOINT_FORM} files)")
     return cks[-1][1]
 
 
@@ -176,9 +174,8 @@ def prune_checkpoints(run_dir, keep_last: int = KEEP_LAST) -> None:
         p.unlink(missing_ok=True)
         replay_path(run_dir, s).unlink(missing_ok=True)
     kept = {s for s, _ in list_checkpoints(run_dir)}
-    for p in checkpoint_dir(run_dir).glob("replay_*.npz"):
-        m = re.match(r"^replay_(\d+)\.npz$", p.name)
-        if m and int(m.group(1)) not in kept:
+    for s, p in RunFolder(run_dir).replays():
+        if s not in kept:
             p.unlink(missing_ok=True)
 
 
@@ -237,7 +234,8 @@ def load_resumable(run_dir, replay, map_location="cpu", warn: Callable[[str], No
     CheckpointError listing every failure when none loads."""
     cks = list_checkpoints(run_dir)
     if not cks:
-        raise CheckpointError(f"no checkpoint in {checkpoint_dir(run_dir)} (expected step_<N>.pt files)")
+        raise CheckpointError(f"no checkpoint in {checkpoint_dir(run_dir)} "
+                              f"(expected {RunFolder.CHECKPOINT_FORM} files)")
     failures: list[str] = []
     damaged: list[Path] = []
     for step, path in reversed(cks):

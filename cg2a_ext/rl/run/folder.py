@@ -95,6 +95,21 @@ def read_csv_rows(path) -> list[dict]:
         raise DamagedFileError(f"{path}: damaged ({type(e).__name__}: {e})") from None
 
 
+def read_csv_header(path) -> list[str]:
+    """The column names of CSV log ``path`` ([] when it does not exist or is empty); DamagedFileError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    try:
+        with open(path, "rb") as f:
+            first = f.readline().decode("utf-8")
+        if "\0" in first:
+            raise ValueError("NUL bytes in a text file")
+    except (UnicodeDecodeError, ValueError) as e:
+        raise DamagedFileError(f"{path}: damaged ({type(e).__name__}: {e})") from None
+    return first.rstrip("\r\n").split(",") if first.strip() else []
+
+
 class RunDirError(RuntimeError):
     """The run folder cannot be used as asked (in use, holds another run, not a run)."""
 
@@ -115,6 +130,8 @@ class RunFolder:
         f.config  f.plan  f.finished  f.lock_file  f.log("eval")  f.checkpoint(step)  f.replay(step)  f.tensorboard
         f.read_config()  f.read_plan()  f.read_finished()  f.rows("eval")  f.checkpoints()  f.status()
     """
+
+    CHECKPOINT_FORM = "step_<N>.pt"     # how the checkpoints are named, for messages
 
     def __init__(self, path) -> None:
         self.path = Path(path)
@@ -157,6 +174,11 @@ class RunFolder:
     @property
     def images(self) -> Path:
         return self.path / IMAGES
+
+    @property
+    def zero_shot(self) -> Path:
+        """The prefix of cg2a-eval's report (``zero_shot.json`` and ``zero_shot.md``)."""
+        return self.path / "zero_shot"
 
     def log(self, kind: str) -> Path:
         """``<run>/<kind>.csv``, kind one of train, update, diagnostics, eval."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from cg2a_ext.rl.run.folder import temporary_path
+from cg2a_ext.rl.run.folder import LOG_KINDS, DamagedFileError, RunFolder, read_csv_header, read_csv_rows, temporary_path
 
 
 def _scalar(v):
@@ -26,20 +26,11 @@ class CSVLog:
     def __init__(self, path):
         self.path = Path(path)
         self.fields: list[str] = []
-        if self.path.is_file():
-            with open(self.path, newline="") as f:
-                r = csv.reader(f)
-                self.fields = next(r, [])
+        self.fields = read_csv_header(self.path)
 
     def read(self) -> list[dict]:
         """The complete rows (a last line cut short by a killed process or a full disk is left out)."""
-        if not self.path.is_file():
-            return []
-        with open(self.path, newline="") as f:
-            text = f.read()
-        if text and not text.endswith("\n"):
-            text = text[: text.rfind("\n") + 1]
-        return list(csv.DictReader(text.splitlines(keepends=True)))
+        return read_csv_rows(self.path)
 
     def _rewrite(self, rows):
         tmp = temporary_path(self.path)
@@ -67,9 +58,12 @@ class CSVLog:
         if not self.path.is_file():
             return
         rows = self.read()
-        keep = [r for r in rows if r.get("step") in (None, "") or int(float(r["step"])) <= step]
-        with open(self.path, newline="") as f:
-            complete = f.read().endswith("\n")
+        try:
+            keep = [r for r in rows if r.get("step") in (None, "") or int(float(r["step"])) <= step]
+        except ValueError as e:
+            raise DamagedFileError(f"{self.path}: damaged (a step that is not a number: {e})") from None
+        with open(self.path, "rb") as f:
+            complete = f.read().endswith(b"\n")
         if len(keep) != len(rows) or not complete:
             self._rewrite(keep)
 
@@ -81,12 +75,13 @@ class RunLogger:
     after it and TensorBoard hides the events after it (``purge_step``), so a resumed run's logs
     read as if it had never stopped."""
 
-    KINDS = ("train", "update", "diagnostics", "eval")
+    KINDS = LOG_KINDS
 
     def __init__(self, run_dir, tensorboard: bool = True, resume_step: int | None = None):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.csv = {k: CSVLog(self.run_dir / f"{k}.csv") for k in self.KINDS}
+        folder = RunFolder(self.run_dir)
+        self.csv = {k: CSVLog(folder.log(k)) for k in self.KINDS}
         if resume_step is not None:
             for c in self.csv.values():
                 c.truncate_after(resume_step)
@@ -94,7 +89,7 @@ class RunLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
             # purge_step hides events at steps >= it; rows at resume_step itself are kept
-            self.tb = SummaryWriter(str(self.run_dir / "tb"),
+            self.tb = SummaryWriter(str(folder.tensorboard),
                                     purge_step=None if resume_step is None else resume_step + 1)
 
     def log(self, kind: str, row: dict) -> None:
