@@ -256,3 +256,13 @@ def test_train_main_resume_with_random_bytes_exits_2(runs, tmp_path, capsys):
     d = _copy(runs[0], tmp_path)
     (d / "config.json").write_bytes(DAMAGED["random"])
     _exits_2_naming(lambda: train_cli.main(["--resume", "--run_dir", str(d)]), d / "config.json", capsys)
+
+
+@pytest.mark.parametrize("content", ["random", "nul_bytes", "bad_step"])
+def test_train_resume_names_a_damaged_log(runs, tmp_path, capsys, content):
+    d = _copy(runs[0], tmp_path)
+    (d / "finished.json").unlink()
+    data = b"step,episode\nten,0\n" if content == "bad_step" else CSV_DAMAGED[content]
+    (d / "train.csv").write_bytes(data)
+    _exits_2_naming(lambda: train_script.build_and_train(["--resume", "--run_dir", str(d), "--device", "cpu",
+                                                          "--no-progress"]), d / "train.csv", capsys)
