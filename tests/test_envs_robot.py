@@ -216,3 +216,25 @@ def test_texture_dir_replaces_the_procedural_texture(envs, tmp_path):
     assert bottom[1] > bottom[0] + 50 and bottom[1] > bottom[2] + 50
     with pytest.raises(ValueError, match="test3"):
         make_env("reach", "test3", texture_dir=tmp_path)
+
+
+def test_evaluation_reports_the_success_rate_beside_the_return():
+    from cg2a_ext.rl.core.evaluation import evaluate_modes
+    from cg2a_ext.rl.envs.robot import expert_action, make_env as make_robot_env
+
+    class Expert:                       # acts as the scripted expert would; what evaluate_modes needs of an agent
+        def __init__(self, env):
+            self.env = env
+
+        def train(self, training=True):
+            pass
+
+        def act(self, obs, sample=False):
+            return expert_action(self.env)
+
+    env = make_robot_env("reach", mode="test2", seed=3, image_size=32)
+    try:
+        res = evaluate_modes(Expert(env), {"test2": env}, episodes=2)
+    finally:
+        env.close()
+    assert res["test2"]["success_rate"] == 1.0 and res["test2"]["episodes"] == 2

@@ -10,11 +10,12 @@ import numpy as np
 
 
 def run_episodes(agent, env, episodes: int, episode_seeds=None, video_path=None, fps: int = 30,
-                 on_episode=None) -> list[float]:
+                 on_episode=None, successes: list | None = None) -> list[float]:
     """Return per-episode returns with deterministic (mean) actions; record episode 0 if ``video_path``.
 
     ``episode_seeds``: one reset seed per episode (None: the env's own sequence);
-    ``on_episode(e)`` is called before episode e starts."""
+    ``on_episode(e)`` is called before episode e starts; ``successes`` (a list) receives each episode's final
+    ``info["success"]`` where the env reports one (robot tasks: latched for the episode)."""
     returns = []
     for ep in range(episodes):
         if on_episode is not None:
@@ -24,12 +25,14 @@ def run_episodes(agent, env, episodes: int, episode_seeds=None, video_path=None,
         total, done = 0.0, False
         while not done:
             action = agent.act(obs, sample=False)
-            obs, reward, terminated, truncated, _ = env.step(action)
+            obs, reward, terminated, truncated, info = env.step(action)
             total += float(reward)
             done = terminated or truncated
             if frames is not None:
                 frames.append(env.render_frame())
         returns.append(total)
+        if successes is not None and "success" in info:
+            successes.append(bool(info["success"]))
         if frames is not None:
             write_video(frames, video_path, fps=fps)
     return returns
@@ -58,7 +61,7 @@ def make_eval_envs(cfg, modes, stream: str = "evaluation") -> dict:
 
 def evaluate_modes(agent, envs: dict, episodes: int, video_dir=None, tag: str = "", seeds=None,
                    stream: str = "evaluation", index: int = 0, progress=None) -> dict:
-    """{mode: {"returns", "mean", "std", "episodes", "data_source"}} for each env in ``envs``.
+    """{mode: {"returns", "mean", "std", "episodes", "data_source"[, "success_rate"]}} for each env in ``envs``.
 
     Episode e of mode m is reset with ``seeds.integer(stream, index, m, e)`` (``seeds``: the run's
     SeedStreams; None leaves the envs' own seeds). ``progress(mode, episode, episodes)`` is called
@@ -73,8 +76,12 @@ def evaluate_modes(agent, envs: dict, episodes: int, video_dir=None, tag: str = 
                 vp = Path(video_dir) / f"{tag}{mode}.mp4"
             ep_seeds = None if seeds is None else [seeds.integer(stream, index, i, e, bits=31) for e in range(episodes)]
             report = None if progress is None else (lambda e, m=mode: progress(m, e, episodes))
-            rets = run_episodes(agent, env, episodes, episode_seeds=ep_seeds, video_path=vp, on_episode=report)
+            wins: list[bool] = []
+            rets = run_episodes(agent, env, episodes, episode_seeds=ep_seeds, video_path=vp, on_episode=report,
+                                successes=wins)
             out[mode] = {"returns": rets, **summarize(rets), "data_source": str(getattr(env, "data_source", mode))}
+            if wins:          # tasks with a success test: the rate beside the return
+                out[mode]["success_rate"] = float(np.mean(wins))
     finally:
         agent.train(True)
     return out

@@ -237,7 +237,8 @@ class Trainer:
             self.logger.log("eval", {"step": self.step, "mode": mode, "mean_return": r["mean"],
                                      "std_return": r["std"], "episodes": r["episodes"],
                                      "data_source": r["data_source"],
-                                     "returns": ";".join(f"{x:.2f}" for x in r["returns"])})
+                                     "returns": ";".join(f"{x:.2f}" for x in r["returns"]),
+                                     **({"success_rate": r["success_rate"]} if "success_rate" in r else {})})
         save_evaluation_images(self.agent, self.eval_envs, self.cfg, self.seeds, self.step,
                                self.run_dir / IMAGES)
         self.last_eval = {m: r["mean"] for m, r in res.items()}
