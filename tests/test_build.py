@@ -300,3 +300,18 @@ def test_in_place_build_replaces_the_library_file_instead_of_rewriting_it(tmp_pa
         assert held.read() == b"old library"          # the open file is untouched
     assert old.read_bytes() == b"new library" and old.stat().st_ino != inode
     assert sorted(p.name for p in tmp_path.iterdir()) == ["_C.so", "built.so"]   # no partial file left
+
+
+def test_a_source_tree_without_its_build_says_how_to_get_one(tmp_path):
+    """`python -c "from cg2a_ext import ops"` from a checkout's root imports the source tree: the advice
+    names that case (run elsewhere, or an editable install), not a plain `pip install .`."""
+    package = tmp_path / "cg2a_ext"
+    package.mkdir()
+    shutil.copy(ROOT / "cg2a_ext" / "_extension.py", package / "_extension.py")
+    installed = runpy.run_path(str(package / "_extension.py"))["build_advice"]()
+    assert "pip install --no-build-isolation ." in installed and "source tree" not in installed
+    (tmp_path / "setup.py").write_text("")
+    (tmp_path / "csrc").mkdir()
+    advice = runpy.run_path(str(package / "_extension.py"))["build_advice"]()
+    assert f"imported the source tree {package}, which has no compiled _C" in advice
+    assert "run from another folder" in advice and "pip install --no-build-isolation -e ." in advice
