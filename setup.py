@@ -1,6 +1,8 @@
 """Builds cg2a_ext._C against the torch installed in the Python that runs this
 build: the CPU kernels always, the CUDA kernels when they can be built for
-that torch (a CUDA build of torch, and an nvcc of the same CUDA major version),
+that torch (a CUDA build of torch, and an nvcc of the same CUDA major version and at
+least torch's minor version: $CUDA_HOME, nvcc on PATH, /usr/local/cuda, or pip's
+nvidia-cuda-nvcc),
 even on a machine without a GPU, so CI compiles them.
 
 Install torch first, then `pip install --no-build-isolation .` (docs/install.md).
@@ -8,7 +10,8 @@ Install torch first, then `pip install --no-build-isolation .` (docs/install.md)
 Environment:
   CG2A_CUDA=0|1          force the CUDA kernels off / on (default: on when they can be
                          built; with 1, a reason they cannot is an error)
-  CUDA_HOME              toolkit root (default: $CUDA_HOME, /usr/local/cuda, or nvcc's)
+  CUDA_HOME              toolkit root (tried first; then nvcc's on PATH, /usr/local/cuda,
+                         pip's nvidia-cuda-nvcc: the first whose CUDA version fits torch's)
   TORCH_CUDA_ARCH_LIST   GPU architectures (default: "8.0;9.0+PTX")
   CG2A_DEBUG=1           build without optimisation, with debug symbols
   MAX_JOBS               parallel compile jobs (torch's ninja build; default: all cores)
@@ -59,17 +62,67 @@ def import_torch():
     return torch
 
 
-def find_cuda_home() -> str | None:
-    """The toolkit root, resolved through wrapper scripts (torch's own guess
-    follows `which nvcc`, which can be a wrapper outside the toolkit)."""
-    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+def cuda_version(text: str | None) -> tuple[int, int] | None:
+    """(13, 2) for '13.2' (or '13.2.51'), else None."""
+    found = re.match(r"(\d+)\.(\d+)", text or "")
+    return (int(found.group(1)), int(found.group(2))) if found else None
+
+
+def nvcc_fits(torch_cuda: str, toolkit: str) -> bool:
+    """An nvcc can compile against torch's CUDA headers when it has the same major version and a
+    minor version at least torch's (torch's CUDA 13.2 headers refuse nvcc 13.0: "CUDA compiler and
+    CUDA toolkit headers are incompatible")."""
+    wanted, have = cuda_version(torch_cuda), cuda_version(toolkit)
+    return wanted is not None and have is not None and have[0] == wanted[0] and have[1] >= wanted[1]
+
+
+def pip_nvcc_roots(paths: list[str] | None = None) -> list[str]:
+    """Toolkit roots of the pip package nvidia-cuda-nvcc: `nvidia/<folder>/bin/nvcc` under
+    site-packages (`nvidia/cu13/` for CUDA 13, `nvidia/cuda_nvcc/` for CUDA 12)."""
+    roots: list[str] = []
+    for entry in sys.path if paths is None else paths:
+        roots += sorted(str(Path(nvcc).parent.parent) for nvcc in glob.glob(os.path.join(entry, "nvidia", "*", "bin", "nvcc")))
+    return list(dict.fromkeys(roots))
+
+
+def is_toolkit(root: str) -> bool:
+    """An nvcc and cuda_runtime.h: in the root (a toolkit), or, for pip's nvcc, in one of the
+    nvidia wheels beside it (nvidia-cuda-runtime, which a CUDA build of torch depends on)."""
+    path = Path(root)
+    if not (path / "bin" / "nvcc").exists():
+        return False
+    return (path / "include" / "cuda_runtime.h").exists() or bool(glob.glob(str(path.parent / "*" / "include" / "cuda_runtime.h")))
+
+
+def toolkit_candidates() -> list[str]:
+    """Toolkit roots to try, in order: $CUDA_HOME, $CUDA_PATH, the toolkit of `nvcc` on PATH
+    (resolved through wrapper scripts), /usr/local/cuda, then pip's nvidia-cuda-nvcc."""
+    roots = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
     nvcc = shutil.which("nvcc")
     if nvcc:
-        candidates.append(str(Path(os.path.realpath(nvcc)).parent.parent))
-    for root in candidates:
-        if root and (Path(root) / "bin" / "nvcc").exists() and (Path(root) / "include" / "cuda_runtime.h").exists():
-            return str(Path(root).resolve())
-    return None
+        roots.append(str(Path(os.path.realpath(nvcc)).parent.parent))
+    roots.append("/usr/local/cuda")
+    roots += pip_nvcc_roots()
+    return [r for r in dict.fromkeys(roots) if r]
+
+
+def select_toolkit(torch_cuda: str | None, candidates: list[str], is_toolkit=is_toolkit, version_of=None) -> str | None:
+    """The first toolkit among `candidates` whose nvcc fits torch's CUDA (nvcc_fits); with none
+    that fits (or a CPU torch), the first toolkit found (why_no_cuda then says why), else None."""
+    version_of = version_of or nvcc_version
+    found = [str(Path(root).resolve()) for root in candidates if is_toolkit(root)]
+    found = list(dict.fromkeys(found))
+    if torch_cuda is not None:
+        for root in found:
+            toolkit = version_of(root)
+            if toolkit is not None and nvcc_fits(torch_cuda, toolkit):
+                return root
+    return found[0] if found else None
+
+
+def find_cuda_home(torch_cuda: str | None = None) -> str | None:
+    """The toolkit to build with for torch's CUDA version `torch_cuda` (select_toolkit)."""
+    return select_toolkit(torch_cuda, toolkit_candidates())
 
 
 def nvcc_version(cuda_home: str) -> str | None:
@@ -83,18 +136,26 @@ def nvcc_version(cuda_home: str) -> str | None:
     return found.group(1) if found else None
 
 
+def pip_nvcc_hint(torch_cuda: str) -> str:
+    wanted = cuda_version(torch_cuda)
+    spec = f"{wanted[0]}.{wanted[1]}.*" if wanted else f"{torch_cuda}.*"
+    return (f"for the CUDA kernels, `pip install \"nvidia-cuda-nvcc=={spec}\"` (and rebuild), "
+            "or point CUDA_HOME at such a toolkit")
+
+
 def why_no_cuda(torch, cuda_home: str | None) -> str | None:
     """Why the CUDA kernels cannot be built for this torch, or None if they can."""
-    if cuda_home is None:
-        return "no CUDA toolkit (nvcc and cuda_runtime.h) was found; set CUDA_HOME"
     if torch.version.cuda is None:
         return f"torch {torch.__version__} is a CPU build"
+    if cuda_home is None:
+        return f"no CUDA toolkit (nvcc and cuda_runtime.h) was found; {pip_nvcc_hint(torch.version.cuda)}"
     toolkit = nvcc_version(cuda_home)
     if toolkit is None:
         return f"`{cuda_home}/bin/nvcc --version` does not say its release"
-    if toolkit.split(".")[0] != torch.version.cuda.split(".")[0]:
-        return (f"torch {torch.__version__} was built with CUDA {torch.version.cuda} but nvcc "
-                f"({cuda_home}) is CUDA {toolkit}; their major versions must match")
+    if not nvcc_fits(torch.version.cuda, toolkit):
+        return (f"torch {torch.__version__} was built with CUDA {torch.version.cuda} but the nvcc found "
+                f"({cuda_home}) is CUDA {toolkit}, and nvcc must be the same major version and at least "
+                f"torch's minor version; {pip_nvcc_hint(torch.version.cuda)}")
     return None
 
 
@@ -137,7 +198,7 @@ def build_folder(torch, with_cuda: bool) -> str:
 
 def extensions():
     torch = import_torch()
-    cuda_home = find_cuda_home()
+    cuda_home = find_cuda_home(torch.version.cuda)
     with_cuda = want_cuda(torch, cuda_home)
     if with_cuda:
         # torch.utils.cpp_extension reads CUDA_HOME at import time.

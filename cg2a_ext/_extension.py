@@ -11,8 +11,28 @@ def load_error() -> str | None:
     try:
         from cg2a_ext import _C  # noqa: F401  (registers torch.ops.cg2a.*)
     except ImportError as error:
-        return f"{error} (build it with `pip install .` from the repository root)"
+        return f"{error} ({build_advice()})"
     return None
+
+
+def build_advice() -> str:
+    """What to do when _C does not load: a source tree (a checkout run from its root) shadows an
+    installed build, or was never built; else the installed build is broken (rebuild it)."""
+    from importlib.machinery import EXTENSION_SUFFIXES
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parent
+    source_tree = (package.parent / "setup.py").exists() and (package.parent / "csrc").is_dir()
+    if not source_tree:
+        return ("rebuild it against the torch you run: `pip install --no-build-isolation .` "
+                "from the repository root (docs/install.md)")
+    built_here = any(any(package.glob(f"_C*{suffix}")) for suffix in EXTENSION_SUFFIXES)
+    shadowing = f"Python imported the source tree {package}, which has no compiled _C"
+    if built_here:
+        shadowing = f"Python imported the source tree {package}, whose _C does not load (built against another torch?)"
+    return (f"{shadowing} (e.g. python run from the repository root, which hides an installed build): "
+            "run from another folder to use the installed build, or build this tree in place with an "
+            "editable install, `pip install --no-build-isolation -e .` (docs/install.md)")
 
 
 def has_fused_ops() -> bool:

@@ -44,8 +44,14 @@ class CG2A:
         nonfinite: str = "raise",
         backend: str = "auto",
     ) -> None:
-        if not 0.0 <= alpha <= beta:
-            raise ValueError(f"CG2A: need 0 <= alpha <= beta, got alpha={alpha}, beta={beta}")
+        # gamma ~ U(alpha, beta) must lie in [0, 1] (the fused ops refuse it at the first call, the
+        # reference would use it): refuse the range here, naming the parameter (NaN fails too).
+        for name, value in (("alpha", alpha), ("beta", beta)):
+            if not 0.0 <= float(value) <= 1.0:
+                raise ValueError(f"CG2A: {name} = {value}; expected a finite value in [0, 1] "
+                                 "(gamma ~ U(alpha, beta), 0 <= alpha <= beta <= 1)")
+        if not alpha <= beta:
+            raise ValueError(f"CG2A: need 0 <= alpha <= beta <= 1, got alpha={alpha}, beta={beta}")
         if mask not in MASKS:
             raise ValueError(f"CG2A: unknown mask {mask!r}; expected one of {MASKS}")
         if nonfinite not in NONFINITE_POLICIES:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from cg2a_ext._extension import require_fused_ops
-from cg2a_ext.reference import AggregateResult, accumulation_dtype, agreement
+from cg2a_ext.reference import AggregateResult, accumulation_dtype, agreement, check_out
 
 __all__ = ["gram", "combine", "aggregate", "AggregateResult", "MASKS", "MAX_K",
            "NonFiniteInputError", "AggregateOverflowError"]
@@ -93,6 +93,7 @@ def combine(
         results, _ = _COMBINE(grads, weights, float(gamma), mask_id)
         return list(results)
     out = list(out)
+    check_out(out, "cg2a.combine")
     _COMBINE_OUT(grads, weights, float(gamma), mask_id, out)
     return out
 
@@ -146,6 +147,7 @@ def aggregate(
             results = list(results)
         else:
             results = list(out)
+            check_out(results, "cg2a.aggregate")
             g, weights, fraction, flags = _AGGREGATE_OUT(
                 grads, gamma_used, bool(gas), mask, nonfinite, results)
     except ValueError as error:

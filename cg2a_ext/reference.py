@@ -110,10 +110,32 @@ def _unflatten(flat: Tensor, grads: Sequence[Tensor], out: Sequence[Tensor] | No
     return results
 
 
+def check_gamma(gamma, op: str) -> float:
+    """gamma as a float in [0, 1], else a ValueError (the fused ops' check_gamma; a tensor is read
+    back to the host, as the fused ops' float(gamma) does)."""
+    value = float(gamma)
+    if not 0.0 <= value <= 1.0:  # written so that NaN fails too
+        raise ValueError(f"{op}: gamma = {value}; expected a finite value in [0, 1]")
+    return value
+
+
+def check_out(out: Sequence[Tensor] | None, op: str) -> None:
+    """Refuse an `out` tensor that requires grad (a parameter, not its .grad), as torch's in-place ops do."""
+    if out is None:
+        return
+    for t, tensor in enumerate(out):
+        if isinstance(tensor, Tensor) and tensor.requires_grad:
+            raise ValueError(
+                f"{op}: out[{t}] requires grad (a parameter?); pass the parameters' .grad buffers "
+                "(or tensors that do not require grad), not the parameters themselves")
+
+
 def combine(
     grads: Sequence[Tensor], weights: Tensor, gamma: float, mask: str = "agree", out: Sequence[Tensor] | None = None
 ) -> list[Tensor]:
     """out_t = m * sum_i w_i g_i, m = 1 where the signs agree, gamma elsewhere."""
+    gamma = check_gamma(gamma, "cg2a reference combine")
+    check_out(out, "cg2a reference combine")
     combined, _ = _combine_flat(grads, weights, gamma, mask)
     return _unflatten(combined, grads, out)
 
@@ -131,6 +153,9 @@ def aggregate(
     """Gram (in float64), GAS weights, SGS mask and the damped weighted sum, all in plain PyTorch."""
     if nonfinite not in NONFINITE_POLICIES:
         raise ValueError(f"unknown nonfinite policy {nonfinite!r}; expected one of {NONFINITE_POLICIES}")
+    # As the fused op: gamma is checked (and read) only when used (sgs=True), before any input.
+    gamma = check_gamma(gamma, "cg2a reference aggregate") if sgs else 1.0
+    check_out(out, "cg2a reference aggregate")
     flat = _flatten(grads)
     g = _gram_float64(flat)
     k = g.shape[0]
@@ -142,7 +167,7 @@ def aggregate(
     weights = torch.where(finite, weights, 0.0)
     weighted = torch.where(finite, (weights.to(flat.dtype)[:, None] * flat).sum(dim=0), 0.0)
     agree = agreement(flat, mask)
-    combined = torch.where(agree, weighted, (gamma if sgs else 1.0) * weighted)
+    combined = torch.where(agree, weighted, gamma * weighted)
     results = _unflatten(combined, grads, out)
     conflict_fraction = (~agree).sum().to(torch.float64) / max(flat.shape[1], 1)
     return AggregateResult(results, g, weights, conflict_fraction, ~finite)

@@ -12,7 +12,10 @@ device, those cases are reported as skipped with the reason "no CUDA device":
 
 The DMC-GB data tests take ``dmcgb_data``: the folder named by ``CG2A_DMCGB_DATA`` as
 the session started (read once, here, so no test's monkeypatching of the variable can
-hide it). Without it they skip, or fail under ``CG2A_EXPECT_DMCGB_DATA=1`` (CI).
+hide it), else ``<repo>/../shared/dmcgb`` where that folder exists (the data beside the
+clone). Without either they skip, or fail under ``CG2A_EXPECT_DMCGB_DATA=1`` (CI).
+
+The header lines (torch, kernels, CUDA device, DMC-GB data) are printed under ``-q`` too.
 """
 from __future__ import annotations
 
@@ -28,6 +31,11 @@ EXPECT_DMCGB_DATA_VAR = "CG2A_EXPECT_DMCGB_DATA"
 # Read at import, before any test runs (tests remove the variable to exercise the
 # procedural sets; the data tests must still see the user's folder).
 DMCGB_DATA_AT_START = os.environ.get(DMCGB_DATA_VAR, "").strip()
+# The data beside the clone (docs/install.md), used when the variable is unset.
+DMCGB_DATA_BESIDE = Path(__file__).resolve().parents[2] / "shared" / "dmcgb"
+DMCGB_DATA_ORIGIN = DMCGB_DATA_VAR
+if not DMCGB_DATA_AT_START and DMCGB_DATA_BESIDE.is_dir():
+    DMCGB_DATA_AT_START, DMCGB_DATA_ORIGIN = str(DMCGB_DATA_BESIDE), "beside the clone"
 
 
 def pytest_configure(config):
@@ -53,9 +61,10 @@ def device(request) -> str:
 
 @pytest.fixture
 def dmcgb_data() -> Path:
-    """The DMC-GB data folder from CG2A_DMCGB_DATA; a named folder that does not exist fails."""
+    """The DMC-GB data folder from CG2A_DMCGB_DATA (else <repo>/../shared/dmcgb); a named folder that
+    does not exist fails."""
     if not DMCGB_DATA_AT_START:
-        text = f"DMC-GB data not given: set {DMCGB_DATA_VAR} to the data folder"
+        text = f"DMC-GB data not given: set {DMCGB_DATA_VAR} to the data folder (or put it at {DMCGB_DATA_BESIDE})"
         if os.environ.get(EXPECT_DMCGB_DATA_VAR) == "1":
             pytest.fail(f"{text} ({EXPECT_DMCGB_DATA_VAR}=1)")
         pytest.skip(text)
@@ -65,7 +74,7 @@ def dmcgb_data() -> Path:
     return path
 
 
-def pytest_report_header(config):
+def header_lines() -> list[str]:
     from cg2a_ext._extension import has_cuda_kernels, load_error
 
     torch_build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU build"
@@ -74,8 +83,19 @@ def pytest_report_header(config):
     else:
         kernels = "CPU and CUDA kernels" if has_cuda_kernels() else "CPU kernels only"
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"none ({NO_CUDA_DEVICE} tests skip)"
-    data = DMCGB_DATA_AT_START or f"not given ({DMCGB_DATA_VAR})"
+    data = f"{DMCGB_DATA_AT_START} ({DMCGB_DATA_ORIGIN})" if DMCGB_DATA_AT_START else (
+        f"not given ({DMCGB_DATA_VAR}, or {DMCGB_DATA_BESIDE})")
     return [
         f"cg2a: torch {torch.__version__} ({torch_build}); cg2a_ext._C: {kernels}; CUDA device: {gpu}",
         f"cg2a: DMC-GB data: {data}",
     ]
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session):
+    """The header lines, written whatever the verbosity (pytest_report_header's lines are hidden by -q)."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None:
+        return
+    for line in header_lines():
+        reporter.write_line(line)

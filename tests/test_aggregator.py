@@ -164,3 +164,31 @@ def test_one_result_type_with_the_drawn_gamma(backend):
     expected = reference.aggregate(grads, result.gamma)
     for p, e in zip(params, expected.grads):
         torch.testing.assert_close(p.grad, e)
+
+
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+@pytest.mark.parametrize("alpha, beta, name", [
+    (1.5, 1.5, "alpha"), (float("inf"), float("inf"), "alpha"), (0.2, 1.5, "beta"),
+    (0.2, float("inf"), "beta"), (float("nan"), 0.3, "alpha"), (0.2, float("nan"), "beta"), (-0.1, 0.3, "alpha"),
+])
+def test_gamma_range_outside_0_1_is_refused_at_construction(backend, alpha, beta, name):
+    with pytest.raises(ValueError, match=rf"CG2A: {name} = .*\[0, 1\]"):
+        CG2A(alpha=alpha, beta=beta, backend=backend)
+
+
+def test_apply_writes_into_grad_buffers_that_do_not_require_grad():
+    model = nn.Linear(3, 2)
+    params = list(model.parameters())
+    grads = [torch.randn(2, *p.shape) for p in params]
+    CG2A(backend="reference").apply_(params, grads)
+    assert all(p.grad is not None and not p.grad.requires_grad for p in params)
+
+
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+def test_out_that_requires_grad_is_refused(backend):
+    param = nn.Parameter(torch.zeros(4))
+    with pytest.raises(ValueError, match=r"out\[0\] requires grad.*\.grad"):
+        CG2A(backend=backend)([torch.randn(2, 4)], out=[param])
+    with torch.no_grad(), pytest.raises(ValueError, match=r"out\[0\] requires grad"):
+        CG2A(backend=backend)([torch.randn(2, 4)], out=[param])
+    assert param.abs().sum().item() == 0.0

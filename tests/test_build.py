@@ -68,7 +68,9 @@ def test_torch_is_a_minimum_not_a_pin_and_the_running_one_meets_it():
     assert requirement.specifier.contains(running, prereleases=True), f"torch {running} is older than {minimum}"
     expected = os.environ.get("CG2A_EXPECT_TORCH")
     if expected:
-        assert torch.__version__ == expected, f"CG2A_EXPECT_TORCH={expected} but torch {torch.__version__} runs"
+        # "2.14.1" names the release whatever its local build tag ("+cu130"); "2.13.0+cpu" names the build too
+        running = torch.__version__ if "+" in expected else torch.__version__.split("+")[0]
+        assert running == expected, f"CG2A_EXPECT_TORCH={expected} but torch {torch.__version__} runs"
 
 
 def test_installed_metadata_keeps_the_minimum():
@@ -126,9 +128,15 @@ def test_setup_needs_matching_cuda_major_versions(tmp_path, monkeypatch, capsys)
     assert "CUDA 12.8" in reason and "CUDA 13.0" in reason
     assert SETUP["want_cuda"](older, toolkit) is False
     assert "CPU kernels only" in capsys.readouterr().out
-    # Same major, other minor: CUDA's minor-version compatibility covers it.
-    assert SETUP["why_no_cuda"](fake_torch("2.14.1+cu132", "13.2"), toolkit) is None
-    assert SETUP["want_cuda"](fake_torch("2.14.1+cu132", "13.2"), toolkit) is True
+    # Same major, older minor: torch's CUDA 13.2 headers refuse nvcc 13.0; the line says how to get one.
+    assert SETUP["want_cuda"](fake_torch("2.15.0+cu132", "13.2"), toolkit) is False
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("cg2a_ext: building the CPU kernels only: torch 2.15.0+cu132 was built with CUDA 13.2")
+    assert '`pip install "nvidia-cuda-nvcc==13.2.*"`' in line and "\n" not in line
+    # Same major, same or newer minor: built.
+    assert SETUP["why_no_cuda"](fake_torch("2.14.1+cu130", "13.0"), toolkit) is None
+    assert SETUP["why_no_cuda"](fake_torch("2.14.1+cu128", "12.8"), fake_toolkit(tmp_path / "c129", "12.9")) is None
+    assert SETUP["want_cuda"](fake_torch("2.14.1+cu130", "13.0"), toolkit) is True
     assert "CPU and CUDA kernels" in capsys.readouterr().out
     monkeypatch.setenv("CG2A_CUDA", "0")
     assert SETUP["want_cuda"](fake_torch("2.14.1+cu132", "13.2"), toolkit) is False
@@ -136,6 +144,58 @@ def test_setup_needs_matching_cuda_major_versions(tmp_path, monkeypatch, capsys)
     monkeypatch.setenv("CG2A_CUDA", "yes")
     with pytest.raises(SystemExit, match="expected 0 .* or 1"):
         SETUP["want_cuda"](fake_torch("2.14.1+cu132", "13.2"), toolkit)
+
+
+def test_nvcc_fits_needs_same_major_and_at_least_torchs_minor():
+    fits = SETUP["nvcc_fits"]
+    assert fits("13.2", "13.2") and fits("13.0", "13.2") and fits("12.8", "12.9")
+    assert not fits("13.2", "13.0") and not fits("12.8", "13.2") and not fits("13.0", "12.9")
+    assert not fits("13.0", None) and not fits("garbage", "13.0")
+
+
+def test_select_toolkit_takes_the_first_that_fits_torch(tmp_path):
+    versions = {str(tmp_path / "cuda_home"): "13.0", str(tmp_path / "path"): "12.8",
+                str(tmp_path / "local"): "13.0", str(tmp_path / "pip"): "13.2"}
+    for root in versions:
+        Path(root).mkdir()
+    candidates = list(versions) + [str(tmp_path / "missing")]
+    select = SETUP["select_toolkit"]
+
+    def pick(torch_cuda, roots=candidates):
+        return select(torch_cuda, roots, is_toolkit=lambda r: r in versions, version_of=versions.get)
+
+    assert pick("13.0") == str(tmp_path / "cuda_home")  # CUDA_HOME first when it fits
+    assert pick("12.8") == str(tmp_path / "path")
+    assert pick("13.2") == str(tmp_path / "pip")  # pip's nvcc when only it fits
+    assert pick("13.1") == str(tmp_path / "pip")
+    assert pick("13.4") == str(tmp_path / "cuda_home")  # none fits: the first (why_no_cuda says why)
+    assert pick(None) == str(tmp_path / "cuda_home")  # a CPU torch
+    assert pick("13.0", [str(tmp_path / "missing")]) is None
+
+
+def test_pip_nvcc_is_found_in_site_packages(tmp_path):
+    site = tmp_path / "site-packages"
+    for folder in ("cu13", "cuda_nvcc"):
+        (site / "nvidia" / folder / "bin").mkdir(parents=True)
+        (site / "nvidia" / folder / "bin" / "nvcc").write_text("")
+    (site / "nvidia" / "cu13" / "include").mkdir()
+    (site / "nvidia" / "cu13" / "include" / "cuda_runtime.h").write_text("")
+    roots = SETUP["pip_nvcc_roots"]([str(site)])
+    assert roots == [str(site / "nvidia" / "cu13"), str(site / "nvidia" / "cuda_nvcc")]
+    # cuda_runtime.h may lie in the nvidia-cuda-runtime wheel beside nvcc (CUDA 12's layout)
+    assert all(SETUP["is_toolkit"](root) for root in roots)
+    assert not SETUP["is_toolkit"](str(tmp_path))
+
+
+def test_candidates_follow_cuda_home_path_local_then_pip(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    monkeypatch.setattr(sys, "path", [str(tmp_path / "site")])
+    (tmp_path / "site" / "nvidia" / "cu13" / "bin").mkdir(parents=True)
+    (tmp_path / "site" / "nvidia" / "cu13" / "bin" / "nvcc").write_text("")
+    assert SETUP["toolkit_candidates"]() == [
+        str(tmp_path / "home"), "/usr/local/cuda", str(tmp_path / "site" / "nvidia" / "cu13")]
 
 
 # ------------------------------------------------------- the installed extension
@@ -242,3 +302,18 @@ def test_in_place_build_replaces_the_library_file_instead_of_rewriting_it(tmp_pa
         assert held.read() == b"old library"          # the open file is untouched
     assert old.read_bytes() == b"new library" and old.stat().st_ino != inode
     assert sorted(p.name for p in tmp_path.iterdir()) == ["_C.so", "built.so"]   # no partial file left
+
+
+def test_a_source_tree_without_its_build_says_how_to_get_one(tmp_path):
+    """`python -c "from cg2a_ext import ops"` from a checkout's root imports the source tree: the advice
+    names that case (run elsewhere, or an editable install), not a plain `pip install .`."""
+    package = tmp_path / "cg2a_ext"
+    package.mkdir()
+    shutil.copy(ROOT / "cg2a_ext" / "_extension.py", package / "_extension.py")
+    installed = runpy.run_path(str(package / "_extension.py"))["build_advice"]()
+    assert "pip install --no-build-isolation ." in installed and "source tree" not in installed
+    (tmp_path / "setup.py").write_text("")
+    (tmp_path / "csrc").mkdir()
+    advice = runpy.run_path(str(package / "_extension.py"))["build_advice"]()
+    assert f"imported the source tree {package}, which has no compiled _C" in advice
+    assert "run from another folder" in advice and "pip install --no-build-isolation -e ." in advice

@@ -244,3 +244,25 @@ def test_importing_the_library_imports_no_rl_code():
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=IMPORTED_FROM, timeout=120)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]", f"importing cg2a_ext loaded: {run.stdout}"
+
+
+@pytest.mark.parametrize("gamma", [float("nan"), float("inf"), -0.1, 1.5, torch.tensor(1.5)])
+@pytest.mark.parametrize("module", [ops, reference])
+def test_gamma_outside_0_1_is_refused(module, gamma):
+    grads = [torch.randn(2, 5)]
+    with pytest.raises(ValueError, match=r"gamma = .*expected a finite value in \[0, 1\]"):
+        module.aggregate(grads, gamma, nonfinite="raise")
+    # as the fused op: without SGS gamma is not used, so not checked
+    module.aggregate(grads, gamma, sgs=False)
+
+
+@pytest.mark.parametrize("module", [ops, reference])
+def test_out_that_requires_grad_is_refused(module):
+    param = torch.nn.Parameter(torch.zeros(5))
+    for grad_mode in (torch.enable_grad, torch.no_grad):
+        with grad_mode(), pytest.raises(ValueError, match=r"out\[0\] requires grad.*pass the parameters' \.grad"):
+            module.aggregate([torch.randn(2, 5)], 0.25, out=[param])
+    assert param.abs().sum().item() == 0.0
+    weights = torch.full((2,), 0.5, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"out\[0\] requires grad"):
+        module.combine([torch.randn(2, 5)], weights, 0.25, out=[param])
