@@ -422,21 +422,19 @@ def clean_stale_temporaries(run_dir) -> list[Path]:
     """Remove temporaries of killed processes and replay files without their checkpoint (call under the lock)."""
     run_dir = Path(run_dir)
     removed = []
-    ck = run_dir / CHECKPOINTS
-    for folder in (run_dir, ck):
+    for folder in (run_dir, RunFolder(run_dir).checkpoints_dir):
         if not folder.is_dir():
             continue
         for p in folder.iterdir():
             if is_temporary(p.name) and p.is_file():
                 p.unlink(missing_ok=True)
                 removed.append(p)
-    if ck.is_dir():
-        steps = {m.group(1) for p in ck.iterdir() if (m := re.match(r"^step_(\d+)\.pt$", p.name))}
-        for p in ck.iterdir():
-            m = re.match(r"^replay_(\d+)\.npz$", p.name)
-            if m and m.group(1) not in steps:
-                p.unlink(missing_ok=True)
-                removed.append(p)
+    folder = RunFolder(run_dir)
+    steps = {step for step, _ in folder.checkpoints()}
+    for step, p in folder.replays():
+        if step not in steps:
+            p.unlink(missing_ok=True)
+            removed.append(p)
     return removed
 
 
@@ -490,16 +488,10 @@ def open_existing_run(run_dir) -> RunLock:
 
 def truncate_media(run_dir, step: int) -> None:
     """Remove videos and images written after ``step`` (resuming from the checkpoint at ``step``)."""
-    run_dir = Path(run_dir)
-    videos = run_dir / VIDEOS
-    if videos.is_dir():
-        for p in videos.iterdir():
-            m = re.match(r"^step(\d+)_", p.name)
-            if m and int(m.group(1)) > step:
-                p.unlink(missing_ok=True)
-    images = run_dir / IMAGES
-    if images.is_dir():
-        for p in images.iterdir():
-            m = re.match(r"^step_(\d+)$", p.name)
-            if m and int(m.group(1)) > step:
-                shutil.rmtree(p, ignore_errors=True)
+    folder = RunFolder(run_dir)
+    for s, p in folder.video_steps():
+        if s > step:
+            p.unlink(missing_ok=True)
+    for s, p in folder.image_steps():
+        if s > step:
+            shutil.rmtree(p, ignore_errors=True)
