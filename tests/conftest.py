@@ -13,7 +13,8 @@ device, those cases are reported as skipped with the reason "no CUDA device":
 The DMC-GB data tests take ``dmcgb_data``: the folder named by ``CG2A_DMCGB_DATA`` as
 the session started (read once, here, so no test's monkeypatching of the variable can
 hide it), else ``<repo>/../shared/dmcgb`` where that folder exists (the data beside the
-clone). Without either they skip, or fail under ``CG2A_EXPECT_DMCGB_DATA=1`` (CI).
+clone; an empty variable means no data). Without either they skip, or fail under
+``CG2A_EXPECT_DMCGB_DATA=1`` (CI).
 
 The header lines (torch, kernels, CUDA device, DMC-GB data) are printed under ``-q`` too.
 """
@@ -34,7 +35,8 @@ DMCGB_DATA_AT_START = os.environ.get(DMCGB_DATA_VAR, "").strip()
 # The data beside the clone (docs/install.md), used when the variable is unset.
 DMCGB_DATA_BESIDE = Path(__file__).resolve().parents[2] / "shared" / "dmcgb"
 DMCGB_DATA_ORIGIN = DMCGB_DATA_VAR
-if not DMCGB_DATA_AT_START and DMCGB_DATA_BESIDE.is_dir():
+# an empty CG2A_DMCGB_DATA means "no data" (the procedural sets), not "look beside the clone"
+if DMCGB_DATA_VAR not in os.environ and DMCGB_DATA_BESIDE.is_dir():
     DMCGB_DATA_AT_START, DMCGB_DATA_ORIGIN = str(DMCGB_DATA_BESIDE), "beside the clone"
 
 

@@ -62,9 +62,9 @@ def test_dmcgb_data_tests_use_the_folder_the_variable_names(tmp_path):
 
     out = run_pytest(tmp_path, data_test, CG2A_DMCGB_DATA=str(data), CG2A_EXPECT_DMCGB_DATA=None)
     assert f"DMC-GB data: {data}" in out and "1 passed" in out, out[-3000:]
-    out = run_pytest(tmp_path, data_test, CG2A_DMCGB_DATA=None, CG2A_EXPECT_DMCGB_DATA=None)
+    out = run_pytest(tmp_path, data_test, CG2A_DMCGB_DATA="", CG2A_EXPECT_DMCGB_DATA=None)
     assert "1 skipped" in out and "DMC-GB data not given: set CG2A_DMCGB_DATA" in out, out[-3000:]
-    out = run_pytest(tmp_path, data_test, CG2A_DMCGB_DATA=None, CG2A_EXPECT_DMCGB_DATA="1")
+    out = run_pytest(tmp_path, data_test, CG2A_DMCGB_DATA="", CG2A_EXPECT_DMCGB_DATA="1")
     assert "1 error" in out and "(CG2A_EXPECT_DMCGB_DATA=1)" in out, out[-3000:]
     out = run_pytest(tmp_path, data_test, CG2A_DMCGB_DATA=str(tmp_path / "missing"), CG2A_EXPECT_DMCGB_DATA=None)
     assert "1 error" in out and "is not a folder" in out, out[-3000:]
