@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from cg2a_ext.rl.run.folder import RunFolder
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ["preset=cpu", "image_size=32", "episode_length=80", "num_conv_layers=2", "num_filters=8",
@@ -64,7 +65,7 @@ def with_sweep(runs, options, algorithms, seeds, folder: Path) -> float:
     elapsed = time.perf_counter() - start
     if p.returncode != 0:
         raise RuntimeError(f"sweep.py failed:\n{p.stdout[-3000:]}")
-    finished = sum((folder / r.name / "finished.json").is_file() for r in runs)
+    finished = sum(RunFolder(folder / r.name).finished.is_file() for r in runs)
     if finished != len(runs):
         raise RuntimeError(f"sweep.py finished {finished} of {len(runs)} runs")
     return elapsed

@@ -20,7 +20,6 @@ import errno
 import io
 import os
 import pickle
-import re
 import shutil
 import zipfile
 from pathlib import Path

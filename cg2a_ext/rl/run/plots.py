@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import warnings
 from pathlib import Path
 
 import numpy as np
+from cg2a_ext.rl.run.folder import RunFolder
 
 
 def _read_csv(path) -> list[dict]:
@@ -79,7 +79,7 @@ def overlay_images(run_dir, config: dict, unrecorded: str = "procedural") -> str
     if not draws_overlay_images(_flat_options(config)):
         return ""
     try:
-        recorded = json.loads((Path(run_dir) / "plan.json").read_text()).get("overlay_images")
+        recorded = (RunFolder(run_dir).read_plan() or {}).get("overlay_images")
     except (OSError, ValueError, AttributeError):
         recorded = None
     return str(recorded or config.get("image_bank") or unrecorded)
@@ -94,7 +94,7 @@ def run_label(run_dir) -> str:
     them are different methods, e.g. ablations, not seeds of one curve) that differs from its default, and,
     for an algorithm that overlays images, the images it drew (``image_bank=procedural``: an approximation
     of Places365, always said)."""
-    cfg_path = Path(run_dir) / "config.json"
+    cfg_path = RunFolder(run_dir).config
     if not cfg_path.is_file():
         return Path(run_dir).name
     from cg2a_ext.rl import algorithms
@@ -147,7 +147,7 @@ def plot_learning_curves(run_dirs, out_path) -> Path:
         groups.setdefault(run_label(d), []).append(Path(d))
     modes: list[str] = []
     for d in run_dirs:
-        for r in _read_csv(Path(d) / "eval.csv"):
+        for r in RunFolder(d).rows("eval"):
             if r["mode"] not in modes:
                 modes.append(r["mode"])
     panels = modes + ["training episodes"]
@@ -162,11 +162,11 @@ def plot_learning_curves(run_dirs, out_path) -> Path:
             curves = []
             for d in dirs:
                 if panel == "training episodes":
-                    rows = _read_csv(d / "train.csv")
+                    rows = RunFolder(d).rows("train")
                     xs = np.array([_num(r["step"]) for r in rows])
                     ys = np.array([_num(r["episode_return"]) for r in rows])
                 else:
-                    rows = [r for r in _read_csv(d / "eval.csv") if r["mode"] == panel]
+                    rows = [r for r in RunFolder(d).rows("eval") if r["mode"] == panel]
                     xs = np.array([_num(r["step"]) for r in rows])
                     ys = np.array([_num(r["mean_return"]) for r in rows])
                 if len(xs):
@@ -220,7 +220,7 @@ def aggregate_shares(row: dict, k: int) -> np.ndarray:
 
 def plot_gradient_diagnostics(run_dir, out_path) -> Path | None:
     """Per-loss gradient norms, pairwise cosines, conflict fraction, GAS weights and gamma over training."""
-    rows = _read_csv(Path(run_dir) / "diagnostics.csv")
+    rows = RunFolder(run_dir).rows("diagnostics")
     if not rows:
         return None
     plt = _plt()
@@ -266,14 +266,11 @@ def plot_gradient_diagnostics(run_dir, out_path) -> Path | None:
 
 def evaluation_image_steps(run_dir) -> dict[int, dict[str, Path]]:
     """``{step: {name: png}}`` of the images a run saved at its evaluations (``images/step_<N>/<name>.png``)."""
-    from cg2a_ext.rl.run.folder import IMAGES
-
     found: dict[int, dict[str, Path]] = {}
-    for d in sorted((Path(run_dir) / IMAGES).glob("step_*")):
-        match = re.fullmatch(r"step_(\d+)", d.name)
+    for step, d in RunFolder(run_dir).image_steps():
         pngs = {p.stem: p for p in sorted(d.glob("*.png"))}
-        if match and pngs:
-            found[int(match.group(1))] = pngs
+        if pngs:
+            found[step] = pngs
     return found
 
 

@@ -10,27 +10,18 @@ half-written while the run is going: unreadable rows are skipped.
 """
 from __future__ import annotations
 
-import csv
-import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from cg2a_ext.rl.run.folder import DamagedFileError, RunFolder
 
 NEW, PARTIAL, FINISHED = "new", "partial", "finished"
-FINISHED_FILE = "finished.json"
-_STEP_PT = re.compile(r"^step_(\d+)\.pt$")
-
-
 def checkpoint_steps(run_dir) -> list[int]:
-    d = Path(run_dir) / "checkpoints"
-    if not d.is_dir():
-        return []
-    return sorted(int(m.group(1)) for p in d.iterdir() if (m := _STEP_PT.match(p.name)))
+    return [step for step, _ in RunFolder(run_dir).checkpoints()]
 
 
 def _train_steps(run_dir) -> int | None:
     try:
-        return int(json.loads((Path(run_dir) / "config.json").read_text())["train_steps"])
+        return int(RunFolder(run_dir).read_config_dict()["train_steps"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -45,12 +36,11 @@ def run_status(run_dir) -> str:
     return status
 
 
-def read_rows(path) -> list[dict]:
-    path = Path(path)
+def _rows(run_dir, kind: str) -> list[dict]:
+    """A log's rows for the live table: a log being written or damaged shows as empty, it never stops the sweep."""
     try:
-        with open(path, newline="") as f:
-            return list(csv.DictReader(f))
-    except (OSError, csv.Error):
+        return RunFolder(run_dir).rows(kind)
+    except (OSError, DamagedFileError):
         return []
 
 
@@ -104,12 +94,12 @@ def wall_rate(train_rows: list[dict], window: int = RATE_WINDOW) -> float | None
 def snapshot(run_dir) -> Snapshot:
     run_dir = Path(run_dir)
     snap = Snapshot(status=run_status(run_dir), train_steps=_train_steps(run_dir))
-    for row in reversed(read_rows(run_dir / "update.csv")):
+    for row in reversed(_rows(run_dir, "update")):
         step, speed = _int(row.get("step")), _float(row.get("steps_per_s"))
         if step is not None and speed is not None:
             snap.step, snap.steps_per_s = step, speed
             break
-    train_rows = read_rows(run_dir / "train.csv")
+    train_rows = _rows(run_dir, "train")
     snap.wall_steps_per_s = wall_rate(train_rows)
     for row in reversed(train_rows):
         if (step := _int(row.get("step"))) is not None:
@@ -118,7 +108,7 @@ def snapshot(run_dir) -> Snapshot:
     ckpt = checkpoint_steps(run_dir)
     if ckpt:
         snap.step = max(snap.step, ckpt[-1])
-    evals = [(s, row) for row in read_rows(run_dir / "eval.csv") if (s := _int(row.get("step"))) is not None]
+    evals = [(s, row) for row in _rows(run_dir, "eval") if (s := _int(row.get("step"))) is not None]
     if evals:
         last = max(s for s, _ in evals)
         snap.eval_step = last

@@ -35,7 +35,8 @@ from cg2a_ext.rl.config import ConfigError
 
 from cg2a_ext.rl.sweep import manifest
 from cg2a_ext.rl.sweep.grid import RunSpec
-from cg2a_ext.rl.sweep.run_state import FINISHED, FINISHED_FILE, PARTIAL, checkpoint_steps, run_status
+from cg2a_ext.rl.sweep.run_state import FINISHED, PARTIAL, checkpoint_steps, run_status
+from cg2a_ext.rl.run.folder import RunFolder
 
 PERMANENT_ERRORS: tuple[type[BaseException], ...] = (ConfigError, FileNotFoundError, ImportError)
 
@@ -100,12 +101,11 @@ def run_config(run: RunSpec, run_dir: Path, resume: bool, threads: int):
 
 def _zero_shot(run_dir: Path, zero_shot: dict, threads: int, out) -> str:
     """Evaluates the finished run on zero_shot["modes"] x zero_shot["episodes"]; returns a one-line summary."""
-    import json
 
     from cg2a_ext.rl.sweep.report.zero_shot import evaluate_run, own_modes
 
     try:
-        device = json.loads((run_dir / "config.json").read_text()).get("device", "cpu")
+        device = RunFolder(run_dir).read_config_dict().get("device", "cpu")
     except (OSError, ValueError):
         device = "cpu"
     device = "cpu" if device in ("", "auto") or not str(device).startswith("cuda") else device
@@ -171,7 +171,7 @@ def execute_run(root: str, run: dict, attempt: int, threads: int = 1, launch: st
             return {**result, "status": "failed" if permanent else "error", "permanent": permanent, "error": text}
         steps = checkpoint_steps(run_dir)
         step = steps[-1] if steps else 0
-        if not (run_dir / FINISHED_FILE).is_file():
+        if not RunFolder(run_dir).finished.is_file():
             return {**result, "status": "incomplete", "step": step}
         if zero_shot and zero_shot.get("episodes", 0) > 0 and zero_shot.get("modes"):
             # the same log and tee as the training: streams kept from it (absl's) still land in this log

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from cg2a_ext.rl import algorithms
 from cg2a_ext.rl.sweep import manifest
-from cg2a_ext.rl.sweep.run_state import FINISHED, NEW, checkpoint_steps, read_rows, run_status
+from cg2a_ext.rl.sweep.run_state import FINISHED, NEW, checkpoint_steps, run_status
+from cg2a_ext.rl.run.folder import CONFIG, RunFolder
 
 
 @dataclass
@@ -70,7 +71,7 @@ def _method_without_manifest(run_dir: Path, task: str) -> str:
 
 def _eval_sources(run_dir: Path) -> dict:
     out: dict[str, set] = {}
-    for row in read_rows(run_dir / "eval.csv"):
+    for row in RunFolder(run_dir).rows("eval"):
         if row.get("mode") and row.get("data_source"):
             out.setdefault(row["mode"], set()).add(row["data_source"])
     return {m: sorted(s) for m, s in out.items()}
@@ -83,7 +84,7 @@ def collect(root) -> list[RunInfo]:
         entries = [(s.name, s.task, s.algorithm, s.seed, s.method) for s in specs]
     else:
         entries = []
-        for cfg_path in sorted(root.glob("*/config.json")) + sorted(root.glob("*/*/*/config.json")):
+        for cfg_path in sorted(root.glob(f"*/{CONFIG}")) + sorted(root.glob(f"*/*/*/{CONFIG}")):
             d = cfg_path.parent
             cfg = json.loads(cfg_path.read_text())
             name = str(d.relative_to(root))
@@ -93,8 +94,8 @@ def collect(root) -> list[RunInfo]:
     for name, task, algorithm, seed, method in entries:
         d = root / name
         cfg = {}
-        if (d / "config.json").is_file():
-            cfg = json.loads((d / "config.json").read_text())
+        if RunFolder(d).config.is_file():
+            cfg = RunFolder(d).read_config_dict()
         status = run_status(d) if d.is_dir() else NEW
         steps = checkpoint_steps(d)
         runs.append(RunInfo(name, d, task, algorithm, seed, method, status, cfg, steps[-1] if steps else _final_step(d),

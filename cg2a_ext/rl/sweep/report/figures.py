@@ -11,6 +11,7 @@ from pathlib import Path
 
 from cg2a_ext.rl.sweep.report.collect import RunInfo
 from cg2a_ext.rl.sweep.report.summary import Summary
+from cg2a_ext.rl.run.folder import RunFolder
 
 
 def _safe(text: str) -> str:
@@ -22,7 +23,7 @@ def learning_curves(runs: list[RunInfo], out_dir: Path) -> list[Path]:
 
     written = []
     for task in sorted({r.task for r in runs}):
-        dirs = [r.dir for r in runs if r.task == task and r.finished and (r.dir / "eval.csv").is_file()]
+        dirs = [r.dir for r in runs if r.task == task and r.finished and RunFolder(r.dir).log("eval").is_file()]
         if dirs:
             written.append(plot_learning_curves(dirs, out_dir / f"curves_{_safe(task)}.png"))
     return written

@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from cg2a_ext.rl.run.folder import RunFolder
 
 CACHE_FILE = "zero_shot_report.json"
 STREAM = "zero_shot"
@@ -64,7 +65,7 @@ def evaluate_run(run_dir, modes, episodes: int, device: str = "cpu", data_dir: s
     from cg2a_ext.rl.envs import family_of
 
     run_dir = Path(run_dir)
-    cfg = TrainConfig.load(run_dir / "config.json")
+    cfg = TrainConfig.load(RunFolder(run_dir).config)
     MODES = family_of(cfg.task).modes
     for m in modes:
         if m not in MODES:
@@ -116,7 +117,7 @@ def own_modes(run_dir, modes) -> list[str]:
     from cg2a_ext.rl.config import TrainConfig
     from cg2a_ext.rl.envs import family_of
 
-    known = family_of(TrainConfig.load(Path(run_dir) / "config.json").task).modes
+    known = family_of(TrainConfig.load(RunFolder(run_dir).config).task).modes
     return [m for m in modes if m in known]
 
 
