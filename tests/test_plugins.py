@@ -32,7 +32,8 @@ def test_a_toy_algorithm_and_family_train_from_one_module_and_one_line_each(toys
                       num_conv_layers=2, num_filters=4, projection_dim=8, hidden_dim=16, progress=False,
                       tensorboard=False, run_dir=str(tmp_path / "run"))
     result = train(cfg)
-    assert result.step == 40 and set(result.final_evaluation) == {"train"}
+    # the final evaluation is zero-shot on every mode the toy family declares
+    assert result.step == 40 and set(result.final_evaluation) == {"train", "dark"}
     assert cfg.frame_stack == 1 and cfg.image_size == 16          # the family's observation defaults
     # the command line knows the toy's options by its prefix
     from cg2a_ext.rl.cli.options import config_from_args

@@ -187,7 +187,7 @@ def test_report_names_the_overlay_images_each_run_trained_with(tmp_path, monkeyp
     assert overlay_images(recorded, {"algorithm": "cg2a", "augmentations": ["conv", "overlay_s"]}) == "procedural"
     assert overlay_images(recorded, {"algorithm": "svea", "svea_augmentation": "conv"}) == ""
     from cg2a_ext.rl.config import TrainConfig
-    from cg2a_ext.rl.core.image_bank import draws_overlay_images
+    from cg2a_ext.rl.run.plots import draws_overlay_images
 
     assert not draws_overlay_images(TrainConfig(algorithm="drq").to_dict())      # a TrainConfig works too
     assert draws_overlay_images(TrainConfig(algorithm="svea").to_dict())

@@ -23,7 +23,8 @@ from cg2a_ext.rl.run.folder import RunDirError, RunLock, run_status  # noqa: E40
 # 10 agent steps per episode (40 simulator steps, action repeat 4), 20 seed steps
 TINY = ["--task", "cartpole_balance", "--preset", "cpu", "--image_size", "32", "--episode_length", "40",
         "--num_conv_layers", "2", "--num_filters", "8", "--projection_dim", "16", "--hidden_dim", "32",
-        "--batch_size", "8", "--seed_steps", "20", "--eval_episodes", "1", "--no-progress", "--device", "cpu"]
+        "--batch_size", "8", "--seed_steps", "20", "--eval_episodes", "1", "--final_eval_modes", "train",
+        "--no-progress", "--device", "cpu"]
 # cg2a (diagnostics rows too); checkpoints fall due at 15 / 30 / 45 and are taken at episode ends 20 / 30 / 50;
 # update rows every 25 steps, so a checkpoint at 30 holds a partial logging accumulator (updates 26-30)
 RESUMED = ["--algorithm", "cg2a", "--train_steps", "60", "--eval_freq", "20", "--log_freq", "25",
@@ -433,55 +434,6 @@ def test_evaluation_images_and_progress_display(tmp_path, monkeypatch, capsys):
     assert "estimated time: about" in out and "K=1" in out and "preset cpu" in out
     plan = json.loads((d / "plan.json").read_text())
     assert plan["measured"]["train_steps_per_s"] > 0 and plan["evaluation"]["modes"] == ["train"]
-
-
-def test_eta_counts_training_steps_at_the_training_rate():
-    from cg2a_ext.rl.config import TrainConfig
-    from cg2a_ext.rl.run.logs import Progress, Rates, remaining_seconds
-
-    cfg = TrainConfig(train_steps=1000, seed_steps=100, eval_freq=500, eval_episodes=2,
-                      eval_modes=("train", "color_easy"))
-    # evaluations left at step 0: the pending one at 0, at 500 and the final one; 4 episodes each
-    assert remaining_seconds(cfg, 0, Rates(0.01, 1.0, 3.0), evaluation_pending=True) == \
-        pytest.approx(100 * 0.01 + 900 * 1.0 + 3 * 4 * 3.0)
-    p = Progress(cfg, enabled=False, rates=Rates(0.5, 2.0, 3.0))
-    for _ in range(100):
-        p.advance(0.001, training=False)                # fast seed steps do not shorten the training part
-    assert p.eta() == pytest.approx(900 * 2.0 + 2 * 4 * 3.0)
-    p.advance(4.0, training=True)
-    assert p.eta() == pytest.approx(899 * 4.0 + 2 * 4 * 3.0)
-
-
-def test_progress_redraws_a_log_file_rarely_and_a_terminal_live(monkeypatch):
-    """Redirected to a file, the bar must not write ~10 redraws a second into the log (a 500k-step run would
-    write hundreds of MB); on a terminal it stays live."""
-    import io
-    import sys
-
-    from cg2a_ext.rl.config import TrainConfig
-    from cg2a_ext.rl.run.logs import Progress, Rates
-
-    class Terminal(io.StringIO):
-        def isatty(self):
-            return True
-
-    from cg2a_ext.rl.config import resolve
-    cfg = TrainConfig(train_steps=2000, seed_steps=0, eval_freq=0)
-    resolve(cfg)
-    redraws = {}
-    for name, stream in (("log", io.StringIO()), ("terminal", Terminal())):
-        monkeypatch.setattr(sys, "stderr", stream)
-        clock = [0.0]
-        monkeypatch.setattr("time.monotonic", lambda: clock[0])
-        monkeypatch.setattr("time.time", lambda: clock[0])
-        p = Progress(cfg, rates=Rates(0.01, 0.1, 1.0))
-        for _ in range(1200):                   # 120 s of steps at 10 steps/s
-            clock[0] += 0.1
-            p.advance(0.1, training=True)
-        p.close()
-        redraws[name] = stream.getvalue().count("\r")
-    assert redraws["log"] <= 6, redraws          # one per minute, plus the first and the last
-    assert redraws["terminal"] >= 100, redraws    # about one a second
 
 
 # --------------------------------------------------------------------------- two launches into one new folder

@@ -23,7 +23,8 @@ from cg2a_ext.rl.sweep.progress import RUNNING, Row, render, sweep_eta
 from cg2a_ext.rl.sweep.run_state import FINISHED, PARTIAL, checkpoint_steps, run_status, snapshot
 
 # The tiny configuration of tests/test_trainer.py, as sweep options (20 agent steps per episode).
-TINY = ["preset=cpu", "image_size=32", "episode_length=80", "num_conv_layers=2", "num_filters=8",
+TINY = ["preset=cpu", "final_eval_modes=train", "image_size=32", "episode_length=80", "num_conv_layers=2",
+        "num_filters=8",
         "projection_dim=16", "hidden_dim=32", "batch_size=8", "seed_steps=20", "log_freq=10", "eval_episodes=1",
         "device=cpu", "eval_modes=train"]
 

@@ -45,7 +45,10 @@ def test_algorithm_end_to_end(tmp_path, algorithm):
     ev = rows(d / "eval.csv")
     modes = cfg["eval_modes"]
     assert sorted({int(r["step"]) for r in ev}) == [0, 50, 100]
-    assert {r["mode"] for r in ev} == set(modes) and all(r["data_source"] for r in ev)
+    assert {r["mode"] for r in ev if r["step"] != "100"} == set(modes) and all(r["data_source"] for r in ev)
+    # the final evaluation: zero-shot on every mode of the family
+    assert [r["mode"] for r in ev if r["step"] == "100"] == cfg["final_eval_modes"] == \
+        ["train", "color_easy", "color_hard", "video_easy", "video_hard"]
     assert list((d / "tb").glob("events.out.tfevents.*"))
     ck = sorted((d / "checkpoints").glob("step_*.pt"))
     # due at 50, taken at the next episode end (60); the last two are kept
@@ -69,13 +72,16 @@ def test_algorithm_end_to_end(tmp_path, algorithm):
     if algorithm in ("ac", "cg2a"):
         dr = rows(diag)
         assert [int(r["step"]) for r in dr] == list(range(30, 101, 10))   # every log interval after the seed steps
-        for key in ("grad_norm_0", "grad_norm_3", "cos_0_3", "conflict_fraction", "weight_0", "gamma"):
+        last = plan["K"] - 1
+        assert plan["K"] == 3                       # the cpu preset's overlay pair
+        for key in ("grad_norm_0", f"grad_norm_{last}", f"cos_0_{last}", "conflict_fraction", "weight_0", "gamma"):
             assert dr[-1][key] != ""
     else:
         assert not diag.exists() or not rows(diag)
     if algorithm == "cg2a":
         vids = list((d / "videos").iterdir())
-        assert len(vids) == 3 * len(modes) and all(v.stat().st_size > 0 for v in vids)
+        # the evaluations at 0 and 50 on the eval modes, the final one on every mode
+        assert len(vids) == 2 * len(modes) + len(cfg["final_eval_modes"]) and all(v.stat().st_size > 0 for v in vids)
 
 
 def _state(d):

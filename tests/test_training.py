@@ -51,3 +51,33 @@ def test_a_checkpoint_of_the_previous_format_is_refused_with_how_to_finish_it(tm
     with pytest.raises(RunError, match="Finish it with the previous version: git checkout 3bcb0b2") as err:
         train(TrainConfig(**{**small, "train_steps": 40, "resume": True}))
     assert err.value.exit_code == 2
+
+
+def test_the_cpu_preset_trains_cg2a_with_the_overlay_pair_and_the_paper_preset_with_random_conv_too():
+    cpu = TrainConfig(task="finger_spin", algorithm="cg2a", preset="cpu").validate()
+    paper = TrainConfig(task="finger_spin", algorithm="cg2a", preset="paper").validate()
+    assert cpu.options.augmentations == ("overlay", "overlay_s") and cpu.K == 3
+    assert paper.options.augmentations == ("conv", "overlay", "overlay_s") and paper.K == 4
+    assert TrainConfig(task="finger_spin", algorithm="ac", preset="cpu").K == 3
+    # a given combination is kept at either preset
+    from cg2a_ext.rl.algorithms.cg2a import CG2AOptions
+
+    given = TrainConfig(task="finger_spin", algorithm="cg2a", preset="cpu",
+                        options=CG2AOptions(augmentations=("conv",))).validate()
+    assert given.options.augmentations == ("conv",)
+
+
+def test_the_final_evaluation_is_zero_shot_on_every_mode_of_the_family(tmp_path, capsys):
+    from cg2a_ext.rl.run.folder import RunFolder
+
+    run = tmp_path / "run"
+    cfg = TrainConfig(task="cartpole_balance", algorithm="drq", preset="cpu", train_steps=20, seed_steps=10,
+                      eval_freq=10, eval_episodes=1, batch_size=8, episode_length=40, image_size=32,
+                      num_conv_layers=2, num_filters=4, projection_dim=8, hidden_dim=16, progress=False,
+                      tensorboard=False, run_dir=str(run))
+    result = train(cfg)
+    modes = ("train", "color_easy", "color_hard", "video_easy", "video_hard")
+    assert tuple(result.final_evaluation) == modes
+    rows = RunFolder(run).rows("eval")
+    assert [(int(r["step"]), r["mode"]) for r in rows] == [(0, "train"), (10, "train"), *((20, m) for m in modes)]
+    assert "at the end train, color_easy, color_hard, video_easy, video_hard (zero-shot)" in capsys.readouterr().out

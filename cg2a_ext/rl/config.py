@@ -13,6 +13,7 @@ config.json records the resolved values.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -44,8 +45,9 @@ class ConfigError(ValueError):
 class TrainConfig:
     # ---- task / environment
     preset: PresetName = "auto"
-    """Named defaults for the options left unset: paper (the paper's configuration, for a GPU), cpu (a small
-    encoder and short schedule for a CPU), auto (paper with CUDA, else cpu). config.json records the preset applied."""
+    """Named defaults for the options left unset: paper (the paper's configuration, for a GPU), cpu (48 px frames, a
+    4-layer encoder, 20k steps, cg2a with the overlay pair: about an hour on 2 cores), auto (paper with CUDA, else
+    cpu). config.json records the preset applied."""
     task: str = "finger_spin"
     """Task name of a registered environment family (dmc: domain_task, e.g. walker_walk)."""
     algorithm: str = "cg2a"
@@ -78,6 +80,8 @@ class TrainConfig:
     """Episodes per mode at each periodic evaluation; None = the preset's (paper 10, cpu 5)."""
     eval_modes: tuple[str, ...] | None = None
     """Evaluation modes of the task's family; None = all of them (paper) or train only (cpu)."""
+    final_eval_modes: tuple[str, ...] | None = None
+    """Modes of the final evaluation (the zero-shot test at the end); None = every mode of the task's family."""
     log_freq: int | None = None
     """Log update metrics and gradient diagnostics every this many agent steps; None = the preset's."""
     checkpoint_freq: int | None = None
@@ -202,7 +206,14 @@ class TrainConfig:
         """Number of critic loss terms of the algorithm."""
         from cg2a_ext.rl import algorithms
 
-        return algorithms.get(self.algorithm).num_losses(self.resolved_options())
+        cfg = copy.deepcopy(self)      # options left unset (cg2a's augmentations) depend on the preset
+        resolve(cfg)
+        return algorithms.get(self.algorithm).num_losses(cfg.options)
+
+    @property
+    def all_eval_modes(self) -> tuple[str, ...]:
+        """Every mode a run evaluates: the periodic ones, then those only the final evaluation adds."""
+        return tuple(dict.fromkeys((*self.eval_modes, *self.final_eval_modes)))
 
     @property
     def capacity(self) -> int:
@@ -313,7 +324,8 @@ PRESETS: dict[str, dict[str, Any]] = {
                 num_stride2=2, projection_dim=50, hidden_dim=256, device="cpu"),
 }
 UNSET_MEANS_DEFAULT = ("image_size", "frame_stack", "action_repeat", "episode_length", "train_steps", "seed_steps",
-                       "eval_freq", "eval_episodes", "eval_modes", "log_freq", "checkpoint_freq", "batch_size",
+                       "eval_freq", "eval_episodes", "eval_modes", "final_eval_modes", "log_freq", "checkpoint_freq",
+                       "batch_size",
                        "num_conv_layers", "num_filters", "num_stride2", "projection_dim", "hidden_dim")
 
 
@@ -361,6 +373,7 @@ def resolve(cfg: TrainConfig) -> None:
     given = given_options(cfg)
     cfg.preset = resolve_preset(cfg.preset)
     layered: dict[str, Any] = {"eval_modes": family.modes if cfg.preset == "paper" else ("train",),
+                               "final_eval_modes": family.modes,
                                **PRESETS[cfg.preset],
                                **dataclasses.asdict(family.observation_defaults(cfg.task, cfg.preset))}
     for name, value in layered.items():
@@ -401,7 +414,9 @@ def check(cfg: TrainConfig) -> None:
     modes = family_of(cfg.task).modes
     if not isinstance(cfg.eval_modes, tuple) or not cfg.eval_modes:
         raise ConfigError(f"--eval_modes must be a non-empty tuple of mode names, got {cfg.eval_modes!r}")
-    for m in cfg.eval_modes:
+    if not isinstance(cfg.final_eval_modes, tuple) or not cfg.final_eval_modes:
+        raise ConfigError(f"--final_eval_modes must be a non-empty tuple of mode names, got {cfg.final_eval_modes!r}")
+    for m in (*cfg.eval_modes, *cfg.final_eval_modes):
         if m not in modes:
             raise ConfigError(f"unknown evaluation mode {m!r} for task {cfg.task}; choose from {', '.join(modes)}")
     ints = {name: getattr(cfg, name) for name in (

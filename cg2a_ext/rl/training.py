@@ -103,7 +103,7 @@ def check_inputs(cfg) -> str:
     from cg2a_ext.rl.run.seeding import SeedStreams
 
     try:
-        modes = tuple(cfg.eval_modes) if cfg.eval_freq > 0 else ("train",)
+        modes = cfg.all_eval_modes if cfg.eval_freq > 0 else ("train",)
         source = family_of(cfg.task).check_data(cfg.data_dir or None, modes)
         if cfg.image_bank or os.environ.get(OVERLAY_ENV_VAR, "").strip():
             # the run's own pool (its subset and size): decoded now, so a bad image stops the run before its folder
@@ -132,15 +132,27 @@ def measure_rates(cfg, env, obs_shape, action_dim, device):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
+    def timed(fn, at_least: int, seconds: float, at_most: int) -> float:
+        """Seconds per call of ``fn``: at least ``at_least`` calls and ``seconds`` of them (a few calls are noise on
+        a busy machine), at most ``at_most``."""
+        n, t = 0, time.perf_counter()
+        while n < at_least or (time.perf_counter() - t < seconds and n < at_most):
+            fn()
+            n += 1
+        sync()
+        return (time.perf_counter() - t) / n
+
     zero = np.zeros(action_dim, np.float32)
     env.reset(seed=0)
-    n_env = 4
-    t = time.perf_counter()
-    for _ in range(n_env):
+
+    def env_step():
         _, _, terminated, truncated, _ = env.step(zero)
         if terminated or truncated:
             env.reset(seed=0)
-    env_s = (time.perf_counter() - t) / n_env
+
+    # a long run is worth a few seconds of measuring; a tiny one (tests, smoke runs) is not
+    budget = min(1.0, cfg.train_steps / 20_000)
+    env_s = timed(env_step, 4, budget, 200)
 
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -158,19 +170,11 @@ def measure_rates(cfg, env, obs_shape, action_dim, device):
         for _ in range(cycle):
             agent.update(replay)
         sync()
-        n_upd = cycle
-        t = time.perf_counter()
-        for _ in range(n_upd):
-            agent.update(replay)
-        sync()
-        update_s = (time.perf_counter() - t) / n_upd
+        # whole update cycles, for about 3 s (the actor and targets update every other step)
+        update_s = timed(lambda: [agent.update(replay) for _ in range(cycle)], 1, 3.0 * budget, 50) / cycle
         obs = frame()
         agent.act(obs, sample=True)
-        n_act = 4
-        t = time.perf_counter()
-        for _ in range(n_act):
-            agent.act(obs, sample=False)
-        act_s = (time.perf_counter() - t) / n_act
+        act_s = timed(lambda: agent.act(obs, sample=False), 4, 0.5 * budget, 100)
     episode_steps = math.ceil(cfg.episode_length / cfg.action_repeat)
     return Rates(seed_step=env_s, train_step=env_s + act_s + update_s, eval_episode=episode_steps * (env_s + act_s))
 
@@ -179,6 +183,7 @@ def plan(cfg, device, K: int, run_dir: Path, start_step: int, rates, evaluation_
     """What the run will do and how long it should take (printed at start and saved as plan.json)."""
     import torch
 
+    from cg2a_ext.rl import algorithms
     from cg2a_ext.rl.core.image_bank import image_bank_source
     from cg2a_ext.rl.run.logs import remaining_seconds
 
@@ -187,13 +192,15 @@ def plan(cfg, device, K: int, run_dir: Path, start_step: int, rates, evaluation_
         "task": cfg.task, "algorithm": cfg.algorithm, "K": K, "preset": cfg.preset, "device": str(device),
         "cuda_available": torch.cuda.is_available(), "run_dir": str(run_dir), "start_step": start_step,
         "train_steps": cfg.train_steps, "seed_steps": cfg.seed_steps,
-        "evaluation": {"every_steps": cfg.eval_freq, "episodes": cfg.eval_episodes, "modes": list(cfg.eval_modes)},
+        "evaluation": {"every_steps": cfg.eval_freq, "episodes": cfg.eval_episodes, "modes": list(cfg.eval_modes),
+                       "final_modes": list(cfg.final_eval_modes)},
         "checkpoints": {"every_steps": cfg.checkpoint_freq, "every_minutes": cfg.checkpoint_minutes,
                         "at_episode_end": cfg.checkpoint_at_episode_end},
         "measured": {"seed_steps_per_s": 1.0 / rates.seed_step, "train_steps_per_s": 1.0 / rates.train_step,
                      "eval_episode_s": rates.eval_episode},
         # the images every overlay augmentation of this run draws from (procedural: not Places365)
         "overlay_images": image_bank_source(cfg.image_bank or None),
+        "draws_overlay_images": algorithms.get(cfg.algorithm).draws_overlay_images,
         "estimated_seconds": eta,
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -217,8 +224,11 @@ def describe(p: dict) -> str:
     ev = p["evaluation"]
     if ev["every_steps"] > 0:
         first = "at step 0, " if start == 0 else ""
+        final = ev.get("final_modes") or ev["modes"]
+        at_end = ("and at the end" if final == ev["modes"] else
+                  f"; at the end {', '.join(final)} (zero-shot)")
         lines.append(f"  evaluation: {ev['episodes']} episodes of {', '.join(ev['modes'])} {first}every "
-                     f"{ev['every_steps']} steps and at the end")
+                     f"{ev['every_steps']} steps {at_end}")
     else:
         lines.append("  evaluation: none (--eval_freq 0)")
     ck = p["checkpoints"]
@@ -230,7 +240,7 @@ def describe(p: dict) -> str:
     lines.append(f"  measured here: {m['seed_steps_per_s']:.3g} seed steps/s, {m['train_steps_per_s']:.3g} "
                  f"training steps/s, {m['eval_episode_s']:.3g} s per evaluation episode")
     overlays = p.get("overlay_images")
-    if overlays and p["algorithm"] not in ("drq", "sac"):      # drq and sac never overlay images
+    if overlays and p.get("draws_overlay_images", True):
         if overlays == "procedural":
             lines.append("  overlay images: PROCEDURAL (synthetic 1/f images, not Places365: an approximation, "
                          "flag the results; --image_bank or CG2A_OVERLAY_DATA names an image folder)")
@@ -376,7 +386,7 @@ def _train(cfg, run_dir: Path, command: str, rd, load_resumable) -> RunResult:
         replay = FrameReplayBuffer(obs_shape, action_dim, cfg.capacity, frame_stack=cfg.frame_stack,
                                    episode_steps=episode_steps, seed=seeds.sequence("replay"),
                                    frames_device=frames_device)
-        eval_envs = make_eval_envs(cfg, cfg.eval_modes) if cfg.eval_freq > 0 else {}
+        eval_envs = make_eval_envs(cfg, cfg.all_eval_modes) if cfg.eval_freq > 0 else {}
 
         state = None
         if cfg.resume:

@@ -166,6 +166,11 @@ class Algorithm(abc.ABC):
         """Raise ``ConfigError`` for option values this algorithm cannot run with."""
 
     @classmethod
+    def overlays_with(cls, options) -> bool:
+        """Whether a run with ``options`` overlays images (``draws_overlay_images`` says whether it can)."""
+        return cls.draws_overlay_images
+
+    @classmethod
     def ablation(cls, options) -> str | None:
         """The row of the CG2A paper's ablation (Table 4) a run of these options is, or None."""
         return None

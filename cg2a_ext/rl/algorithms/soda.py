@@ -124,6 +124,10 @@ class SODA(Algorithm):
     Options = SODAOptions
     cli_prefix = "soda_"
     draws_overlay_images = True
+
+    @classmethod
+    def overlays_with(cls, options) -> bool:
+        return options.augmentation == "overlay"
     summary = "SODA: plain TD loss on clean crops + BYOL-style matching of overlaid and clean trunk embeddings"
     has_auxiliary_update = True
     logged_metrics = ("soda_loss", "skipped_aux_steps")

@@ -30,6 +30,10 @@ class SVEA(Algorithm):
     draws_overlay_images = True
 
     @classmethod
+    def overlays_with(cls, options) -> bool:
+        return options.augmentation == "overlay"
+
+    @classmethod
     def num_losses(cls, options) -> int:
         return 2
 

@@ -301,20 +301,6 @@ _default_banks: dict[tuple, ImageBank] = {}
 _banks_lock = threading.Lock()
 
 
-def draws_overlay_images(cfg: "Mapping[str, object]") -> bool:
-    """Whether a run configuration (``TrainConfig.to_dict()`` or a run's config.json) overlays images at
-    all: drq and sac never do; ac and cg2a only with overlay or overlay_s among their augmentations;
-    svea and soda unless their augmentation is set to conv; sgqn and smg always."""
-    algorithm = cfg.get("algorithm")
-    if algorithm in ("drq", "sac"):
-        return False
-    if algorithm in ("ac", "cg2a"):
-        return any(a in ("overlay", "overlay_s") for a in cfg.get("augmentations", ()))
-    if algorithm in ("svea", "soda"):
-        return cfg.get(f"{algorithm}_augmentation", "overlay") == "overlay"
-    return True
-
-
 def image_bank_source(bank: "str | os.PathLike | None" = None) -> str:
     """Where the overlay images of ``resolve_image_bank(bank)`` come from, without loading them:
     ``"procedural"`` or the folder's absolute path (``CG2A_OVERLAY_DATA`` when ``bank`` is None)."""

@@ -225,12 +225,15 @@ class Trainer:
             raise _EvaluationStopped
         self._set_phase(f"evaluating {mode} episode {episode + 1}/{episodes}")
 
-    def evaluate(self) -> dict:
-        if not self.eval_envs:
+    def evaluate(self, final: bool = False) -> dict:
+        """Evaluate on ``eval_modes`` (``final``: on ``final_eval_modes``, the zero-shot test at the end)."""
+        modes = self.cfg.final_eval_modes if final else self.cfg.eval_modes
+        envs = {m: self.eval_envs[m] for m in (modes or self.eval_envs) if m in self.eval_envs}
+        if not envs:
             return {}
         t0 = time.monotonic()
         video_dir = self.run_dir / VIDEOS if self.cfg.save_video else None
-        res = evaluate_modes(self.agent, self.eval_envs, self.cfg.eval_episodes, video_dir=video_dir,
+        res = evaluate_modes(self.agent, envs, self.cfg.eval_episodes, video_dir=video_dir,
                              tag=f"step{self.step:09d}_", seeds=self.seeds, stream="evaluation", index=self.step,
                              progress=self._on_evaluation_episode)
         for mode, r in res.items():
@@ -239,7 +242,7 @@ class Trainer:
                                      "data_source": r["data_source"],
                                      "returns": ";".join(f"{x:.2f}" for x in r["returns"]),
                                      **({"success_rate": r["success_rate"]} if "success_rate" in r else {})})
-        save_evaluation_images(self.agent, self.eval_envs, self.cfg, self.seeds, self.step,
+        save_evaluation_images(self.agent, envs, self.cfg, self.seeds, self.step,
                                self.run_dir / IMAGES)
         self.last_eval = {m: r["mean"] for m, r in res.items()}
         if self.progress is not None:
@@ -248,9 +251,9 @@ class Trainer:
         self._phase = ""
         return res
 
-    def _evaluate_or_stop(self) -> dict:
+    def _evaluate_or_stop(self, final: bool = False) -> dict:
         try:
-            res = self.evaluate()
+            res = self.evaluate(final)
         except _EvaluationStopped:
             self._evaluate_first = True      # the resumed run repeats this evaluation
             self._stop()
@@ -351,7 +354,7 @@ class Trainer:
                     if self._evaluate_first or (self.step == 0 and cfg.eval_freq > 0):
                         self._evaluate_or_stop()
                     self._loop()
-                final = self._evaluate_or_stop() if cfg.eval_freq > 0 else {}
+                final = self._evaluate_or_stop(final=True) if cfg.eval_freq > 0 else {}
                 self.final_evaluation = {m: r["mean"] for m, r in final.items()}
                 self.checkpoint()
             write_finished(self.run_dir, self.step, self.final_evaluation, self.elapsed())

@@ -6,6 +6,7 @@ import math
 import os
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,20 +161,45 @@ def remaining_seconds(cfg, step: int, rates: Rates, evaluation_pending: bool = F
     seed_left = max(0, cfg.seed_steps - step)
     train_left = max(0, cfg.train_steps - max(step, cfg.seed_steps))
     evals = evaluations_after(cfg, step) + (1 if evaluation_pending and cfg.eval_freq > 0 else 0)
-    episodes = evals * cfg.eval_episodes * len(cfg.eval_modes)
-    return seed_left * rates.seed_step + train_left * rates.train_step + episodes * rates.eval_episode
+    # the last of them is the final evaluation, over its own modes
+    final_modes = getattr(cfg, "final_eval_modes", None) or cfg.eval_modes
+    episodes = (max(evals - 1, 0) * len(cfg.eval_modes) + min(evals, 1) * len(final_modes)) * cfg.eval_episodes
+    # a phase with nothing left costs nothing, even when its rate is unknown (NaN)
+    return sum(n * sec for n, sec in ((seed_left, rates.seed_step), (train_left, rates.train_step),
+                                      (episodes, rates.eval_episode)) if n)
+
+
+class WindowRate:
+    """Mean seconds per unit over the most recent ``window`` seconds of measured units (the rate of the last
+    minutes: the first seconds of a run, or a busy spell an hour ago, stop counting once they fall out)."""
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self._durations: deque[float] = deque()
+        self.total = 0.0       # seconds held now
+
+    def add(self, seconds: float) -> None:
+        self._durations.append(seconds)
+        self.total += seconds
+        while len(self._durations) > 1 and self.total - self._durations[0] >= self.window:
+            self.total -= self._durations.popleft()
+
+    def mean(self) -> float:
+        return self.total / len(self._durations) if self._durations else float("nan")
 
 
 class Progress:
     """The progress display: a bar whose label names the phase (``seed steps``, ``training``,
-    ``evaluating <mode> episode i/n``) and whose ETA comes from the rate of each phase measured so
-    far (the training rate for the training steps: the fast seed steps never shorten it).
+    ``evaluating <mode> episode i/n``) and whose ETA comes from the rate of each phase over the last
+    ``WINDOW`` seconds of that phase (the training rate for the training steps: the fast seed steps
+    never shorten it). Until a phase has been measured for ``MIN_MEASURED`` seconds its rate is the
+    estimate made at start (``rates``), not the noise of its first steps.
 
-    ``rates``: the estimate made at start, used until a phase has been measured."""
+    On a terminal the bar redraws about once a second; written to a file (stderr not a terminal) it is
+    one line per update: every ``LOG_INTERVAL`` seconds, when the phase changes and at the end."""
 
-    SMOOTHING = 0.05   # weight of the newest step in the moving average of step times
-    # Seconds between redraws: a terminal gets a live bar; a log file (stderr not a terminal) a line
-    # now and then, not the ~10 redraws a second that would bloat a long run's log.
+    WINDOW = 300.0
+    MIN_MEASURED = 60.0
     TERMINAL_INTERVAL = 1.0
     LOG_INTERVAL = 60.0
 
@@ -182,33 +208,34 @@ class Progress:
         self.cfg = cfg
         self.step = initial
         self.enabled = enabled
-        self.rates = rates or Rates(float("nan"), float("nan"), float("nan"))
-        self._measured = {"seed_step": False, "train_step": False, "eval_episode": False}
+        self.start_rates = rates or Rates(float("nan"), float("nan"), float("nan"))
+        self._windows = {name: WindowRate(self.WINDOW) for name in ("seed_step", "train_step", "eval_episode")}
         self.info: dict = {}
         self.prefix = desc
         self._phase = ""
-        self._last = 0.0
+        self._last = -math.inf
+        self._started = time.monotonic()
         self.bar = None
-        terminal = _is_terminal(sys.stderr)
-        self.interval = self.TERMINAL_INTERVAL if terminal else self.LOG_INTERVAL
-        if enabled:
+        self.stream = sys.stderr
+        self.terminal = _is_terminal(self.stream)
+        self.interval = self.TERMINAL_INTERVAL if self.terminal else self.LOG_INTERVAL
+        if enabled and self.terminal:
             from tqdm.auto import tqdm
 
-            tqdm_interval = self.interval if terminal else math.inf
             self.bar = tqdm(total=cfg.train_steps, initial=initial, unit="step", dynamic_ncols=True,
-                            # in a log, only _refresh draws: tqdm's own timing (and its monitor thread,
-                            # which forces a redraw 10 s after a print) would add lines between
-                            mininterval=tqdm_interval, maxinterval=tqdm_interval, file=sys.stderr,
+                            mininterval=self.interval, maxinterval=self.interval, file=self.stream,
                             bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
 
     # ------------------------------------------------------------------ measurements
-    def _observe(self, name: str, seconds: float) -> None:
-        if not self._measured[name] or not math.isfinite(getattr(self.rates, name)):
-            setattr(self.rates, name, seconds)
-            self._measured[name] = True
-        else:
-            old = getattr(self.rates, name)
-            setattr(self.rates, name, old + self.SMOOTHING * (seconds - old))
+    @property
+    def rates(self) -> Rates:
+        """Seconds per unit of each phase: the recent measured rate, or the start estimate until measured."""
+        def pick(name: str) -> float:
+            window, start = self._windows[name], getattr(self.start_rates, name)
+            if window.total >= self.MIN_MEASURED or (window.total > 0 and not math.isfinite(start)):
+                return window.mean()
+            return start
+        return Rates(pick("seed_step"), pick("train_step"), pick("eval_episode"))
 
     def eta(self) -> float:
         return remaining_seconds(self.cfg, self.step, self.rates)
@@ -222,43 +249,55 @@ class Progress:
 
     # ------------------------------------------------------------------ display
     def phase(self, text: str) -> None:
-        """Name what the run does now (shown at once)."""
+        """Name what the run does now. A terminal shows it at once; a log gets a line when its kind changes
+        (``evaluating train`` once, not once per episode)."""
+        kind = lambda t: t.split(" episode ")[0]   # noqa: E731
+        changed = kind(text) != kind(self._phase)
         self._phase = text
         if self.bar is not None:
             self.bar.set_description_str(f"{self.prefix} {text}".strip(), refresh=False)
+            self._refresh(force=True)
+        elif changed:
             self._refresh(force=True)
 
     def set(self, **info) -> None:
         self.info.update({k: (f"{v:.1f}" if isinstance(v, float) else v) for k, v in info.items()})
 
-    def _refresh(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if self.bar is None or (not force and now - self._last < self.interval):
-            return
+    def status(self) -> str:
         parts = [p for p in (self.rate_text(), f"ETA {format_duration(self.eta())}") if p]
-        parts += [f"{k}={v}" for k, v in self.info.items()]
-        self.bar.set_postfix_str(", ".join(parts), refresh=False)
-        self.bar.refresh()
+        return ", ".join(parts + [f"{k}={v}" for k, v in self.info.items()])
+
+    def _refresh(self, force: bool = False) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if not force and now - self._last < self.interval:
+            return
+        if self.bar is not None:
+            self.bar.set_postfix_str(", " + self.status(), refresh=False)
+            self.bar.refresh()
+        else:
+            total = self.cfg.train_steps
+            print(f"{self.prefix} {self._phase}".strip() + f" {100 * self.step / max(total, 1):3.0f}% "
+                  f"{self.step}/{total} [{format_duration(now - self._started)}, {self.status()}]",
+                  file=self.stream, flush=True)
         self._last = now
 
     def advance(self, seconds: float, training: bool) -> None:
         """One agent step was done in ``seconds`` (a training step, or a seed step when not ``training``)."""
-        self._observe("train_step" if training else "seed_step", seconds)
-        self.step += 1
-        if self.bar is not None:
-            self.bar.update(1)
-            self._refresh()
+        self._windows["train_step" if training else "seed_step"].add(seconds)
+        self.update(1)
 
     def evaluation_done(self, seconds: float, episodes: int) -> None:
-        if episodes > 0:
-            self._observe("eval_episode", seconds / episodes)
+        for _ in range(episodes):
+            self._windows["eval_episode"].add(seconds / episodes)
 
     def update(self, n: int = 1) -> None:
-        """Advance ``n`` steps without a timing (kept for callers that do not measure)."""
+        """Advance ``n`` steps (``advance`` also times them)."""
         self.step += n
         if self.bar is not None:
             self.bar.update(n)
-            self._refresh()
+        self._refresh()
 
     def write(self, msg: str) -> None:
         if self.bar is not None:
@@ -267,7 +306,9 @@ class Progress:
             print(msg, flush=True)
 
     def close(self) -> None:
-        if self.bar is not None:
+        if self.enabled:
             self._refresh(force=True)
+        if self.bar is not None:
             self.bar.close()
             self.bar = None
+        self.enabled = False

@@ -43,40 +43,35 @@ def recorded_options(algorithm: str, config: dict):
 
 
 def _default_options(algo, task: str):
-    """The algorithm's options a run of ``task`` gets when none is given (per-task defaults filled)."""
+    """The algorithm's options a paper-preset run of ``task`` gets when none is given (per-task defaults filled):
+    a label names what differs from the paper's method, whatever the preset (a cpu-preset cg2a run shows its
+    overlay pair)."""
     from cg2a_ext.rl.config import TrainConfig
 
     options = algo.Options()
     try:
-        algo.resolve_options(options, TrainConfig(task=task, algorithm=algo.name))
+        algo.resolve_options(options, TrainConfig(task=task, algorithm=algo.name, preset="paper"))
     except Exception:                                   # noqa: BLE001 - a label falls back to the plain defaults
         options = algo.Options()
     return options
 
 
-def _flat_options(config: dict) -> dict:
-    """A config.json with its algorithm's ``options`` also under their command-line names (the form
-    ``core.image_bank.draws_overlay_images`` reads)."""
+def draws_overlay_images(config: dict) -> bool:
+    """Whether a run configuration (a run's config.json or ``TrainConfig.to_dict()``) overlays images; True for an
+    algorithm the registry does not know (its results must not lose the label)."""
     from cg2a_ext.rl import algorithms
 
-    name, options = config.get("algorithm"), config.get("options")
-    if name not in algorithms.NAMES or not isinstance(options, dict):
-        return config
-    flags = algorithms.get(name).cli_names()
-    return {**config, **{flags[k]: v for k, v in options.items() if k in flags}}
+    name = config.get("algorithm")
+    if name not in algorithms.NAMES:
+        return True
+    return algorithms.get(name).overlays_with(recorded_options(name, config))
 
 
 def overlay_images(run_dir, config: dict, unrecorded: str = "procedural") -> str:
     """The images a run's overlay augmentations drew from: plan.json's ``overlay_images`` (what the run resolved,
     CG2A_OVERLAY_DATA included), else config.json's ``image_bank``, else ``unrecorded``; "" for a run that
     overlays no images (its algorithm's ``draws_overlay_images`` is False, or its options leave the overlays out)."""
-    from cg2a_ext.rl import algorithms
-    from cg2a_ext.rl.core.image_bank import draws_overlay_images
-
-    name = config.get("algorithm")
-    if name in algorithms.NAMES and not algorithms.get(name).draws_overlay_images:
-        return ""
-    if not draws_overlay_images(_flat_options(config)):
+    if not draws_overlay_images(config):
         return ""
     try:
         recorded = (RunFolder(run_dir).read_plan() or {}).get("overlay_images")
@@ -138,6 +133,22 @@ def _plt():
     return plt
 
 
+# Below this many points a line hides the data: draw markers, and say so in a panel with fewer than two.
+FEW_POINTS = 20
+
+
+def _marker(n_points: int) -> dict:
+    return {"marker": "o", "ms": 3} if n_points < FEW_POINTS else {}
+
+
+def _note_too_few(ax, n_points: int, what: str) -> None:
+    """Write in a panel that a curve needs more than ``n_points`` points (a short run's figure is not empty
+    for no reason)."""
+    if n_points < 2:
+        ax.text(0.5, 0.5, f"{n_points} {what} logged: too few for a curve\n(the run is short; a point per "
+                f"logging interval)", transform=ax.transAxes, ha="center", va="center", fontsize=8, color="0.4")
+
+
 def plot_learning_curves(run_dirs, out_path) -> Path:
     """One panel per evaluation mode (plus training episode returns); runs with the same
     label (task + algorithm) are averaged, the band is ± one sample std over runs (ddof = 1)."""
@@ -158,6 +169,7 @@ def plot_learning_curves(run_dirs, out_path) -> Path:
     colours = {label: f"C{i % 10}" for i, label in enumerate(groups)}
     handles: dict[str, object] = {}
     for ax, panel in zip(axes.flat, panels):
+        most_points = 0
         for label, dirs in groups.items():
             curves = []
             for d in dirs:
@@ -173,9 +185,12 @@ def plot_learning_curves(run_dirs, out_path) -> Path:
                     curves.append((xs, ys))
             if not curves:
                 continue
+            most_points = max(most_points, *(len(x) for x, _ in curves))
             c = colours[label]
             if len(curves) == 1:
-                (line,) = ax.plot(*curves[0], marker="o" if panel != "training episodes" else None, ms=3, color=c)
+                n = len(curves[0][0])
+                (line,) = ax.plot(*curves[0], color=c,
+                                  **(_marker(n) if panel == "training episodes" else {"marker": "o", "ms": 3}))
                 name = label
             else:
                 grid = np.unique(np.concatenate([c_[0] for c_ in curves]))
@@ -183,10 +198,11 @@ def plot_learning_curves(run_dirs, out_path) -> Path:
                 with warnings.catch_warnings():     # a step only one run reached has no spread: no band there
                     warnings.simplefilter("ignore", RuntimeWarning)
                     m, s = np.nanmean(ys, 0), np.nanstd(ys, 0, ddof=1)
-                (line,) = ax.plot(grid, m, color=c)
+                (line,) = ax.plot(grid, m, color=c, **_marker(len(grid)))
                 ax.fill_between(grid, m - s, m + s, alpha=0.2, color=c)
                 name = f"{label} (mean of {len(curves)} runs, band ± sample std)"
             handles.setdefault(name, line)
+        _note_too_few(ax, most_points, "episodes" if panel == "training episodes" else "evaluations")
         ax.set_title(panel)
         ax.set_xlabel("agent steps")
         ax.set_ylabel("return")
@@ -231,28 +247,30 @@ def plot_gradient_diagnostics(run_dir, out_path) -> Path | None:
     coss = [c for c in cols if re.fullmatch(r"cos_\d+_\d+", c)]
     weights = sorted([c for c in cols if re.fullmatch(r"weight_\d+", c)], key=lambda c: int(c.split("_")[-1]))
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    mark = _marker(len(rows))
     for c in norms:
-        axes[0, 0].plot(step, get(c), label=f"loss {c.split('_')[-1]}")
+        axes[0, 0].plot(step, get(c), label=f"loss {c.split('_')[-1]}", **mark)
     axes[0, 0].set_title("per-loss gradient norm")
     axes[0, 0].set_yscale("log")
     for c in coss:
         i, j = c.split("_")[1:]
-        axes[0, 1].plot(step, get(c), label=f"cos(g{i}, g{j})")
+        axes[0, 1].plot(step, get(c), label=f"cos(g{i}, g{j})", **mark)
     axes[0, 1].axhline(0, color="k", lw=0.5)
     axes[0, 1].set_title("pairwise cosine similarity")
     shares = np.stack([aggregate_shares(r, len(weights)) for r in rows]) if weights else None
     for idx, c in enumerate(weights):
-        line, = axes[1, 0].plot(step, get(c), label=f"w{c.split('_')[-1]}")
+        line, = axes[1, 0].plot(step, get(c), label=f"w{c.split('_')[-1]}", **mark)
         axes[1, 0].plot(step, shares[:, idx], ls="--", lw=0.8, color=line.get_color(),
-                        label=f"share {idx}")
+                        label=f"share {idx}", **mark)
     axes[1, 0].set_title("GAS weight w_i (solid), loss i's share of the update (dashed)", fontsize=10)
-    axes[1, 1].plot(step, get("conflict_fraction"), label="conflict fraction (sign disagreement)")
+    axes[1, 1].plot(step, get("conflict_fraction"), label="conflict fraction (sign disagreement)", **mark)
     if "neg_cos_pairs" in cols:
-        axes[1, 1].plot(step, get("neg_cos_pairs"), label="fraction of pairs with cos < 0")
+        axes[1, 1].plot(step, get("neg_cos_pairs"), label="fraction of pairs with cos < 0", **mark)
     if "gamma" in cols:
-        axes[1, 1].plot(step, get("gamma"), label="gamma", lw=0.8)
+        axes[1, 1].plot(step, get("gamma"), label="gamma", lw=0.8, **mark)
     axes[1, 1].set_title("conflicts and SGS gamma")
     for ax in axes.flat:
+        _note_too_few(ax, len(rows), "diagnostics rows")
         ax.set_xlabel("agent steps")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
