@@ -131,6 +131,7 @@ SHORT_TASKS = {"walker_stand": 250_000}
 class SMG(Algorithm):
     name = "smg"
     label = "SMG"
+    gpu_steps_per_s = (15.0, "measured")
     Options = SMGOptions
     cli_prefix = "smg_"
     draws_overlay_images = True
