@@ -4,7 +4,8 @@ GPU time is scarce (a lent machine, a queue slot), so the checks run in order of
 each with its own deadline, and every result is written as it arrives:
 
     tests        the CUDA test cases (pytest -m cuda) and the trainer's speed options
-    bench-ops    aggregate on CUDA: us per call at small P, launches per call, bandwidth at P = 1e7
+    bench-ops    aggregate on CUDA: us per call at small P, launches per call, bandwidth at P = 1e7;
+                 per_group_grads' methods on the DMC-GB critic against one backward
     bench-agent  the paper preset's critic update of ac and cg2a per per_group_grads method, the values
                  an update reads back (none expected) and its ops, the update breakdown and end-to-end
                  agent steps/s (drq, cg2a, ac)
@@ -150,7 +151,8 @@ def stage_commands(name: str, out: Path, env: dict) -> list[list[str]]:
     if name == "profile":
         return [[py, "-m", "cg2a_ext.rl.bench.profile", "--device", "cuda", "--presets", "paper"]]
     if name == "bench-ops":
-        return [[py, "-m", "cg2a_ext.bench.ops", "--device", "cuda"]]
+        return [[py, "-m", "cg2a_ext.bench.ops", "--device", "cuda"],
+                [py, "-m", "cg2a_ext.rl.bench.per_loss_grads", "--device", "cuda"]]
     if name == "bench-agent":
         return [[py, "-m", "cg2a_ext.rl.bench.agent", "--critic-methods", "--presets", "paper"],
                 [py, "-m", "cg2a_ext.rl.bench.host_reads", "--preset", "paper", "--device", "cuda",

@@ -10,6 +10,7 @@ from agent_support import aux_step, A, OBS, batch, filled_replay, tiny_cfg
 from cg2a_ext.rl.core.agent import make_agent
 from cg2a_ext.rl.algorithms.base import Batch
 from cg2a_ext.rl.cli.options import config_from_args
+from cg2a_ext.rl.core.image_bank import ImageBank
 
 
 def _agent(**kw):
@@ -45,17 +46,63 @@ def test_views_compose_the_soft_mask_with_one_background_per_sample():
     ag = _agent()
     alg = ag.algorithm
     obs, _, _ = batch(6)
+    alg.generator.manual_seed(5)
     views = alg.make_views(ag.nets, obs)
     with torch.no_grad():
         _, mask = alg.fore(ag.nets, obs)
     assert ((mask > 0.01) & (mask < 0.99)).float().mean() > 0.5                     # soft, not binarised
     bg = views.background
     assert torch.equal(bg[:, 0:3], bg[:, 3:6]) and torch.equal(bg[:, 0:3], bg[:, 6:9])   # shared by the frames
-    pool = alg.image_bank.pool(32, 32, "cpu").float()
-    assert all(any(torch.equal(bg[i, :3], p) for p in pool) for i in range(6))
+    # eps is the bank's overlay draw from the augmentation generator (the view's first draw)
+    alg.generator.manual_seed(5)
+    assert torch.equal(bg[:, :3], alg.image_bank.draw(6, 32, 32, generator=alg.generator))
     torch.testing.assert_close(views.attribution, obs * mask + bg * (1 - mask))
     assert not views.attribution.requires_grad
     assert views.consistency is views.attribution or not torch.equal(views.consistency, views.attribution)
+
+
+class _ColumnRowBank(ImageBank):
+    """One pool image whose red channel is its column and green its row (0 to 255): a crop narrows the ranges,
+    a horizontal flip makes red fall from left to right."""
+
+    def _build(self, side):
+        cols = torch.arange(side).float().expand(side, side)
+        img = torch.stack([cols, cols.t(), torch.zeros(side, side)])
+        return img.mul(255.0 / (side - 1)).round().to(torch.uint8)[None]
+
+    def __len__(self):
+        return 1
+
+
+def test_backgrounds_are_fresh_resized_crops_and_flips_of_the_pool():
+    ag = _agent()
+    alg = ag.algorithm
+    alg.image_bank = _ColumnRowBank()
+    obs, _, _ = batch(64)
+    bg = alg.make_views(ag.nets, obs).background[:, :3]
+    red_left, red_right = bg[:, 0, :, 0].mean(1), bg[:, 0, :, -1].mean(1)
+    flipped = red_left > red_right
+    assert 0.2 < flipped.float().mean() < 0.8                        # flips with probability 1/2
+    red_span = bg[:, 0].amax((1, 2)) - bg[:, 0].amin((1, 2))
+    green_span = bg[:, 1].amax((1, 2)) - bg[:, 1].amin((1, 2))
+    # a box of U(0.08, 1) of the area: most are well inside the image, never wider than it
+    assert (red_span < 200).float().mean() > 0.5 and (green_span < 200).float().mean() > 0.5
+    assert red_span.max() <= 255 and len(set(red_span.tolist())) > 10    # the crops differ from sample to sample
+    assert not torch.equal(alg.make_views(ag.nets, obs).background[:, :3], bg)   # and from update to update
+
+
+def test_backgrounds_differ_between_updates_and_follow_the_run_seed():
+    obs, _, _ = batch(6)
+
+    def backgrounds(seed):
+        ag = _agent(seed=seed)
+        return [ag.algorithm.make_views(ag.nets, obs).background for _ in range(2)]
+
+    first, again, other = backgrounds(0), backgrounds(0), backgrounds(1)
+    assert not torch.equal(first[0], first[1])                              # a fresh draw every update
+    assert len({tuple(first[0][i, :3].flatten()[:64].tolist()) for i in range(6)}) == 6   # and per sample
+    assert all(torch.equal(a, b) for a, b in zip(first, again))             # the same seed: the same draws
+    assert not any(torch.equal(a, b) for a, b in zip(first, other))
 
 
 def test_attribution_view_is_chosen_for_a_quarter_of_the_updates():

@@ -1,10 +1,9 @@
 """The trainer's speed options (issue 11): each leaves the algorithm as it is.
 
 precision (fp32 adds nothing to the plain float path; bf16 autocast keeps float32 gradients close to
-fp32's), channels_last (equal in float64 to the contiguous layout, also under vmap), replay frames
-in a numpy or torch ring (the same batches for a seed, state dicts interchangeable), compiled
-network blocks (equal to eager within float tolerance) and the environment stepped in a worker
-thread (the same transitions as stepping inline).
+fp32's), channels_last (equal in float64 to the contiguous layout, also under vmap) and compiled
+network blocks (equal to eager within float tolerance). The replay's frame rings are tested in
+test_replay.py, the environment stepped in a worker thread in test_env_stepper.py.
 """
 import copy
 
@@ -18,27 +17,12 @@ from cg2a_ext.rl.core.agent.networks import build_networks
 from cg2a_ext.rl.algorithms.base import critic_loss
 from cg2a_ext.rl.cli.options import config_from_args
 from cg2a_ext.rl.config import ConfigError, TrainConfig
-from cg2a_ext.rl.core.env_stepper import EnvStepper
 from cg2a_ext.rl.core.agent.precision import autocast_dtype, matmul_precision, resolve_precision
-from cg2a_ext.rl.core.replay import FrameReplayBuffer, NumpyFrames, TorchFrames, frames_device_for
 
-from agent_support import small_agent_cfg
+from agent_support import filled_replay, small_agent_cfg
 
 OBS = (9, 32, 32)
 A = 2
-
-
-def filled_replay(frames_device=None, steps=40, capacity=100, episode_steps=20, seed=0, done_every=0, obs_shape=OBS):
-    rb = FrameReplayBuffer(obs_shape, A, capacity, frame_stack=3, episode_steps=episode_steps, seed=seed,
-                           frames_device=frames_device)
-    rng = np.random.default_rng(seed)
-    rb.add_first(rng.integers(0, 256, obs_shape, dtype=np.uint8))
-    for t in range(1, steps + 1):
-        done = bool(done_every) and t % done_every == 0
-        rb.add(rng.uniform(-1, 1, A), rng.uniform(0, 1), rng.integers(0, 256, obs_shape, dtype=np.uint8), done)
-        if done:
-            rb.add_first(rng.integers(0, 256, obs_shape, dtype=np.uint8))
-    return rb
 
 
 def twin_agents(algorithm, first: dict, second: dict):
@@ -254,58 +238,6 @@ def test_channels_last_agent_state_loads_into_contiguous_agent():
         torch.testing.assert_close(q_cl, q_plain, rtol=1e-5, atol=1e-6)
 
 
-# ------------------------------------------------------------------------------------------- replay
-def _same_batches(a: FrameReplayBuffer, b: FrameReplayBuffer, n=5, batch=16):
-    for _ in range(n):
-        for x, y in zip(a.sample(batch, device="cpu"), b.sample(batch, device="cpu")):
-            assert x.dtype == y.dtype and x.shape == y.shape and x.device.type == y.device.type == "cpu"
-            assert torch.equal(x, y)
-
-
-@pytest.mark.parametrize("obs_shape", [OBS, (9, 33, 33), (6, 10, 10)])   # frames of 8-, 1- and 4-byte words
-def test_torch_frame_ring_samples_the_numpy_ring_batches(obs_shape):
-    """Same seed, same writes (the ring wraps and overwrites frames of old transitions): the same batches."""
-    kw = dict(steps=150, capacity=60, episode_steps=15, done_every=37, obs_shape=obs_shape)
-    host, dev = filled_replay(None, **kw), filled_replay("cpu", **kw)
-    assert isinstance(host.frames, NumpyFrames) and isinstance(dev.frames, TorchFrames)
-    assert host.frames.nbytes == dev.frames.nbytes and host.nbytes() == dev.nbytes()
-    _same_batches(host, dev)
-    idx = host.sample_indices(8)
-    for x, y in zip(host.get(idx), dev.get(idx)):
-        assert isinstance(y, np.ndarray) and np.array_equal(x, y)
-    # the stacks are the environment's: obs of a transition ends with the frame before next_obs's newest
-    obs, _, _, next_obs, _ = host.get(idx)
-    mid = host.ep_step[idx] > 0   # obs ends with the frame before next_obs's newest (not at an episode start)
-    fc = obs_shape[0] // 3
-    assert mid.any() and np.array_equal(obs[mid, fc:], next_obs[mid, :-fc])
-
-
-@pytest.mark.parametrize("source,dest", [(None, "cpu"), ("cpu", None), (None, None), ("cpu", "cpu")])
-def test_replay_state_dict_round_trips_between_storages(source, dest):
-    src = filled_replay(source, steps=70, capacity=50)
-    state = src.state_dict()
-    assert isinstance(state["frames"], np.ndarray) and state["frames"].dtype == np.uint8
-    dst = FrameReplayBuffer(OBS, A, 50, frame_stack=3, episode_steps=20, seed=123, frames_device=dest)
-    dst.load_state_dict({k: np.array(v) for k, v in state.items()})   # as read back from the .npz
-    assert (dst.num_frames, dst.num_transitions, len(dst)) == (src.num_frames, src.num_transitions, len(src))
-    _same_batches(src, dst)
-    obs = np.full(OBS, 7, np.uint8)   # both keep storing the same way
-    src.add(np.zeros(A), 1.0, obs, True)
-    dst.add(np.zeros(A), 1.0, obs, True)
-    _same_batches(src, dst, n=2)
-
-
-def test_frames_device_choice():
-    for choice in ("auto", "cpu"):
-        assert frames_device_for(choice, "cpu", OBS, 1000) is None
-    with pytest.raises(ValueError, match="needs a CUDA training device"):
-        frames_device_for("cuda", "cpu", OBS, 1000)
-    with pytest.raises(ValueError, match="unknown replay_device 'gpu'"):
-        frames_device_for("gpu", "cpu", OBS, 1000)
-    with pytest.raises(ConfigError, match="replay_device cuda needs a CUDA --device"):
-        small_agent_cfg(replay_device="cuda").validate()
-
-
 def test_speed_options_are_cli_switches_and_may_change_on_resume(tmp_path):
     cfg = config_from_args(["--task", "cartpole_balance", "--preset", "cpu", "--precision", "bf16",
                             "--no-channels_last", "--compile", "on", "--replay_device", "cpu", "--env_overlap", "off"])
@@ -359,105 +291,6 @@ def test_compiled_update_equals_eager():
                 torch.testing.assert_close(p_c, p_e, rtol=0, atol=1e-4)
         # a compiled agent's state dict is the eager one's (same names)
         assert set(compiled.state_dict()["critic"]) == set(eager.state_dict()["critic"])
-
-
-# ------------------------------------------------------------------------------------- env stepping
-class CountingEnv:
-    """A stand-in environment: the observation encodes the step and the action; step 3 can raise."""
-
-    def __init__(self, fail_at=None):
-        self.t = 0
-        self.fail_at = fail_at
-        self.threads = set()
-        self.closed = False
-
-    def reset(self, seed=None):
-        import threading
-        self.threads.add(threading.get_ident())
-        self.t = 0
-        return np.zeros(2), {}
-
-    def step(self, action):
-        import threading
-        self.threads.add(threading.get_ident())
-        self.t += 1
-        if self.t == self.fail_at:
-            raise ValueError("boom at step 3")
-        return np.array([self.t, float(action[0])]), float(self.t), False, self.t >= 5, {}
-
-    def close(self):
-        self.closed = True
-
-
-def test_env_stepper_protocol_and_errors():
-    import threading
-    env = CountingEnv(fail_at=3)
-    stepper = EnvStepper(env)
-    stepper.reset(seed=1)
-    action = np.array([0.5])
-    stepper.step_async(action)
-    action[0] = 9.0   # the stepper copied it
-    with pytest.raises(RuntimeError, match="a step is in flight"):
-        stepper.step_async(action)
-    obs, reward, terminated, truncated, _ = stepper.wait()
-    assert obs.tolist() == [1.0, 0.5] and reward == 1.0 and not terminated and not truncated
-    with pytest.raises(RuntimeError, match="no step in flight"):
-        stepper.wait()
-    stepper.step(np.array([1.0]))
-    stepper.step_async(np.array([1.0]))
-    with pytest.raises(ValueError, match="boom at step 3"):
-        stepper.wait()
-    stepper.close()
-    assert env.closed and len(env.threads) == 1 and threading.get_ident() not in env.threads
-    with pytest.raises(RuntimeError, match="closed"):
-        stepper.step_async(action)
-    inline_env = CountingEnv()
-    with EnvStepper(inline_env, overlap=False) as inline:
-        inline.reset()
-        assert inline.step(np.array([2.0]))[0].tolist() == [1.0, 2.0]
-    assert inline_env.threads == {threading.get_ident()} and inline_env.closed
-
-
-def test_env_stepper_gives_the_transitions_of_direct_stepping():
-    """A real renderer-backed environment (cartpole_balance, 32 px) stepped in the worker thread, overlapped
-    with torch work on the main thread, yields the transitions of stepping it directly."""
-    from cg2a_ext.rl.envs import make_env   # first: it picks the headless GL backend before dm_control loads
-
-    kw = dict(seed=3, image_size=32, frame_stack=3, action_repeat=8, episode_length=64)
-    actions = np.random.default_rng(0).uniform(-1, 1, (10, 1)).astype(np.float32)
-
-    def rollout(step_fn, reset_fn):
-        obs, _ = reset_fn(seed=11)
-        out = [obs]
-        for a in actions:
-            o, r, term, trunc, _ = step_fn(a)
-            out.append((o, r, term, trunc))
-            if term or trunc:
-                out.append(reset_fn(seed=12)[0])
-        return out
-
-    env = make_env("cartpole_balance", **kw)
-    try:
-        direct = rollout(env.step, env.reset)
-    finally:
-        env.close()
-    x = torch.randn(64, 64)
-    stepper = EnvStepper(make_env("cartpole_balance", **kw))
-    try:
-        def overlapped_step(a):
-            stepper.step_async(a)
-            for _ in range(5):   # work on this thread while the environment steps
-                torch.mm(x, x)
-            return stepper.wait()
-        threaded = rollout(overlapped_step, stepper.reset)
-    finally:
-        stepper.close()
-    assert len(direct) == len(threaded) and any(isinstance(t, np.ndarray) for t in direct[1:])
-    for d, t in zip(direct, threaded):
-        if isinstance(d, np.ndarray):
-            assert np.array_equal(d, t)
-        else:
-            assert np.array_equal(d[0], t[0]) and d[1:] == t[1:]
 
 
 @pytest.mark.parametrize("algorithm", ["ac", "cg2a"])

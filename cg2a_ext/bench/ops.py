@@ -9,9 +9,10 @@
   spread over 1, 24 or 200 tensors; achieved bandwidth under the byte model of
   the method doc (section 5: 2*K*P*4 + P*4 bytes, 36 P bytes for K = 4) next
   to the copy bandwidth measured in the same run.
-* per-loss gradients: `per_group_grads` (one batched backward) vs K separate
-  backward passes vs one backward over the concatenated K*B batch, on the
-  DMC-GB critic.
+
+The per-loss gradients on the DMC-GB critic (`per_group_grads` against K
+backward passes) build the RL critic, so they are an RL benchmark:
+`cg2a_ext.rl.bench.per_loss_grads`. This module imports nothing of cg2a_ext.rl.
 
 Runnable alone: `python -m cg2a_ext.bench.ops [--quick] [--device cpu|cuda]`.
 """
@@ -24,7 +25,7 @@ from typing import Callable
 
 import torch
 
-from cg2a_ext import ops, per_group_grads, reference
+from cg2a_ext import ops, reference
 from cg2a_ext.bench.timing import median_time, sync
 
 
@@ -134,62 +135,6 @@ def bench_aggregate(device: str, quick: bool, compile_reference: bool) -> list[d
     return rows
 
 
-def bench_per_loss_grads(device: str, quick: bool) -> list[dict]:
-    """K = 4 groups of B observations through the DMC-GB critic."""
-    from cg2a_ext.rl.core.agent.networks import build_networks
-
-    k, batch = 4, (32 if quick else 128)
-    size, filters, layers = (84, 32, 11) if not quick else (64, 16, 4)
-    if device == "cpu" and not quick:
-        # The full batch of 128 takes seconds per backward on a 2-core CPU;
-        # the ratios are what matters, so keep the CPU run short.
-        batch = 32
-    torch.manual_seed(0)
-    _, critic, _ = build_networks((9, size, size), 6, num_conv_layers=layers, num_filters=filters)
-    critic = critic.to(device)
-    params = [p for p in critic.parameters() if p.requires_grad]
-    obs = torch.rand(k, batch, 9, size, size, device=device) * 255
-    action = torch.rand(batch, 6, device=device) * 2 - 1
-    target = torch.randn(batch, 1, device=device)
-
-    def loss_fn(model, o, a, y):
-        q1, q2 = model(o, a)
-        return ((q1 - y) ** 2).mean() + ((q2 - y) ** 2).mean()
-
-    def batched():
-        per_group_grads(critic, loss_fn, (obs,), (action, target), method="vmap")
-
-    def looped():
-        per_group_grads(critic, loss_fn, (obs,), (action, target), method="loop")
-
-    def split():
-        per_group_grads(critic, loss_fn, (obs,), (action, target), method="split")
-
-    def separate():
-        for i in range(k):
-            torch.autograd.grad(loss_fn(critic, obs[i], action, target), params)
-
-    def concatenated():
-        q1, q2 = critic(obs.flatten(0, 1), action.repeat(k, 1))
-        y = target.repeat(k, 1)
-        torch.autograd.grad(((q1 - y) ** 2).mean() + ((q2 - y) ** 2).mean(), params)
-
-    repeats = 3 if quick else 5
-    t_concat = median_time(concatenated, device, repeats, warmup=1)
-    t_batched = median_time(batched, device, repeats, warmup=1)
-    t_looped = median_time(looped, device, repeats, warmup=1)
-    t_split = median_time(split, device, repeats, warmup=1)
-    t_separate = median_time(separate, device, repeats, warmup=1)
-    config = f"K={k}, B={batch}, {layers} conv x {filters}, {size}x{size}"
-    return [{
-        "suite": "ops", "name": "per-loss gradients", "device": device, "config": config,
-        "batched_ms": t_batched * 1e3, "looped_ms": t_looped * 1e3, "separate_ms": t_separate * 1e3,
-        "split_ms": t_split * 1e3, "concatenated_ms": t_concat * 1e3,
-        "batched_over_concatenated": t_batched / t_concat, "split_over_concatenated": t_split / t_concat,
-        "looped_over_concatenated": t_looped / t_concat, "separate_over_concatenated": t_separate / t_concat,
-    }]
-
-
 def run(quick: bool = False, devices: list[str] | None = None, compile_reference: bool = True) -> list[dict]:
     devices = devices or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     rows: list[dict] = []
@@ -197,7 +142,6 @@ def run(quick: bool = False, devices: list[str] | None = None, compile_reference
         rows += bench_small(device, quick)
         # The compiled reference takes minutes to compile on 2 cores: not in a smoke run.
         rows += bench_aggregate(device, quick, compile_reference and not quick)
-        rows += bench_per_loss_grads(device, quick)
     return rows
 
 
@@ -224,15 +168,6 @@ def format_table(rows: list[dict]) -> str:
                 f"{row['reference_ms']:.2f} | {row['compiled_reference_ms']:.2f} | {row['speedup_vs_reference']:.1f}x | "
                 f"{row['speedup_vs_compiled']:.1f}x | {row['fused_GBps']:.2f} | {row['copy_GBps']:.2f} | {row['fraction_of_copy']:.0%} |"
             )
-        elif row["name"] == "per-loss gradients":
-            lines.append(
-                f"\nPer-loss gradients ({row['device']}, {row['config']}): one backward over the concatenated batch "
-                f"{row['concatenated_ms']:.0f} ms; per_group_grads(method='vmap') {row['batched_ms']:.0f} ms "
-                f"({row['batched_over_concatenated']:.2f}x); per_group_grads(method='loop') {row['looped_ms']:.0f} ms "
-                f"({row['looped_over_concatenated']:.2f}x); per_group_grads(method='split') {row['split_ms']:.0f} ms "
-                f"({row['split_over_concatenated']:.2f}x); K separate autograd.grad calls {row['separate_ms']:.0f} ms "
-                f"({row['separate_over_concatenated']:.2f}x)\n"
-            )
     return "\n".join(lines)
 
 
@@ -241,16 +176,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, fewer repeats")
     parser.add_argument("--device", action="append", choices=["cpu", "cuda"], help="default: cpu, and cuda if present")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd reference")
-    parser.add_argument("--per-loss-grads-only", action="store_true",
-                        help="only the per-loss gradient rows (per_group_grads' methods against one backward)")
     args = parser.parse_args()
-    if args.per_loss_grads_only:
-        from cg2a_ext.rl.run.host_memory import keep_freed_host_memory
-
-        keep_freed_host_memory()    # as train.py does: large K*B batches would otherwise pay page faults
-        devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
-        print(format_table([row for d in devices for row in bench_per_loss_grads(d, args.quick)]))
-        return
     print(format_table(run(args.quick, args.device, not args.no_compile)))
 
 

@@ -14,6 +14,7 @@ class AugmentedMean(AugmentationCombination):
 
     name = "ac"
     label = "AC"
+    gpu_steps_per_s = (26.5, "cg2a's figure (the same K views, one backward): unmeasured")
     summary = "AC: the plain mean of the clean and augmented critic losses"
     method_options = ("augmentations", "image_bank", "overlay_s_mu")
 

@@ -131,6 +131,9 @@ class Algorithm(abc.ABC):
             method (ablations, protocol options): plots and reports keep runs that differ in them apart.
         draws_overlay_images: some augmentation of the algorithm overlays images (``--image_bank``): results say
             which images.
+        gpu_steps_per_s: agent steps/s end to end at the paper preset on one H100 (BENCHMARKS.md) and what the
+            figure is: ``"measured"``, or whose figure it borrows and why. It holds only for the class that
+            declares it (a subclass changes the update); None: no figure (the sweep's cost estimate says so).
     """
 
     name: ClassVar[str]
@@ -145,6 +148,7 @@ class Algorithm(abc.ABC):
     logged_metrics: ClassVar[tuple[str, ...]] = ()
     method_options: ClassVar[tuple[str, ...]] = ()
     draws_overlay_images: ClassVar[bool] = False
+    gpu_steps_per_s: ClassVar[tuple[float, str] | None] = None
 
     # ------------------------------------------------------------------ configuration
     @classmethod

@@ -27,6 +27,7 @@ class CG2AOptions(CombinationOptions):
 class CG2AAlgorithm(AugmentationCombination):
     name = "cg2a"
     label = "CG2A"
+    gpu_steps_per_s = (26.5, "measured")
     Options = CG2AOptions
     cli_aliases = {"sgs_damping": ("--gamma",)}
     summary = "CG2A: per-loss gradients weighted by GAS and softly masked by SGS"

@@ -76,6 +76,7 @@ class SGQNOptions:
 class SGQN(Algorithm):
     name = "sgqn"
     label = "SGQN"
+    gpu_steps_per_s = (15.5, "measured")
     Options = SGQNOptions
     cli_prefix = "sgqn_"
     draws_overlay_images = True

@@ -10,7 +10,8 @@ R = F * M + Bg * (1 - M); frames are reassembled in stack order.
 Per update, on the shifted batch (o, a, r, o'):
 
 1. Views. The soft mask M = sg(mask(o)) of the model before this update keeps the foreground of o and
-   fills the rest with a background image eps (one image per sample, shared by its frames):
+   fills the rest with a background image eps (one fresh image per sample, shared by its frames: a random
+   resized crop and flip of a pool image, drawn as the overlays draw theirs):
    tau_attr(o) = o * M + 255 eps * (1 - M). With probability ``smg_attribution_prob`` (1/4), drawn
    once per update for the whole batch, the consistency view tau(o) is tau_attr(o); otherwise an
    overlay of o with fresh images.
@@ -131,6 +132,7 @@ SHORT_TASKS = {"walker_stand": 250_000}
 class SMG(Algorithm):
     name = "smg"
     label = "SMG"
+    gpu_steps_per_s = (15.0, "measured")
     Options = SMGOptions
     cli_prefix = "smg_"
     draws_overlay_images = True
@@ -225,10 +227,9 @@ class SMG(Algorithm):
 
     # ------------------------------------------------------------------ views and critic
     def background_images(self, batch: int, height: int, width: int) -> torch.Tensor:
-        """255 * eps: one bank image per sample, float [B, 3, H, W] in [0, 255]."""
-        pool = self.image_bank.pool(height, width, self.device)
-        idx = torch.randint(len(pool), (batch,), device=self.device, generator=self.generator)
-        return pool[idx].float()
+        """255 * eps: one fresh image per sample, drawn as the overlays draw theirs (a random resized crop and
+        flip of a pool image, from the augmentation generator), float [B, 3, H, W] in [0, 255]."""
+        return self.image_bank.draw(batch, height, width, device=self.device, generator=self.generator)
 
     def make_views(self, nets, obs: torch.Tensor) -> SMGViews:
         b, c, h, w = obs.shape

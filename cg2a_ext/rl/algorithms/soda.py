@@ -121,6 +121,7 @@ class SODAOptions:
 class SODA(Algorithm):
     name = "soda"
     label = "SODA"
+    gpu_steps_per_s = (24.1, "measured")
     Options = SODAOptions
     cli_prefix = "soda_"
     draws_overlay_images = True

@@ -5,6 +5,7 @@ The aggregator suite (ops) imports nothing of cg2a_ext.rl; the others are the RL
 
     cg2a-bench                                  # all suites
     python python/bench.py --suite ops          # fused aggregation (issue 2)
+    python python/bench.py --suite per_loss_grads   # per_group_grads on the DMC-GB critic (issue 11)
     python python/bench.py --suite envs         # environments and augmentations (issue 3)
     python python/bench.py --suite agent        # critic updates and agent steps (issue 4)
     python python/bench.py --suite baselines    # soda, sgqn, smg against drq (issue 13)
@@ -31,7 +32,8 @@ from pathlib import Path
 import torch
 
 
-SUITES = {"ops": "cg2a_ext.bench.ops", "envs": "cg2a_ext.rl.bench.envs", "agent": "cg2a_ext.rl.bench.agent",
+SUITES = {"ops": "cg2a_ext.bench.ops", "per_loss_grads": "cg2a_ext.rl.bench.per_loss_grads",
+          "envs": "cg2a_ext.rl.bench.envs", "agent": "cg2a_ext.rl.bench.agent",
           "baselines": "cg2a_ext.rl.bench.baselines"}
 
 

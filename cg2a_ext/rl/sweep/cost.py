@@ -1,25 +1,28 @@
 """What a sweep costs on a GPU, from the speeds measured on one (BENCHMARKS.md): printed by ``sweep.py --dry_run``.
 
-Agent steps/s end to end at the paper preset on one H100 (BENCHMARKS.md, issues 11 and 13). The update dominates
-a step, so the figures serve every environment family; an algorithm not measured there takes the figure of the
-measured one whose update is closest, and the estimate says so.
+Each algorithm class declares its agent steps/s end to end at the paper preset on one H100 (``gpu_steps_per_s``,
+BENCHMARKS.md, issues 11 and 13) and what the figure is. The update dominates a step, so the figures serve every
+environment family; an algorithm not measured borrows the figure of the measured one whose update is closest,
+and the estimate says so.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Iterable
 
-# algorithm -> (steps/s, what the figure is)
-MEASURED_H100: dict[str, tuple[float, str]] = {
-    "drq": (51.9, "measured"),
-    "cg2a": (26.5, "measured"),
-    "soda": (24.1, "measured"),
-    "sgqn": (15.5, "measured"),
-    "smg": (15.0, "measured"),
-    "sac": (51.9, "drq's figure (same update without the shift)"),
-    "svea": (39.0, "between drq and cg2a (a 2B critic batch): unmeasured"),
-    "ac": (26.5, "cg2a's figure (the same K views, one backward): unmeasured"),
-}
+from cg2a_ext.rl import algorithms
+
+
+def gpu_speed(name: str) -> tuple[float, str]:
+    """``name``'s steps/s on one H100 at the paper preset and what the figure is. Without a figure of its own
+    (one inherited from a parent class does not count: the subclass changes the update) it takes the slowest
+    measured figure, so that the estimate errs long."""
+    figure = vars(algorithms.get(name)).get("gpu_steps_per_s")
+    if figure is not None:
+        return figure
+    measured = [f[0] for n in algorithms.NAMES
+                if (f := vars(algorithms.get(n)).get("gpu_steps_per_s")) is not None and f[1] == "measured"]
+    return min(measured), "the slowest measured figure: unmeasured"
 
 
 @dataclass
@@ -33,7 +36,7 @@ def estimate(configs: Iterable) -> Estimate:
     """GPU-hours of training ``configs`` (TrainConfigs) one after another on one H100, evaluations excluded."""
     hours, runs, notes = 0.0, 0, set()
     for cfg in configs:
-        rate, what = MEASURED_H100.get(cfg.algorithm, (15.0, "the slowest measured figure: unmeasured"))
+        rate, what = gpu_speed(cfg.algorithm)
         if what != "measured":
             notes.add(f"{cfg.algorithm}: {what}")
         if cfg.preset != "paper":
