@@ -78,6 +78,25 @@ def test_training_logs_each_episodes_success_and_the_curves_draw_success_panels(
     assert "training episodes: success" in drawn
 
 
+def test_the_zero_shot_cache_keeps_each_episodes_success_and_a_cache_without_them_is_measured_again(robot_run):
+    from cg2a_ext.rl.sweep.report.zero_shot import evaluate_run, load_cache, modes_to_evaluate
+
+    result = evaluate_run(robot_run, ["test1"], episodes=2)["test1"]
+    cached = load_cache(robot_run)["modes"]["test1"]
+    assert len(cached["successes"]) == 2 and all(isinstance(x, bool) for x in cached["successes"])
+    assert result["success_rate"] == np.mean(cached["successes"])
+    step, cached_successes = cached["checkpoint_step"], list(cached["successes"])
+    assert modes_to_evaluate(robot_run, ["test1"], 2, step, needs_success=True) == []
+    # a cache written before successes were kept serves a family without success, not the robot family
+    del cached["successes"]
+    RunFolder(robot_run).zero_shot_cache.write_text(json.dumps({"modes": {"test1": cached}}))
+    assert modes_to_evaluate(robot_run, ["test1"], 2, step, needs_success=True) == ["test1"]
+    assert modes_to_evaluate(robot_run, ["test1"], 2, step) == []
+    again = evaluate_run(robot_run, ["test1"], episodes=2)["test1"]          # measured again: the same seeds
+    assert again["success_rate"] == result["success_rate"] and again["returns"] == result["returns"]
+    assert load_cache(robot_run)["modes"]["test1"]["successes"] == cached_successes
+
+
 def test_moving_mean_of_the_last_episodes():
     from cg2a_ext.rl.run.plots import moving_mean
 
