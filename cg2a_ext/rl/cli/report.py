@@ -7,9 +7,10 @@
 1. Evaluates every finished run zero-shot on the modes its cache lacks (the same number of episodes
    for every run; results kept in each run folder, so a rerun evaluates nothing new).
 2. Writes ``SWEEP_DIR/report/``: ``report.md`` (tables in the CG2A paper's layouts with the paper's
-   numbers beside ours; robot tasks in its Table 3 layout with success rates and the unreported scenes, aggregates with 95 % bootstrap intervals, probability of improvement,
-   return kept under each shift, how many runs / seeds / steps each cell rests on, the data each mode
-   used), ``report.json`` (the same numbers) and the figures as PNG.
+   numbers beside ours, the robot tasks in its Table 3 layout with success rates and the scenes it does
+   not report, aggregates with 95 % bootstrap intervals, probability of improvement, return kept under
+   each shift, how many runs / seeds / steps each cell rests on, the data each mode used),
+   ``report.json`` (the same numbers) and the figures as PNG.
 """
 from __future__ import annotations
 
