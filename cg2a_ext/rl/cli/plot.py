@@ -2,7 +2,8 @@
 
     cg2a-plot DIR [DIR ...] [--out FOLDER]
 
-Writes ``learning_curves.png`` for all runs together,
+Writes ``learning_curves.png`` for all runs together (returns per evaluation mode and of the training
+episodes; success-rate panels too where the runs log success, as robot runs do),
 ``grad_diagnostics_<i>_<label>.png`` for each run that logged diagnostics (ac, cg2a), and
 ``evaluation_images_<i>_<label>.png`` for each run that saved images at its evaluations (sgqn's
 saliency and masks, smg's reconstructions and masks): a row per evaluation step, up to four.

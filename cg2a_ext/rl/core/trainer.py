@@ -307,7 +307,7 @@ class Trainer:
                     self.logger.log("diagnostics", {"step": self.step + 1, **m.diagnostics})
                 for k, v in m.items():
                     self._log_acc.setdefault(k, []).append(v)
-            next_obs, reward, terminated, truncated, _ = self.stepper.wait()
+            next_obs, reward, terminated, truncated, info = self.stepper.wait()
             self.replay.add(action, reward, next_obs, terminated)
             ep_return += float(reward)
             ep_len += 1
@@ -316,8 +316,12 @@ class Trainer:
             self._in_episode = True
             if terminated or truncated:
                 self.last_return = ep_return
-                self.logger.log("train", {"step": self.step, "episode": self.episode, "episode_return": ep_return,
-                                          "episode_length": ep_len, "elapsed_s": self.elapsed()})
+                row = {"step": self.step, "episode": self.episode, "episode_return": ep_return,
+                       "episode_length": ep_len, "elapsed_s": self.elapsed()}
+                # only families whose episodes report success (robot) get the column: dmc logs stay as they were
+                if "success" in info:
+                    row["success"] = int(bool(info["success"]))      # latched by the env: the episode's outcome
+                self.logger.log("train", row)
                 if self.progress is not None:
                     self.progress.set(ret=ep_return)
                 self.episode += 1

@@ -33,11 +33,14 @@ class EnvFamily(abc.ABC):
         name: the registry name.
         modes: every mode, the training mode ``"train"`` first, then the test modes.
         default_modes_described: one line for help and reports on what the test modes change.
+        reports_success: whether the envs' step info carries ``success`` (latched for the episode): training logs
+            it per episode, evaluations and the report give success rates beside the returns.
     """
 
     name: ClassVar[str]
     modes: ClassVar[tuple[str, ...]]
     description: ClassVar[str] = ""
+    reports_success: ClassVar[bool] = False
 
     @property
     def test_modes(self) -> tuple[str, ...]:

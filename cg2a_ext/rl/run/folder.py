@@ -44,6 +44,8 @@ TENSORBOARD = "tb"
 CHECKPOINTS = "checkpoints"
 VIDEOS = "videos"
 IMAGES = "images"
+# The report's zero-shot results (``sweep.report.zero_shot``): written after training, not by the run itself.
+ZERO_SHOT_CACHE = "zero_shot_report.json"
 # Everything a run writes (the lock aside): a new run refuses a folder holding any of these.
 RUN_FILES = (CONFIG, PLAN, *LOGS, TENSORBOARD, CHECKPOINTS, VIDEOS, IMAGES, FINISHED)
 
@@ -179,6 +181,11 @@ class RunFolder:
     def zero_shot(self) -> Path:
         """The prefix of cg2a-eval's report (``zero_shot.json`` and ``zero_shot.md``)."""
         return self.path / "zero_shot"
+
+    @property
+    def zero_shot_cache(self) -> Path:
+        """The report's cache of zero-shot results (``sweep.report.zero_shot``)."""
+        return self.path / ZERO_SHOT_CACHE
 
     def log(self, kind: str) -> Path:
         """``<run>/<kind>.csv``, kind one of train, update, diagnostics, eval."""

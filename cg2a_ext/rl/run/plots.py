@@ -149,19 +149,79 @@ def _note_too_few(ax, n_points: int, what: str) -> None:
                 f"logging interval)", transform=ax.transAxes, ha="center", va="center", fontsize=8, color="0.4")
 
 
-def plot_learning_curves(run_dirs, out_path) -> Path:
-    """One panel per evaluation mode (plus training episode returns); runs with the same
-    label (task + algorithm) are averaged, the band is ± one sample std over runs (ddof = 1)."""
-    plt = _plt()
-    groups: dict[str, list] = {}
-    for d in run_dirs:
-        groups.setdefault(run_label(d), []).append(Path(d))
+# Columns of the run logs the curves read (eval.csv: one row per evaluation and mode; train.csv: one per episode).
+EVAL_RETURN, EVAL_SUCCESS = "mean_return", "success_rate"
+TRAIN_RETURN, TRAIN_SUCCESS = "episode_return", "success"
+# A training episode's success is 0 or 1: its curve is the moving mean over this many episodes (fewer at the start).
+SUCCESS_WINDOW = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class Panel:
+    """One panel of the learning curves: a column of eval.csv (rows of ``mode``) or of train.csv (mode None)."""
+
+    title: str
+    column: str
+    mode: str | None = None
+    ylabel: str = "return"
+
+    @property
+    def success(self) -> bool:
+        return self.column in (EVAL_SUCCESS, TRAIN_SUCCESS)
+
+    def curve(self, run_dir) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, values) of one run; a success panel leaves out rows without a value (logs of runs from
+        before the column, or of a family without success)."""
+        folder = RunFolder(run_dir)
+        rows = folder.rows("train") if self.mode is None else [r for r in folder.rows("eval") if r["mode"] == self.mode]
+        xs = np.array([_num(r["step"]) for r in rows])
+        ys = np.array([_num(r.get(self.column)) for r in rows])
+        if self.success:
+            keep = np.isfinite(ys)
+            xs, ys = xs[keep], ys[keep]
+            if self.mode is None and len(ys):
+                ys = moving_mean(ys, SUCCESS_WINDOW)
+        return xs, ys
+
+
+def moving_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """The trailing mean of the last ``window`` values at each point (of all values so far before that)."""
+    sums = np.cumsum(np.concatenate([[0.0], values]))
+    idx = np.arange(1, len(values) + 1)
+    start = np.maximum(idx - window, 0)
+    return (sums[idx] - sums[start]) / (idx - start)
+
+
+def _has_values(run_dirs, kind: str, column: str) -> bool:
+    return any(np.isfinite(_num(r.get(column))) for d in run_dirs for r in RunFolder(d).rows(kind))
+
+
+def learning_curve_panels(run_dirs) -> list[Panel]:
+    """A return panel per evaluation mode and one of the training episodes; then, where the runs' logs carry
+    success (robot tasks), a success-rate panel per evaluation mode and one of the training episodes."""
     modes: list[str] = []
     for d in run_dirs:
         for r in RunFolder(d).rows("eval"):
             if r["mode"] not in modes:
                 modes.append(r["mode"])
-    panels = modes + ["training episodes"]
+    panels = [Panel(m, EVAL_RETURN, m) for m in modes] + [Panel("training episodes", TRAIN_RETURN)]
+    if _has_values(run_dirs, "eval", EVAL_SUCCESS):
+        panels += [Panel(f"{m}: success rate", EVAL_SUCCESS, m, "success rate") for m in modes]
+    if _has_values(run_dirs, "train", TRAIN_SUCCESS):
+        panels.append(Panel("training episodes: success", TRAIN_SUCCESS, None,
+                            f"success (mean of the last {SUCCESS_WINDOW} episodes)"))
+    return panels
+
+
+def plot_learning_curves(run_dirs, out_path) -> Path:
+    """One panel per evaluation mode (plus training episode returns), and success-rate panels where the runs
+    log success (``learning_curve_panels``); runs with the same label (task + algorithm) are averaged, the band
+    is ± one sample std over runs (ddof = 1)."""
+    plt = _plt()
+    groups: dict[str, list] = {}
+    for d in run_dirs:
+        groups.setdefault(run_label(d), []).append(Path(d))
+    panels = learning_curve_panels(run_dirs)
     ncol = min(3, len(panels))
     nrow = (len(panels) + ncol - 1) // ncol
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.5 * ncol, 3.4 * nrow), squeeze=False)
@@ -171,26 +231,14 @@ def plot_learning_curves(run_dirs, out_path) -> Path:
     for ax, panel in zip(axes.flat, panels):
         most_points = 0
         for label, dirs in groups.items():
-            curves = []
-            for d in dirs:
-                if panel == "training episodes":
-                    rows = RunFolder(d).rows("train")
-                    xs = np.array([_num(r["step"]) for r in rows])
-                    ys = np.array([_num(r["episode_return"]) for r in rows])
-                else:
-                    rows = [r for r in RunFolder(d).rows("eval") if r["mode"] == panel]
-                    xs = np.array([_num(r["step"]) for r in rows])
-                    ys = np.array([_num(r["mean_return"]) for r in rows])
-                if len(xs):
-                    curves.append((xs, ys))
+            curves = [c for c in (panel.curve(d) for d in dirs) if len(c[0])]
             if not curves:
                 continue
             most_points = max(most_points, *(len(x) for x, _ in curves))
             c = colours[label]
             if len(curves) == 1:
                 n = len(curves[0][0])
-                (line,) = ax.plot(*curves[0], color=c,
-                                  **(_marker(n) if panel == "training episodes" else {"marker": "o", "ms": 3}))
+                (line,) = ax.plot(*curves[0], color=c, **(_marker(n) if panel.mode is None else {"marker": "o", "ms": 3}))
                 name = label
             else:
                 grid = np.unique(np.concatenate([c_[0] for c_ in curves]))
@@ -202,10 +250,14 @@ def plot_learning_curves(run_dirs, out_path) -> Path:
                 ax.fill_between(grid, m - s, m + s, alpha=0.2, color=c)
                 name = f"{label} (mean of {len(curves)} runs, band ± sample std)"
             handles.setdefault(name, line)
-        _note_too_few(ax, most_points, "episodes" if panel == "training episodes" else "evaluations")
-        ax.set_title(panel)
+        _note_too_few(ax, most_points, "episodes" if panel.mode is None else "evaluations")
+        ax.set_title(panel.title)
         ax.set_xlabel("agent steps")
-        ax.set_ylabel("return")
+        if panel.success:
+            ax.set_ylabel(panel.ylabel, fontsize=8)
+            ax.set_ylim(-0.05, 1.05)
+        else:
+            ax.set_ylabel(panel.ylabel)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")

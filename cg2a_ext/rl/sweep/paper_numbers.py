@@ -1,4 +1,4 @@
-"""Published DMC-GB returns (mean +- std over seeds), set beside the sweep's numbers by the report.
+"""Published returns (mean +- std over seeds), set beside the sweep's numbers by the report.
 
 Each entry names its source. The paper being reproduced is the CG2A paper: its Table 1 is the
 colour-shift test ("Random Colors", our ``color_hard``), its Table 2 the video tests
@@ -9,6 +9,12 @@ appears (the SGQN repository's results figure, the DMC-GB repository's results t
 Known quirks of the sources: CG2A's Table 1 seems to swap SODA's ball_in_cup_catch and
 cartpole_swingup values; DMC-GB trained finger_spin with action repeat 2 (4 here). Returns are
 per episode of 1000 simulator steps (range 0-1000).
+
+Its Table 3 is robot manipulation (the ``robot`` family: xArm Reach and PegInBox, 50-step episodes),
+a row per task and scene (train, test1-3), SAC / SODA / SVEA / SGQN / CG2A as columns. Our robot
+tasks are a re-creation on today's MuJoCo with an arm of primitive geoms, so its numbers are a
+reference, not a target. Known quirk: its SAC test rows (test1-3) are the same numbers for both
+tasks, probably a copy error; kept as printed.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from dataclasses import dataclass
 
 CG2A_T1 = "CG2A paper, Table 1"
 CG2A_T2 = "CG2A paper, Table 2"
+CG2A_T3 = "CG2A paper, Table 3"
 CG2A_T4 = "CG2A paper, Table 4"
 SGQN_REPO = "SGQN repository results figure"
 DMCGB_REPO = "DMC-GB repository results table"
@@ -29,10 +36,22 @@ ABLATION_ORDER = ("sac", "ac", "ac+gas", "ac+sgs", "cg2a")
 
 TASKS = ("walker_walk", "walker_stand", "ball_in_cup_catch", "finger_spin", "cartpole_swingup", "cheetah_run")
 
+# Table 3's layout: the tasks of one environment family, a row per task and scene (the modes the paper
+# reports, in its order), a column per method (the order its numbers below list them in). The family's other
+# modes get a table of their own in the report (ours only), as do success rates (the paper gives none).
+SCENE_TABLE = "3"
+SCENE_TABLE_FAMILY = "robot"
+SCENE_TABLE_TASKS = ("reach", "peg_in_box")
+SCENE_TABLE_MODES = ("train", "test1", "test2", "test3")
+TABLE_NOTES = {
+    SCENE_TABLE: "The paper's SAC test rows (test1-3) are the same numbers for both tasks: probably a copy "
+                 "error in the paper; shown as printed.",
+}
+
 
 @dataclass(frozen=True)
 class PaperNumber:
-    table: str          # "1", "2" or "4" (the CG2A paper's table it belongs to)
+    table: str          # "1" to "4" (the CG2A paper's table it belongs to)
     mode: str
     task: str
     method: str         # an algorithm name, or an ablation name of Table 4 (sac, ac, ac+gas, ac+sgs, cg2a)
@@ -41,9 +60,15 @@ class PaperNumber:
     source: str
 
 
-def _rows(table, mode, method, source, values):
+def _rows(table, mode, method, source, values, tasks=TASKS):
     return [PaperNumber(table, mode, task, method, float(m), None if s is None else float(s), source)
-            for task, (m, s) in zip(TASKS, values) if m is not None]
+            for task, (m, s) in zip(tasks, values) if m is not None]
+
+
+def _scene_rows(method, values):
+    """Table 3 numbers of one method: {scene: ((reach mean, std), (peg_in_box mean, std))}."""
+    return [n for mode, per_task in values.items()
+            for n in _rows(SCENE_TABLE, mode, method, CG2A_T3, per_task, SCENE_TABLE_TASKS)]
 
 
 _NA = (None, None)
@@ -74,9 +99,25 @@ NUMBERS: tuple[PaperNumber, ...] = tuple(
     + _rows("4", "video_hard", "ac+gas", CG2A_T4, [(424, None), (618, None), (563, None), (474, None)])
     + _rows("4", "video_hard", "ac+sgs", CG2A_T4, [(619, None), (805, None), (724, None), (757, None)])
     + _rows("4", "video_hard", "cg2a", CG2A_T4, [(687, None), (895, None), (806, None), (819, None)])
+    # Table 3: robot manipulation, (reach, peg_in_box) per scene; the methods in the paper's column order
+    + _scene_rows("sac", {"train": [(9.7, 2), (-46.7, 7)], "test1": [(-20.9, 16), (-20.9, 16)],
+                          "test2": [(-21.9, 14), (-21.9, 14)], "test3": [(-43.2, 6), (-43.2, 6)]})
+    + _scene_rows("soda", {"train": [(31.8, 1), (180.1, 2)], "test1": [(-30.9, 43), (16.9, 44)],
+                           "test2": [(-20.2, 29), (0.7, 30)], "test3": [(-68.4, 30), (73.6, 31)]})
+    + _scene_rows("svea", {"train": [(32.2, 5), (177.5, 3)], "test1": [(-17.6, 10), (-21.3, 10)],
+                           "test2": [(-2.1, 39), (96.8, 42)], "test3": [(1.4, 29), (40.5, 28)]})
+    + _scene_rows("sgqn", {"train": [(31.8, 1), (183.9, 9)], "test1": [(14.4, 14), (-72.0, 14)],
+                           "test2": [(31.0, 3), (110.7, 3)], "test3": [(29.2, 7), (154.6, 7)]})
+    + _scene_rows("cg2a", {"train": [(39.6, 4), (189.9, 11)], "test1": [(28.7, 1), (155.4, 17)],
+                           "test2": [(36.7, 4), (157.8, 22)], "test3": [(35.4, 4), (174.0, 21)]})
 )
 
-PRIMARY_SOURCES = (CG2A_T1, CG2A_T2, CG2A_T4)
+PRIMARY_SOURCES = (CG2A_T1, CG2A_T2, CG2A_T3, CG2A_T4)
+
+
+def methods_of(table: str) -> tuple[str, ...]:
+    """The methods a table of the paper reports, in its column order (the order ``NUMBERS`` lists them in)."""
+    return tuple(dict.fromkeys(n.method for n in NUMBERS if n.table == table and n.source in PRIMARY_SOURCES))
 
 
 def lookup(table: str, mode: str, task: str, method: str, primary: bool = True) -> list[PaperNumber]:

@@ -3,7 +3,8 @@
 A *cell* is one task, method and mode: the mean over its runs (seeds) of each run's mean episode
 return, and the sample standard deviation over runs (``STD_DDOF`` = 1: with the 2-5 seeds of a sweep
 the population std, ddof = 0, understates the spread by a factor up to 1.4), shown with n.
-Only finished runs with a zero-shot result enter a cell.
+Only finished runs with a zero-shot result enter a cell. Where the task's episodes report success
+(robot), a cell also holds each run's success rate over its zero-shot episodes, summarised the same way.
 """
 from __future__ import annotations
 
@@ -39,6 +40,13 @@ class Cell:
     episodes: list[int]
     run_means: list[float]
     data_sources: list[str]
+    run_success_rates: list[float] = field(default_factory=list)   # runs whose zero-shot result has one
+
+    @staticmethod
+    def _spread(values: list[float]) -> float | None:
+        """Sample std over runs (ddof = ``STD_DDOF``); None with a single run (a spread of 0 would claim what
+        one run cannot show)."""
+        return float(np.std(values, ddof=STD_DDOF)) if len(values) > 1 else None
 
     @property
     def mean(self) -> float:
@@ -46,19 +54,32 @@ class Cell:
 
     @property
     def std(self) -> float | None:
-        """Sample std over runs (ddof = ``STD_DDOF``); None with a single run (a spread of 0 would claim what
-        one run cannot show)."""
-        return float(np.std(self.run_means, ddof=STD_DDOF)) if len(self.run_means) > 1 else None
+        return self._spread(self.run_means)
 
     @property
     def n(self) -> int:
         return len(self.run_means)
 
+    @property
+    def success_mean(self) -> float | None:
+        return float(np.mean(self.run_success_rates)) if self.run_success_rates else None
+
+    @property
+    def success_std(self) -> float | None:
+        return self._spread(self.run_success_rates)
+
+    @property
+    def success_n(self) -> int:
+        return len(self.run_success_rates)
+
     def to_dict(self) -> dict:
         return {"task": self.task, "method": self.method, "algorithm": self.algorithm, "mode": self.mode,
                 "runs": self.runs, "seeds": self.seeds, "steps": self.steps, "episodes": self.episodes,
                 "run_means": self.run_means, "n": self.n, "mean": self.mean, "std": self.std, "std_ddof": STD_DDOF,
-                "data_sources": self.data_sources}
+                "data_sources": self.data_sources,
+                # only where the episodes report success: a dmc cell reads as before
+                **({"run_success_rates": self.run_success_rates, "success_rate_mean": self.success_mean,
+                    "success_rate_std": self.success_std} if self.run_success_rates else {})}
 
 
 @dataclass
@@ -115,6 +136,8 @@ def build_cells(runs: list[RunInfo], modes) -> Summary:
             cell.steps.append(int(z.get("checkpoint_step", r.step)))
             cell.episodes.append(int(z["episodes"]))
             cell.run_means.append(float(z["mean"]))
+            if z.get("success_rate") is not None:
+                cell.run_success_rates.append(float(z["success_rate"]))
             if z.get("data_source") and z["data_source"] not in cell.data_sources:
                 cell.data_sources.append(z["data_source"])
     # columns as in the paper's tables: the registry's order with the proposed method last; an algorithm's

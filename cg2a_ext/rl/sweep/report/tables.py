@@ -6,14 +6,20 @@
 - The same layout for the modes the paper does not report (the train mode, color_easy).
 - Table 4 (ablations on ``video_hard``): one row per ablation the sweep holds (each run's row is its
   algorithm's ``ablation(options)``), tasks as columns, the paper's figure beside ours.
+- Table 3 (robot manipulation, ``scene_table``): the tasks of one family, a row per task and scene
+  (train, test1-3), a column per method labelled as its algorithm's ``label``, each algorithm followed
+  by the paper's column; the same cells as success rates; the family's other scenes (test4, test5) in a
+  table of their own. Those tasks then have no per-mode tables.
 
 Which mode is which table is the paper's fact (``paper_numbers``); the train mode of a task is its
-environment family's first mode.
+environment family's first mode. No table names an algorithm: columns come from the runs, their order
+and the paper's columns from ``paper_numbers``, labels from the algorithm registry.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from cg2a_ext.rl import algorithms
 from cg2a_ext.rl.sweep import paper_numbers
 from cg2a_ext.rl.sweep.report.collect import RunInfo
 from cg2a_ext.rl.sweep.report.summary import STD_DDOF, STD_NOTE, Summary, train_mode
@@ -36,7 +42,31 @@ def _paper(table: str, mode: str, task: str, method: str) -> str:
     return _pm(found[0].mean, found[0].std) if found else ""
 
 
-def mode_table(summary: Summary, mode: str) -> str:
+def _family(task: str):
+    from cg2a_ext.rl.envs import family_of
+
+    try:
+        return family_of(task)
+    except ValueError:                   # a task no family knows (any more): only the per-mode tables show it
+        return None
+
+
+def scene_tasks(summary: Summary) -> list[str]:
+    """The summary's tasks of the family the paper's Table 3 layout is for, in the paper's row order."""
+    tasks = [t for t in summary.tasks if (f := _family(t)) is not None and f.name == paper_numbers.SCENE_TABLE_FAMILY]
+    order = paper_numbers.SCENE_TABLE_TASKS
+    return sorted(tasks, key=lambda t: (order.index(t) if t in order else len(order), summary.tasks.index(t)))
+
+
+def mode_tasks(summary: Summary, mode: str) -> list[str]:
+    """The tasks of the per-mode table of ``mode``: those that have the mode, less the Table 3 layout's."""
+    scene = set(scene_tasks(summary))
+    return [t for t in summary.tasks if t not in scene and ((f := _family(t)) is None or mode in f.modes)]
+
+
+def mode_table(summary: Summary, mode: str, tasks: list[str] | None = None) -> str:
+    """One row per task (``tasks``, default all the summary's), one column per method, the paper's beside."""
+    tasks = summary.tasks if tasks is None else tasks
     table = MODE_TABLE.get(mode)
     headers, columns = [f"task ({STD_NOTE})"], []
     for i, method in enumerate(summary.methods):
@@ -45,11 +75,11 @@ def mode_table(summary: Summary, mode: str) -> str:
         headers.append(method)
         # the paper's column after the last of this algorithm's methods
         last_of_algorithm = all(summary.algorithm_of[m] != algorithm for m in summary.methods[i + 1:])
-        if table and last_of_algorithm and any(paper_numbers.lookup(table, mode, t, algorithm) for t in summary.tasks):
+        if table and last_of_algorithm and any(paper_numbers.lookup(table, mode, t, algorithm) for t in tasks):
             columns.append(("paper", algorithm))
             headers.append(f"{algorithm} (paper, Table {table})")
     rows = []
-    for task in summary.tasks:
+    for task in tasks:
         row = [task]
         for kind, key in columns:
             if kind == "paper":
@@ -63,6 +93,100 @@ def mode_table(summary: Summary, mode: str) -> str:
 
 def _cell(cell) -> str:
     return f"{_pm(cell.mean, cell.std)} (n={cell.n})" if cell else ""
+
+
+def algorithm_label(algorithm: str) -> str:
+    """How tables name an algorithm: its registry ``label`` (the name itself for one the registry lacks)."""
+    try:
+        return algorithms.get(algorithm).label or algorithm
+    except KeyError:
+        return algorithm
+
+
+def method_label(summary: Summary, method: str) -> str:
+    """A method as the Table 3 layout names it: its algorithm's label, then the options that make it a variant."""
+    algorithm = summary.algorithm_of.get(method, method)
+    rest = method[len(algorithm):] if method.startswith(algorithm) else f" ({method})"
+    return algorithm_label(algorithm) + rest
+
+
+def _scene_columns(summary: Summary, tasks: list[str], with_paper: bool) -> list[tuple[str, str]]:
+    """("ours", method) and ("paper", algorithm) columns: algorithms in the paper's Table 3 order, others after
+    them in the registry's, the proposed last; each algorithm's methods (plain run first), then its paper column.
+    Every algorithm of the paper's table has its column even without runs, so the published row is complete."""
+    paper = paper_numbers.methods_of(paper_numbers.SCENE_TABLE)
+    ours = [m for m in summary.methods if any((t, m, mode) in summary.cells for t in tasks for mode in summary.modes)]
+    names = list(algorithms.NAMES)
+
+    def rank(algorithm: str):
+        return (algorithm == algorithms.PROPOSED, paper.index(algorithm) if algorithm in paper else
+                len(paper) + (names.index(algorithm) if algorithm in names else len(names)), algorithm)
+
+    columns = []
+    for algorithm in sorted({summary.algorithm_of[m] for m in ours} | (set(paper) if with_paper else set()), key=rank):
+        columns += [("ours", m) for m in ours if summary.algorithm_of[m] == algorithm]
+        if with_paper and algorithm in paper:
+            columns.append(("paper", algorithm))
+    return columns
+
+
+def _number(value: float, digits: int) -> str:
+    return f"{value:.{digits}f}"
+
+
+def _scene_cell(cell, success: bool) -> str:
+    """``mean ± std (n=runs)``: returns with one decimal (robot returns are tens), success rates with two."""
+    if cell is None:
+        return ""
+    mean, std, n, digits = ((cell.success_mean, cell.success_std, cell.success_n, 2) if success
+                            else (cell.mean, cell.std, cell.n, 1))
+    if mean is None:
+        return ""
+    spread = f" ± {_number(std, digits)}" if std is not None else ""
+    return f"{_number(mean, digits)}{spread} (n={n})"
+
+
+def _paper_scene(mode: str, task: str, algorithm: str) -> str:
+    found = paper_numbers.lookup(paper_numbers.SCENE_TABLE, mode, task, algorithm)
+    if not found:
+        return ""
+    n = found[0]
+    # as printed in the paper: means with one decimal, stds as whole numbers (kept as given, should one not be)
+    return f"{n.mean:.1f} ± {n.std:g}" if n.std is not None else f"{n.mean:.1f}"
+
+
+def scene_table(summary: Summary, scenes, success: bool = False, with_paper: bool = True) -> str:
+    """The paper's Table 3 layout over the summary's ``scene_tasks``: a row per task and scene (those of
+    ``scenes`` the summary has), a column per method; returns, or with ``success`` each run's success rate
+    (no paper columns: the paper gives none). Cells: mean ± sample std over runs (ddof = 1), n."""
+    tasks = scene_tasks(summary)
+    scenes = [m for m in scenes if m in summary.modes]
+    columns = _scene_columns(summary, tasks, with_paper and not success)
+    headers = ["task", f"scene ({STD_NOTE})"]
+    headers += [method_label(summary, key) if kind == "ours" else
+                f"{algorithm_label(key)} (paper, Table {paper_numbers.SCENE_TABLE})" for kind, key in columns]
+    rows = []
+    for task in tasks:
+        for scene in scenes:
+            row = [task, scene]
+            for kind, key in columns:
+                row.append(_paper_scene(scene, task, key) if kind == "paper"
+                           else _scene_cell(summary.cells.get((task, key, scene)), success))
+            rows.append(row)
+    return _md(headers, rows)
+
+
+def scene_modes(summary: Summary) -> tuple[list[str], list[str]]:
+    """(the scenes of the paper's Table 3, the family's other scenes) among the summary's modes."""
+    reported = [m for m in paper_numbers.SCENE_TABLE_MODES if m in summary.modes]
+    family_modes = [m for t in scene_tasks(summary) for m in _family(t).modes]
+    others = [m for m in dict.fromkeys(family_modes) if m in summary.modes and m not in reported]
+    return reported, others
+
+
+def has_success_rates(summary: Summary) -> bool:
+    tasks = set(scene_tasks(summary))
+    return any(c.run_success_rates for (t, _, _), c in summary.cells.items() if t in tasks)
 
 
 def ablation_table(summary: Summary, runs: list[RunInfo], mode: str = paper_numbers.ABLATION_MODE) -> str | None:

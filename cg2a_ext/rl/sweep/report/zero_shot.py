@@ -1,9 +1,11 @@
 """Zero-shot evaluation of a finished run's final policy, cached in the run folder.
 
-The cache (``<run>/zero_shot_report.json``) keeps, per mode, every episode's return, the data the
-mode used and the checkpoint step it was measured at. A mode is evaluated again only if it is
-missing, was measured on another checkpoint, or has fewer episodes than asked (asking for fewer
-takes the first ones: episode seeds do not depend on the count).
+The cache (``RunFolder.zero_shot_cache``) keeps, per mode, every episode's return, the data the
+mode used and the checkpoint step it was measured at; for a family whose episodes report success
+(``EnvFamily.reports_success``: robot), every episode's success too. A mode is evaluated again only if
+it is missing, was measured on another checkpoint, has fewer episodes than asked (asking for fewer
+takes the first ones: episode seeds do not depend on the count), or lacks the successes its family
+reports (a cache written before they were kept).
 
 Seeds: mode m (its index i in the modes of the task's environment family) gets the environment seed ``zero_shot_env`` i and
 episode e the reset seed ``zero_shot`` (0, i, e) from the run's seed streams. They do not depend on
@@ -18,14 +20,14 @@ import os
 from pathlib import Path
 
 import numpy as np
-from cg2a_ext.rl.run.folder import RunFolder
+from cg2a_ext.rl.run.folder import ZERO_SHOT_CACHE, RunFolder
 
-CACHE_FILE = "zero_shot_report.json"
+CACHE_FILE = ZERO_SHOT_CACHE        # kept for callers that name the cache by this module
 STREAM = "zero_shot"
 
 
 def load_cache(run_dir) -> dict:
-    path = Path(run_dir) / CACHE_FILE
+    path = RunFolder(run_dir).zero_shot_cache
     try:
         doc = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
@@ -35,26 +37,34 @@ def load_cache(run_dir) -> dict:
 
 
 def _save_cache(run_dir, doc: dict) -> None:
-    path = Path(run_dir) / CACHE_FILE
-    tmp = path.with_name(f".{CACHE_FILE}.tmp{os.getpid()}")
+    path = RunFolder(run_dir).zero_shot_cache
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(doc, indent=1))
     tmp.replace(path)
 
 
-def cached_result(doc: dict, mode: str, step: int, episodes: int) -> dict | None:
-    """The cached result of ``mode`` cut to ``episodes``, or None if it cannot serve."""
+def cached_result(doc: dict, mode: str, step: int, episodes: int, needs_success: bool = False) -> dict | None:
+    """The cached result of ``mode`` cut to ``episodes`` (with ``success_rate`` where the cache holds the
+    episodes' successes), or None if it cannot serve; ``needs_success``: a result without successes cannot."""
     r = doc.get("modes", {}).get(mode)
     if not r or int(r.get("checkpoint_step", -1)) != step or len(r.get("returns", [])) < episodes:
         return None
+    successes = r.get("successes")
+    has_successes = isinstance(successes, list) and len(successes) >= episodes
+    if needs_success and not has_successes:
+        return None
     returns = [float(x) for x in r["returns"][:episodes]]
     arr = np.asarray(returns, dtype=np.float64)
-    return {"returns": returns, "mean": float(arr.mean()), "std": float(arr.std()), "episodes": episodes,
-            "data_source": r.get("data_source", ""), "checkpoint_step": step}
+    out = {"returns": returns, "mean": float(arr.mean()), "std": float(arr.std()), "episodes": episodes,
+           "data_source": r.get("data_source", ""), "checkpoint_step": step}
+    if has_successes:
+        out["success_rate"] = float(np.mean([bool(x) for x in successes[:episodes]]))
+    return out
 
 
-def modes_to_evaluate(run_dir, modes, episodes: int, step: int) -> list[str]:
+def modes_to_evaluate(run_dir, modes, episodes: int, step: int, needs_success: bool = False) -> list[str]:
     doc = load_cache(run_dir)
-    return [m for m in modes if cached_result(doc, m, step, episodes) is None]
+    return [m for m in modes if cached_result(doc, m, step, episodes, needs_success) is None]
 
 
 def evaluate_run(run_dir, modes, episodes: int, device: str = "cpu", data_dir: str | None = None,
@@ -66,13 +76,14 @@ def evaluate_run(run_dir, modes, episodes: int, device: str = "cpu", data_dir: s
 
     run_dir = Path(run_dir)
     cfg = TrainConfig.load(RunFolder(run_dir).config)
-    MODES = family_of(cfg.task).modes
+    family = family_of(cfg.task)
+    MODES = family.modes
     for m in modes:
         if m not in MODES:
             raise ValueError(f"unknown mode {m!r} for task {cfg.task}; known modes: {', '.join(MODES)}")
     ckpt = latest_checkpoint(run_dir)
     step = int(ckpt.stem.split("_")[1])
-    todo = modes_to_evaluate(run_dir, modes, episodes, step)
+    todo = modes_to_evaluate(run_dir, modes, episodes, step, family.reports_success)
     if todo:
         import torch
 
@@ -101,15 +112,16 @@ def evaluate_run(run_dir, modes, episodes: int, device: str = "cpu", data_dir: s
                     agent.load_state_dict(state["agent"], networks_only=True)
                     agent.train(False)
                 episode_seeds = [seeds.integer(STREAM, 0, i, e, bits=31) for e in range(episodes)]
-                returns = run_episodes(agent, env, episodes, episode_seeds=episode_seeds)
+                successes: list[bool] = []
+                returns = run_episodes(agent, env, episodes, episode_seeds=episode_seeds, successes=successes)
                 source = str(getattr(env, "data_source", mode))
             finally:
                 env.close()
             doc["modes"][mode] = {"returns": returns, **summarize(returns), "data_source": source,
-                                  "checkpoint_step": step}
+                                  "checkpoint_step": step, **({"successes": successes} if successes else {})}
             _save_cache(run_dir, doc)       # after each mode: an interrupted report keeps what it measured
     doc = load_cache(run_dir)
-    return {m: cached_result(doc, m, step, episodes) for m in modes}
+    return {m: cached_result(doc, m, step, episodes, family.reports_success) for m in modes}
 
 
 def own_modes(run_dir, modes) -> list[str]:
