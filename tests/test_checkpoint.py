@@ -167,3 +167,30 @@ def test_checkpoint_holds_no_pickled_objects(tmp_path):
     assert st["replay_file"] == "replay_000000010.npz"
     with np.load(ck.replay_path(tmp_path, 10), allow_pickle=False) as z:
         assert int(z["num_transitions"]) == 10
+
+
+def test_checkpoint_schedule_falls_due_by_steps_and_minutes_and_waits_for_the_episode_end():
+    from cg2a_ext.rl.run.checkpoint import CheckpointSchedule
+
+    clock = [0.0]
+    s = CheckpointSchedule(every_steps=10, every_minutes=1.0, at_episode_end=True, clock=lambda: clock[0])
+    s.step_done(9)
+    assert not s.due
+    s.step_done(10)
+    assert s.due and not s.take_now(10, 100, in_episode=True)      # waits for the episode end
+    assert s.take_now(12, 100, in_episode=False)
+    s.taken()
+    clock[0] += 59.0
+    s.step_done(13)
+    assert not s.due
+    clock[0] += 1.0                                                # a minute since the last one
+    s.step_done(14)
+    assert s.due
+    assert not s.take_now(100, 100, in_episode=False)              # the end of the run is not periodic
+    now = CheckpointSchedule(every_steps=10, every_minutes=0, at_episode_end=False, clock=lambda: clock[0])
+    now.step_done(10)
+    assert now.take_now(10, 100, in_episode=True)                  # at once
+    never = CheckpointSchedule(every_steps=0, every_minutes=0, at_episode_end=True, clock=lambda: clock[0])
+    clock[0] += 1e6
+    never.step_done(10)
+    assert not never.due

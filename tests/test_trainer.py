@@ -259,7 +259,9 @@ def test_speed_measurement_leaves_first_compilations_out(monkeypatch):
     monkeypatch.setattr(agent_module, "make_agent", lambda *a, **k: fake)
     cfg = config_from_args(["--preset", "cpu", "--task", "cartpole_balance"])
     rates = measure_rates(cfg, StillEnv(), (3 * cfg.frame_stack, 8, 8), 1, torch.device("cpu"))
-    assert fake.calls == 2 * max(cfg.actor_update_freq, cfg.aux_update_freq, 2)
+    cycle = max(cfg.actor_update_freq, cfg.aux_update_freq, 2)
+    # one warm-up cycle, then whole cycles timed (for up to 3 s: a few updates are noise on a busy machine)
+    assert fake.calls > cycle and fake.calls % cycle == 0
     assert rates.train_step < 0.1, rates
 
 

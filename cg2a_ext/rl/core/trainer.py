@@ -5,7 +5,8 @@ on: networks, optimizers, temperature, update counters, every RNG, the replay bu
 logging accumulator's partial means (so the first update row after a resume averages the same
 updates as without the stop). Periodic checkpoints fall due every ``checkpoint_freq`` steps and
 every ``checkpoint_minutes`` of wall time, and are taken at the first episode end after that
-(``checkpoint_at_episode_end``, the default). Every training episode is reset with a seed from
+(``checkpoint_at_episode_end``, the default; ``run.checkpoint.CheckpointSchedule`` keeps that timing). Every
+training episode is reset with a seed from
 the run's "episodes" stream indexed by the episode, so the episode after such a checkpoint starts
 the same way whether or not the run stopped there: a resumed run is bit-identical to an
 uninterrupted one (networks, optimizer states and every CSV row except timings).
@@ -38,11 +39,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cg2a_ext.rl.run.checkpoint import save_checkpoint
+from cg2a_ext.rl.run.checkpoint import CheckpointSchedule, save_checkpoint
 from cg2a_ext.rl.core.env_stepper import EnvStepper, resolve_env_overlap
 from cg2a_ext.rl.core.evaluation import evaluate_modes
 from cg2a_ext.rl.core.evaluation_images import save_evaluation_images
 from cg2a_ext.rl.run.folder import IMAGES, VIDEOS, write_finished
+from cg2a_ext.rl.run.logs import Progress
 from cg2a_ext.rl.run.seeding import SeedStreams
 
 
@@ -138,7 +140,8 @@ class Trainer:
         self.logger = logger
         self.run_dir = Path(run_dir)
         self.eval_envs = eval_envs or {}
-        self.progress = progress
+        # progress display (phases, rates, ETA); a silent one when none is given
+        self.progress = progress if progress is not None else Progress(cfg, enabled=False)
         self.seeds = SeedStreams(cfg.seed)
         self.rng = self.seeds.numpy("seed_actions")   # uniform actions of the seed steps
         self.step = 0
@@ -151,12 +154,10 @@ class Trainer:
         self._clock_start = time.monotonic()
         self._evaluate_first = False
         self._in_episode = False
-        self._checkpoint_due = False
         self._last_ckpt_step = -1
         self._last_ckpt_path: Path | None = None
-        self._last_ckpt_time = time.monotonic()
+        self.checkpoints = CheckpointSchedule(cfg.checkpoint_freq, cfg.checkpoint_minutes, cfg.checkpoint_at_episode_end)
         self._signals = _StopSignals()
-        self._phase = ""
         if resume_state is not None:
             self._load_state(resume_state)
 
@@ -208,22 +209,17 @@ class Trainer:
         replay = self.replay if self.cfg.save_buffer else None
         path = save_checkpoint(self.run_dir, self.step, self.state_dict(), replay)
         self._last_ckpt_step, self._last_ckpt_path = self.step, path
-        self._last_ckpt_time = time.monotonic()
-        self._checkpoint_due = False
+        self.checkpoints.taken()
         if self.logger is not None:
             self.logger.flush()
         return path
 
     # ------------------------------------------------------------------ evaluation
-    def _set_phase(self, text: str) -> None:
-        if self.progress is not None and text != self._phase:
-            self.progress.phase(text)
-        self._phase = text
 
     def _on_evaluation_episode(self, mode: str, episode: int, episodes: int) -> None:
         if self._signals.signum is not None:
             raise _EvaluationStopped
-        self._set_phase(f"evaluating {mode} episode {episode + 1}/{episodes}")
+        self.progress.phase(f"evaluating {mode} episode {episode + 1}/{episodes}")
 
     def evaluate(self, final: bool = False) -> dict:
         """Evaluate on ``eval_modes`` (``final``: on ``final_eval_modes``, the zero-shot test at the end)."""
@@ -245,10 +241,8 @@ class Trainer:
         save_evaluation_images(self.agent, envs, self.cfg, self.seeds, self.step,
                                self.run_dir / IMAGES)
         self.last_eval = {m: r["mean"] for m, r in res.items()}
-        if self.progress is not None:
-            self.progress.set(**{f"eval_{m}": v for m, v in self.last_eval.items()})
-            self.progress.evaluation_done(time.monotonic() - t0, sum(r["episodes"] for r in res.values()))
-        self._phase = ""
+        self.progress.set(**{f"eval_{m}": v for m, v in self.last_eval.items()})
+        self.progress.evaluation_done(time.monotonic() - t0, sum(r["episodes"] for r in res.values()))
         return res
 
     def _evaluate_or_stop(self, final: bool = False) -> dict:
@@ -289,7 +283,7 @@ class Trainer:
         while self.step < cfg.train_steps:
             t0 = time.monotonic()
             training = self.step >= cfg.seed_steps
-            self._set_phase("training" if training else "seed steps")
+            self.progress.phase("training" if training else "seed steps")
             if obs is None:
                 obs = self._reset()
                 ep_return, ep_len = 0.0, 0
@@ -322,8 +316,7 @@ class Trainer:
                 if "success" in info:
                     row["success"] = int(bool(info["success"]))      # latched by the env: the episode's outcome
                 self.logger.log("train", row)
-                if self.progress is not None:
-                    self.progress.set(ret=ep_return)
+                self.progress.set(ret=ep_return)
                 self.episode += 1
                 obs = None                      # the next episode starts at the top of the loop
                 self._in_episode = False
@@ -331,18 +324,13 @@ class Trainer:
                 now = time.monotonic()
                 self._log_update_row((self.step - step_log) / max(now - t_log, 1e-9))
                 t_log, step_log = now, self.step
-            if cfg.checkpoint_freq > 0 and self.step % cfg.checkpoint_freq == 0:
-                self._checkpoint_due = True
-            if cfg.checkpoint_minutes > 0 and time.monotonic() - self._last_ckpt_time >= 60.0 * cfg.checkpoint_minutes:
-                self._checkpoint_due = True
+            self.checkpoints.step_done(self.step)
             step_seconds = time.monotonic() - t0
             if cfg.eval_freq > 0 and self.step % cfg.eval_freq == 0 and self.step < cfg.train_steps:
                 self._evaluate_or_stop()
-            if self._checkpoint_due and self.step < cfg.train_steps and \
-                    (not self._in_episode or not cfg.checkpoint_at_episode_end):
+            if self.checkpoints.take_now(self.step, cfg.train_steps, self._in_episode):
                 self.checkpoint()
-            if self.progress is not None:
-                self.progress.advance(step_seconds, training)
+            self.progress.advance(step_seconds, training)
             if self._signals.signum is not None:
                 self._stop()
 
@@ -351,7 +339,7 @@ class Trainer:
         evaluation ({mode: mean return}). Raises TrainingStopped after a checkpoint when stopped by a signal."""
         cfg = self.cfg
         self._clock_start = time.monotonic()
-        self._last_ckpt_time = self._clock_start
+        self.checkpoints.restart_clock()
         with _StopSignals() as self._signals:
             if self.final_evaluation is None:
                 if self.step < cfg.train_steps:

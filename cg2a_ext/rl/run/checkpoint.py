@@ -21,6 +21,7 @@ import io
 import os
 import pickle
 import shutil
+import time
 import zipfile
 from pathlib import Path
 from typing import Callable
@@ -255,3 +256,37 @@ def load_resumable(run_dir, replay, map_location="cpu", warn: Callable[[str], No
         return state, path
     raise CheckpointError("no usable checkpoint in " + str(checkpoint_dir(run_dir)) + ": "
                           + "; ".join(failures))
+
+
+class CheckpointSchedule:
+    """When the periodic checkpoints of a run fall due and when they are taken.
+
+    Due every ``every_steps`` agent steps (0: never by steps) and every ``every_minutes`` of wall time since the
+    last one (0: never by time); taken at once, or at the first episode end after falling due when
+    ``at_episode_end`` (a resumed run is then bit-identical to an uninterrupted one). The end of the run is the
+    trainer's own checkpoint, never a periodic one."""
+
+    def __init__(self, every_steps: int, every_minutes: float, at_episode_end: bool, clock=time.monotonic) -> None:
+        self.every_steps = every_steps
+        self.every_minutes = every_minutes
+        self.at_episode_end = at_episode_end
+        self.clock = clock
+        self.due = False
+        self._last_time = clock()
+
+    def restart_clock(self) -> None:
+        """Count the wall-clock interval from now (a process resuming a run starts its own clock)."""
+        self._last_time = self.clock()
+
+    def step_done(self, step: int) -> None:
+        if self.every_steps > 0 and step % self.every_steps == 0:
+            self.due = True
+        if self.every_minutes > 0 and self.clock() - self._last_time >= 60.0 * self.every_minutes:
+            self.due = True
+
+    def take_now(self, step: int, train_steps: int, in_episode: bool) -> bool:
+        return self.due and step < train_steps and (not in_episode or not self.at_episode_end)
+
+    def taken(self) -> None:
+        self.due = False
+        self._last_time = self.clock()

@@ -251,6 +251,8 @@ class Progress:
     def phase(self, text: str) -> None:
         """Name what the run does now. A terminal shows it at once; a log gets a line when its kind changes
         (``evaluating train`` once, not once per episode)."""
+        if text == self._phase:
+            return
         kind = lambda t: t.split(" episode ")[0]   # noqa: E731
         changed = kind(text) != kind(self._phase)
         self._phase = text
