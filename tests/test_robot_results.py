@@ -252,3 +252,179 @@ def test_a_mixed_sweep_keeps_dmc_tasks_in_the_per_mode_tables_and_robot_tasks_in
     assert body[0].startswith("| reach | train |") and "30.5 ± 0.7 (n=2)" in body[0] and "5.0 (n=1)" in body[0]
     assert "walker_walk" not in "\n".join(body)
     assert not tables.has_success_rates(summary)     # no zero-shot success: the report writes no success table
+
+
+# --------------------------------------------------------------------------- aggregates: the families with a scale
+DMC_TASKS = ["walker_walk", "cartpole_balance"]
+MIXED_ALGORITHMS = ["drq", "cg2a"]
+
+
+def _mixed_returns(task, algorithm, seed, mode) -> list[float]:
+    """dmc returns in the hundreds, 30 less a mode further along; robot returns negative (an arm far from its
+    target), 3 less a mode further along."""
+    from cg2a_ext.rl.envs import family_of
+
+    step = family_of(task).modes.index(mode)
+    if task in DMC_TASKS:
+        base = 500.0 + 100 * DMC_TASKS.index(task) - 30 * step
+    else:
+        base = -40.0 - 10 * TASKS.index(task) - 3 * step
+    mean = base + 10 * MIXED_ALGORITHMS.index(algorithm) - 5 * seed
+    return [mean - 1, mean + 1]
+
+
+@pytest.fixture(scope="module")
+def mixed_sweep(tmp_path_factory):
+    """A sweep root of finished dmc and robot runs (2 algorithms x 4 tasks x 2 seeds), written as robot_sweep's."""
+    from cg2a_ext.rl.envs import family_of
+
+    root = tmp_path_factory.mktemp("mixed_report") / "sweep"
+    runs = build_spec(None, DMC_TASKS + TASKS, MIXED_ALGORITHMS, [0, 1], ["preset=cpu", f"train_steps={STEP}"]).runs()
+    manifest.write_manifest(root, runs, spec={"fixed": {}}, resources={})
+    for run in runs:
+        folder = RunFolder(root / run.name)
+        folder.path.mkdir(parents=True)
+        run.config.save(folder.config)
+        family = family_of(run.task)
+        logger = RunLogger(folder.path, tensorboard=False)
+        cache = {}
+        for mode in family.modes:
+            returns = _mixed_returns(run.task, run.algorithm, run.seed, mode)
+            entry = {"returns": returns, "checkpoint_step": STEP, "data_source": mode}
+            if family.reports_success:
+                entry["successes"] = [run.seed == 0, False]
+            logger.log("eval", {"step": STEP, "mode": mode, "mean_return": np.mean(returns), "std_return": 1.0,
+                                "episodes": 2, "data_source": mode, "returns": ";".join(map(str, returns))})
+            cache[mode] = entry
+        logger.close()
+        folder.zero_shot_cache.write_text(json.dumps({"modes": cache}))
+        folder.write_finished(STEP, {m: float(np.mean(c["returns"])) for m, c in cache.items()}, 1.0)
+    assert report_main([str(root), "--no_eval", "--episodes", "2", "--bootstrap_reps", "50"]) == 0
+    return (root, json.loads((root / "report" / "report.json").read_text()),
+            (root / "report" / "report.md").read_text())
+
+
+def test_a_mixed_sweeps_aggregates_cover_the_dmc_tasks_and_name_the_robot_tasks_left_out(mixed_sweep):
+    from cg2a_ext.rl.envs import get_family
+
+    _, data, page = mixed_sweep
+    dmc_modes = list(get_family("dmc").modes)
+    # one family with a range: the groups are the dmc modes, as in a dmc sweep
+    assert list(data["aggregates"]) == dmc_modes and list(data["probability_of_improvement"]) == dmc_modes
+    for mode, per in data["aggregates"].items():
+        assert set(per) == set(MIXED_ALGORITHMS)
+        for method, d in per.items():
+            assert d["tasks"] == sorted(DMC_TASKS)
+            cells = [np.mean([np.mean(_mixed_returns(t, method, s, mode)) for s in (0, 1)]) for t in DMC_TASKS]
+            assert d["mean"]["value"] == pytest.approx(np.mean(cells) / 1000)
+    for pairs in data["probability_of_improvement"].values():
+        assert all(p["tasks"] == len(DMC_TASKS) for p in pairs)
+    left = data["left_out_of_aggregates"]
+    assert [(x["task"], x["family"]) for x in left] == [(t, "robot") for t in TASKS]
+    line = next(line for line in page.splitlines() if line.startswith("Left out of the aggregates"))
+    assert "reach, peg_in_box (the robot family gives no normalised return range" in line
+    assert not any(t in line for t in DMC_TASKS)
+    assert "## Aggregates across tasks (returns / 1000)" in page
+
+
+def test_retention_holds_no_robot_task(mixed_sweep):
+    _, data, page = mixed_sweep
+    assert data["retention"] and {r["task"] for r in data["retention"]} == set(DMC_TASKS)
+    assert {r["mode"] for r in data["retention"]} == {"color_easy", "color_hard", "video_easy", "video_hard"}
+    ratio = next(r["ratios"] for r in data["retention"] if (r["task"], r["method"], r["mode"]) ==
+                 ("walker_walk", "cg2a", "video_hard"))
+    train = [np.mean(_mixed_returns("walker_walk", "cg2a", s, "train")) for s in (0, 1)]
+    test = [np.mean(_mixed_returns("walker_walk", "cg2a", s, "video_hard")) for s in (0, 1)]
+    assert ratio == pytest.approx([b / a for a, b in zip(train, test)])
+    assert set(data["retention_improvement"]) == {"color_easy", "color_hard", "video_easy", "video_hard"}
+    header, rows = _section_table(page, "## Return kept under each shift")
+    assert {r[0] for r in rows} == set(DMC_TASKS)
+    assert not any(m in " ".join(header) for m in ("test1", "test5"))
+
+
+def test_the_runs_table_shows_success_rates_where_the_runs_have_them(mixed_sweep):
+    _, _, page = mixed_sweep
+    header, rows = _section_table(page, "## Runs")
+    assert header[-1] == "zero-shot success rate"
+    by_task = {}
+    for row in rows:
+        by_task.setdefault(row[1], []).append(row[-1])
+    assert all(cell == "" for t in DMC_TASKS for cell in by_task[t])
+    reach = [row for row in rows if row[1] == "reach" and row[3] == "0"][0][-1]
+    assert reach.startswith("train 0.50, test1 0.50")             # one of its 2 episodes succeeded
+
+
+def test_a_robot_only_report_says_why_it_has_no_aggregates(robot_sweep):
+    root, page = robot_sweep
+    data = json.loads((root / "report" / "report.json").read_text())
+    assert data["aggregates"] == {} and data["retention"] == [] and data["retention_improvement"] == {}
+    assert "no task of the sweep has a normalised return range" in page
+    assert "Left out of the aggregates" in page and "## Return kept under each shift" not in page
+    assert "(aggregates.png)" not in page
+
+
+def test_several_families_with_a_range_are_aggregated_each_on_its_own(monkeypatch):
+    import sys
+    import types
+
+    from cg2a_ext.rl import envs
+    from cg2a_ext.rl.envs.family import EnvFamily
+    from cg2a_ext.rl.sweep.report.summary import add_statistics
+
+    class Scaled(EnvFamily):
+        name, modes, normalised_return_range = "scaled", ("train", "shifted"), (-100.0, 100.0)
+
+        def tasks(self):
+            return ("scaled_task",)
+
+        def observation_defaults(self, task, preset):
+            raise NotImplementedError
+
+        def make_env(self, *args, **kwargs):
+            raise NotImplementedError
+
+    module = types.ModuleType("scaled_family")
+    module.FAMILY = Scaled()
+    monkeypatch.setitem(sys.modules, "scaled_family", module)
+    monkeypatch.setitem(envs.FAMILIES, "scaled", "scaled_family")
+    runs = [_info("walker_walk", m, m, s, {"train": 800.0 - s, "color_hard": 400.0}) for m in MIXED_ALGORITHMS
+            for s in (0, 1)]
+    runs += [_info("scaled_task", m, m, s, {"train": 50.0 + s, "shifted": -50.0}) for m in MIXED_ALGORITHMS
+             for s in (0, 1)]
+    runs += [_info("reach", "cg2a", "cg2a", 0, {"train": -30.0})]
+    summary = add_statistics(build_cells(runs, ["train", "color_hard", "shifted"]), runs, reps=20)
+    assert list(summary.aggregates) == ["train (dmc)", "train (scaled)", "color_hard (dmc)", "shifted (scaled)"]
+    assert summary.aggregates["train (scaled)"]["cg2a"]["tasks"] == ["scaled_task"]
+    assert summary.aggregates["train (scaled)"]["cg2a"]["mean"].value == pytest.approx((50.5 + 100) / 200)
+    assert summary.aggregates["train (dmc)"]["cg2a"]["mean"].value == pytest.approx(0.7995)
+    # a ratio of normalised returns: (-50 + 100) / (50 + 100)
+    assert summary.retention[("scaled_task", "cg2a", "shifted")][0] == pytest.approx(50 / 150)
+    assert set(summary.retention_improvement) == {"color_hard (dmc)", "shifted (scaled)"}
+    assert summary.left_out == {"reach": "robot"} and not any(k[0] == "reach" for k in summary.retention)
+    assert tables.normalisation(summary).endswith("dmc [0, 1000], scaled [-100, 100]")
+    assert summary.to_dict()["aggregate_groups"]["shifted (scaled)"] == {"mode": "shifted", "family": "scaled",
+                                                                         "return_range": [-100.0, 100.0]}
+
+
+# --------------------------------------------------------------------------- cg2a-eval's success column
+def test_eval_shows_a_success_column_for_a_robot_run_and_none_for_dmc(robot_run, tmp_path):
+    from cg2a_ext.rl.cli import eval as eval_script
+    from cg2a_ext.rl.core.evaluation import aggregate_runs, markdown_table
+
+    doc = eval_script.main(["--run", str(robot_run), "--modes", "train", "test1", "--episodes", "2", "--device", "cpu",
+                            "--out", str(tmp_path / "robot")])
+    header, _, row = (tmp_path / "robot.md").read_text().splitlines()[2:5]
+    assert header == "| task | algorithm | runs | train | test1 | train success rate | test1 success rate |"
+    rates = [doc["runs"][0]["results"][m]["success_rate"] for m in ("train", "test1")]
+    assert row.endswith(" | " + " | ".join(f"{r:.2f}" for r in rates) + " |")
+    assert doc["table"][0]["aggregate"]["test1"]["success_rate"] == rates[1]
+    # several runs: mean ± std over the runs' rates
+    two = aggregate_runs([{"train": {"returns": [1.0], "mean": 1.0, "episodes": 1, "data_source": "train",
+                                     "success_rate": r}} for r in (0.0, 1.0)], ["train"])
+    assert "0.50 ± 0.50 |" in markdown_table([{"task": "reach", "algorithm": "drq", "aggregate": two}], ["train"])
+    # a dmc task's family reports no success: no column
+    dmc = aggregate_runs([{"train": {"returns": [900.0, 910.0], "mean": 905.0, "episodes": 2, "data_source": "train"}}],
+                         ["train"])
+    assert "success_rate" not in dmc["train"]
+    table = markdown_table([{"task": "walker_walk", "algorithm": "drq", "aggregate": dmc}], ["train"])
+    assert table.splitlines()[0] == "| task | algorithm | runs | train |" and "success" not in table

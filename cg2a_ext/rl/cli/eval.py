@@ -4,7 +4,8 @@
 
 Writes ``<out>.json`` and ``<out>.md`` (paper layout: mean ± std over episodes
 for one run, over the runs' means when several runs of one task/algorithm are
-given) and says which data each mode used.
+given; success rates per mode for a family whose episodes report success) and
+says which data each mode used.
 """
 from __future__ import annotations
 
@@ -86,8 +87,9 @@ def main(argv=None) -> dict:
                 e.close()
         per_run.append({"run": str(d), "checkpoint": str(ck), "step": int(state["step"]), "task": cfg.task,
                         "algorithm": cfg.algorithm, "seed": cfg.seed, "results": res})
-        print(f"{d} (step {state['step']}): " + ", ".join(f"{m}={r['mean']:.1f}±{r['std']:.1f}" for m, r in res.items()),
-              flush=True)
+        print(f"{d} (step {state['step']}): " + ", ".join(
+            f"{m}={r['mean']:.1f}±{r['std']:.1f}" + (f" success {r['success_rate']:.2f}" if "success_rate" in r else "")
+            for m, r in res.items()), flush=True)
 
     groups: dict = {}
     for r in per_run:

@@ -9,7 +9,8 @@
 2. Writes ``SWEEP_DIR/report/``: ``report.md`` (tables in the CG2A paper's layouts with the paper's
    numbers beside ours, the robot tasks in its Table 3 layout with success rates and the scenes it does
    not report, aggregates with 95 % bootstrap intervals, probability of improvement, return kept under
-   each shift, how many runs / seeds / steps each cell rests on, the data each mode used),
+   each shift (these three over the tasks whose family gives a normalised return range: dmc; the
+   others named), how many runs / seeds / steps each cell rests on, the data each mode used),
    ``report.json`` (the same numbers) and the figures as PNG.
 """
 from __future__ import annotations
@@ -112,9 +113,18 @@ def write_page(root: Path, out: Path, runs, summary, curve_paths, diag_paths, ag
     if abl:
         lines += [f"## Ablations on {ablation_mode}: the paper's Table {paper_numbers.ABLATION_TABLE} layout", "",
                   abl]
-    lines += ["## Aggregates across tasks (returns / 1000)", "",
-              "IQM and mean over the (runs x tasks) scores; 95 % percentile intervals of a bootstrap over runs "
-              "stratified by task. Estimators from rliable.", "", tables.aggregate_table(summary)]
+    left_out = tables.left_out_text(summary)
+    if summary.aggregated_tasks:
+        lines += [f"## Aggregates across tasks ({tables.normalisation(summary)})", "",
+                  "IQM and mean over the (runs x tasks) scores; 95 % percentile intervals of a bootstrap over runs "
+                  "stratified by task. Estimators from rliable.", ""]
+        if len(summary.aggregated_families) > 1:      # normalised scores of two families are not one scale
+            lines += ["Each environment family is aggregated on its own (rows `mode (family)`).", ""]
+        lines += [left_out, ""] if left_out else []
+        lines += [tables.aggregate_table(summary)]
+    else:
+        lines += ["## Aggregates across tasks", "", "No aggregates, probabilities of improvement or return kept "
+                  "under each shift: no task of the sweep has a normalised return range.", "", left_out, ""]
     if agg_path:
         lines += [f"![aggregates]({agg_path.name})", ""]
     if any(summary.improvement.values()):
@@ -122,10 +132,13 @@ def write_page(root: Path, out: Path, runs, summary, curve_paths, diag_paths, ag
                   "P(X > Y): the chance that a run of X scores above a run of Y on a task drawn at random "
                   "(ties count half), with its 95 % stratified-bootstrap interval.", "",
                   tables.improvement_table(summary)]
-    if summary.train_modes & set(modes) and len(modes) > 1:
+    if summary.train_modes & set(modes) and summary.retention_modes:
         lines += ["## Return kept under each shift", "",
                   "Each run's zero-shot return on a test mode divided by its train-mode return; mean ± sample std (ddof = 1) over runs, with n.",
-                  "", tables.retention_table(summary)]
+                  ""]
+        if left_out:
+            lines += ["The tasks of the aggregates only (those left out are named above).", ""]
+        lines += [tables.retention_table(summary)]
         if any(summary.retention_improvement.values()):
             lines += ["The same ratios compared: the chance that a run of X keeps a larger share of its train "
                       "return than a run of Y (ties count half), with its 95 % stratified-bootstrap interval.", "",

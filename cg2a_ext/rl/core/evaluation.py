@@ -146,7 +146,27 @@ def aggregate_runs(results: list[dict], modes) -> dict:
             "run_mean": float(means.mean()), "run_std": float(means.std()) if len(per) > 1 else 0.0,
             "data_source": sorted({p["data_source"] for p in per}),
         }
+        rates = [p["success_rate"] for p in per if p.get("success_rate") is not None]
+        if rates:         # tasks with a success test: the runs' success rates, summarised as their returns
+            agg[mode].update({"success_runs": len(rates), "success_rate": float(np.mean(rates)),
+                              "success_rate_std": float(np.std(rates)) if len(rates) > 1 else 0.0})
     return agg
+
+
+def _reports_success(task: str) -> bool:
+    from cg2a_ext.rl.envs import family_of
+
+    try:
+        return family_of(task).reports_success
+    except ValueError:
+        return False
+
+
+def _success_cell(a: dict | None) -> str:
+    if not a or a.get("success_rate") is None:
+        return "n/a"
+    rate = f"{a['success_rate']:.2f}"
+    return rate if a["success_runs"] == 1 else f"{rate} ± {a['success_rate_std']:.2f}"
 
 
 def markdown_table(rows: list[dict], modes) -> str:
@@ -154,10 +174,14 @@ def markdown_table(rows: list[dict], modes) -> str:
 
     ``rows``: [{"task", "algorithm", "aggregate": {mode: ...}}]. With one run the
     std is over episodes; with several it is over the runs' means (the paper's way),
-    and the per-episode figure follows in brackets.
+    and the per-episode figure follows in brackets. Where a row's task family reports success
+    (``EnvFamily.reports_success``), a success-rate column per mode follows: the run's share of
+    successful episodes, or the mean ± std over the runs' shares.
     """
-    header = "| task | algorithm | runs | " + " | ".join(modes) + " |"
-    lines = [header, "| " + " | ".join(["---"] * (3 + len(modes))) + " |"]
+    success = any(_reports_success(row["task"]) for row in rows)
+    columns = list(modes) + ([f"{m} success rate" for m in modes] if success else [])
+    header = "| task | algorithm | runs | " + " | ".join(columns) + " |"
+    lines = [header, "| " + " | ".join(["---"] * (3 + len(columns))) + " |"]
     for row in rows:
         cells = []
         nruns = 0
@@ -171,6 +195,8 @@ def markdown_table(rows: list[dict], modes) -> str:
                 cells.append(f"{_fmt(a['run_mean'], a['run_std'])} (episodes: {_fmt(a['episode_mean'], a['episode_std'])})")
             else:
                 cells.append(_fmt(a["episode_mean"], a["episode_std"]))
+        if success:
+            cells += [_success_cell(row["aggregate"].get(m)) for m in modes]
         lines.append(f"| {row['task']} | {row['algorithm']} | {nruns} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Data used by each mode:")

@@ -35,12 +35,18 @@ class EnvFamily(abc.ABC):
         default_modes_described: one line for help and reports on what the test modes change.
         reports_success: whether the envs' step info carries ``success`` (latched for the episode): training logs
             it per episode, evaluations and the report give success rates beside the returns.
+        normalised_return_range: (low, high) of an episode's return on every task of the family, to normalise
+            returns to [0, 1] for the report's aggregates across tasks and its return-kept ratios; None where
+            the family has no such common scale (returns that can be negative, or differ in range between
+            tasks): its tasks are then left out of those statistics, and the report says so.
     """
 
     name: ClassVar[str]
     modes: ClassVar[tuple[str, ...]]
     description: ClassVar[str] = ""
     reports_success: ClassVar[bool] = False
+    # None by default: a family must state its scale before its returns are averaged across tasks
+    normalised_return_range: ClassVar[tuple[float, float] | None] = None
 
     @property
     def test_modes(self) -> tuple[str, ...]:

@@ -15,6 +15,9 @@ class DMCFamily(EnvFamily):
     name = "dmc"
     modes = MODES
     description = "dm_control suite tasks; test modes recolour the scene (color_*) or play a video behind it (video_*)"
+    # rewards in [0, 1] per simulator step, 1000 steps an episode (the scale the DMC aggregates of the
+    # literature divide by)
+    normalised_return_range = (0.0, 1000.0)
 
     @lru_cache(maxsize=1)
     def tasks(self) -> tuple[str, ...]:

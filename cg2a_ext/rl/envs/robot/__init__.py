@@ -55,6 +55,10 @@ class RobotFamily(EnvFamily):
     modes = MODES
     description = "xArm7 reach and peg_in_box (a re-creation on today's MuJoCo); test modes recolour the scene"
     reports_success = True
+    # no range: a step's reward is a penalty (reach: -3 d - 0.5 |a|^2 outside 5 cm, +1 inside; peg_in_box:
+    # -|a|^2 - 4 d_xy, + up to 10 over the box), so returns can be negative and differ in scale between the
+    # tasks: normalised scores and ratios of returns would mean nothing
+    normalised_return_range = None
 
     def tasks(self) -> tuple[str, ...]:
         return tuple(TASKS)

@@ -44,8 +44,9 @@ def diagnostics(runs: list[RunInfo], out_dir: Path) -> list[tuple[str, str, Path
 
 
 def aggregates(summary: Summary, out_path: Path) -> Path | None:
-    """IQM and mean (normalised returns) with their 95 % intervals, one panel per mode."""
-    modes = [m for m in summary.modes if summary.aggregates.get(m)]
+    """IQM and mean (normalised returns) with their 95 % intervals, one panel per mode (per mode and family when
+    several families are aggregated: ``Summary.groups``)."""
+    modes = [key for key, per in summary.aggregates.items() if per]
     if not modes:
         return None
     from cg2a_ext.rl.run.plots import _plt
@@ -69,7 +70,8 @@ def aggregates(summary: Summary, out_path: Path) -> Path | None:
                     ax.plot([e.low, e.high], [y, y], "-", color=colour, lw=2)
         ax.set_title(mode)
         ax.set_xlim(0, 1)
-        ax.set_xlabel("normalised return (/1000)")
+        ax.set_xlabel(f"normalised return (/{summary.divisor:g})" if summary.divisor is not None
+                      else "normalised return")
         ax.grid(alpha=0.3)
     axes[0][0].set_yticks(range(len(methods)))
     axes[0][0].set_yticklabels(methods, fontsize=8)

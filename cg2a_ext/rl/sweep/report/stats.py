@@ -6,7 +6,9 @@ bootstrap that resamples runs within each task (stratified by task), which is wh
 ``get_interval_estimates`` does; the resampling itself is ``scipy.stats.bootstrap`` given one
 sample per task (it resamples each sample independently), because ``rliable.library`` imports
 ``arch``, whose releases break with pandas 3 (import error) or dropped the ``random_state``
-keyword rliable passes. Returns are normalised by ``SCORE_SCALE`` (DMC returns lie in [0, 1000]).
+keyword rliable passes. Scores are normalised to [0, 1] by each task's return range (its environment
+family's ``normalised_return_range``; the summary passes only tasks that have one); without ranges,
+by ``SCORE_SCALE``.
 
 A matrix needs as many runs on every task: with unequal counts the first runs (lowest seeds)
 are kept, down to the smallest count. With one run per task there is no interval.
@@ -39,11 +41,16 @@ class Estimate:
         return f"{self.value:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
 
 
-def score_matrix(per_task: dict[str, list[float]]) -> tuple[np.ndarray, list[str]]:
-    """{task: per-run scores (in seed order)} -> (runs x tasks) matrix of normalised scores, tasks."""
+def score_matrix(per_task: dict[str, list[float]],
+                 ranges: dict[str, tuple[float, float]] | None = None) -> tuple[np.ndarray, list[str]]:
+    """{task: per-run scores (in seed order)} -> (runs x tasks) matrix of normalised scores, tasks.
+
+    ``ranges``: {task: (low, high)}, a score s becoming (s - low) / (high - low); None: s / ``SCORE_SCALE``."""
     tasks = sorted(per_task)
     n = min(len(per_task[t]) for t in tasks)
-    return np.array([[per_task[t][i] / SCORE_SCALE for t in tasks] for i in range(n)], dtype=np.float64), tasks
+    low_high = [(0.0, SCORE_SCALE) if ranges is None else ranges[t] for t in tasks]
+    return np.array([[(per_task[t][i] - lo) / (hi - lo) for t, (lo, hi) in zip(tasks, low_high)] for i in range(n)],
+                    dtype=np.float64), tasks
 
 
 def _metric(name: str):

@@ -22,7 +22,7 @@ import numpy as np
 from cg2a_ext.rl import algorithms
 from cg2a_ext.rl.sweep import paper_numbers
 from cg2a_ext.rl.sweep.report.collect import RunInfo
-from cg2a_ext.rl.sweep.report.summary import STD_DDOF, STD_NOTE, Summary, train_mode
+from cg2a_ext.rl.sweep.report.summary import STD_DDOF, STD_NOTE, Summary, left_out_reason, train_mode
 
 MODE_TABLE = paper_numbers.MODE_TABLE
 
@@ -214,14 +214,23 @@ def ablation_table(summary: Summary, runs: list[RunInfo], mode: str = paper_numb
     return _md(headers, rows)
 
 
+def _success_rates(r: RunInfo, modes) -> str:
+    return ", ".join(f"{m} {r.zero_shot[m]['success_rate']:.2f}" for m in modes
+                     if r.zero_shot.get(m) and r.zero_shot[m].get("success_rate") is not None)
+
+
 def runs_table(runs: list[RunInfo], modes) -> str:
+    """Every run: status, steps, its zero-shot returns, and its success rates where some run has them."""
+    success = any(_success_rates(r, modes) for r in runs)      # no column where no run's episodes report success
     rows = []
     for r in runs:
         steps = f"{r.step}/{r.train_steps}" if r.train_steps else str(r.step)
         zs = ", ".join(f"{m} {r.zero_shot[m]['mean']:.0f} ({r.zero_shot[m]['episodes']} ep)"
                        for m in modes if r.zero_shot.get(m)) or (r.zero_shot_error or "")
-        rows.append([r.name, r.task, r.method, str(r.seed), r.status, steps, zs])
-    return _md(["run", "task", "method", "seed", "status", "steps", "zero-shot return (episodes)"], rows)
+        rows.append([r.name, r.task, r.method, str(r.seed), r.status, steps, zs] +
+                    ([_success_rates(r, modes)] if success else []))
+    return _md(["run", "task", "method", "seed", "status", "steps", "zero-shot return (episodes)"] +
+               (["zero-shot success rate"] if success else []), rows)
 
 
 def basis_table(summary: Summary) -> str:
@@ -239,6 +248,26 @@ def basis_table(summary: Summary) -> str:
                          str(steps[0]) if len(steps) == 1 else f"{steps[0]}-{steps[-1]}",
                          ", ".join(map(str, eps)), ", ".join(c_.mode for c_ in cells)])
     return _md(["task", "method", "runs", "seeds", "agent steps", "episodes per run and mode", "modes"], rows)
+
+
+def normalisation(summary: Summary) -> str:
+    """How the aggregates normalise returns: ``returns / 1000`` for dmc alone; else each family's range."""
+    if summary.divisor is not None:
+        return f"returns / {summary.divisor:g}"
+    return "normalised returns, (return - low) / (high - low): " + ", ".join(
+        f"{family} [{low:g}, {high:g}]" for family, (low, high) in summary.family_ranges.items())
+
+
+def left_out_text(summary: Summary) -> str:
+    """One line naming the tasks left out of the aggregates, improvements and retention, and why; "" if none."""
+    by_family: dict = {}
+    for task, family in summary.left_out.items():
+        by_family.setdefault(family, []).append(task)
+    if not by_family:
+        return ""
+    return ("Left out of the aggregates, the probabilities of improvement and the return kept under each shift: " +
+            "; ".join(f"{', '.join(tasks)} ({left_out_reason(family)})" for family, tasks in by_family.items())
+            + ".")
 
 
 def aggregate_table(summary: Summary) -> str:
@@ -263,10 +292,11 @@ def retention_improvement_table(summary: Summary) -> str:
 
 
 def retention_table(summary: Summary) -> str:
-    """Per task and method: the train-mode return, and the share of it each test mode keeps."""
-    test_modes = [m for m in summary.modes if m not in summary.train_modes]
+    """Per task and method: the train-mode return, and the share of it each test mode keeps (the tasks with a
+    normalised return range only: ``Summary.aggregated_tasks``)."""
+    test_modes = summary.retention_modes
     rows = []
-    for task in summary.tasks:
+    for task in summary.aggregated_tasks:
         for method in summary.methods:
             train = summary.cells.get((task, method, train_mode(task)))
             if train is None:
