@@ -131,6 +131,10 @@ class Algorithm(abc.ABC):
             method (ablations, protocol options): plots and reports keep runs that differ in them apart.
         draws_overlay_images: some augmentation of the algorithm overlays images (``--image_bank``): results say
             which images.
+        capturable: the update (critic step, actor, temperature and target steps) can be captured in a CUDA graph
+            (``--cuda_graph``, ``cg2a_ext.rl.core.agent.graph``): every op runs on the device, nothing is read back,
+            every random draw comes from a device generator once ``use_device_draws`` was called, and there is no
+            auxiliary update. ``not_capturable_because`` says why not when False.
     """
 
     name: ClassVar[str]
@@ -145,6 +149,8 @@ class Algorithm(abc.ABC):
     logged_metrics: ClassVar[tuple[str, ...]] = ()
     method_options: ClassVar[tuple[str, ...]] = ()
     draws_overlay_images: ClassVar[bool] = False
+    capturable: ClassVar[bool] = True
+    not_capturable_because: ClassVar[str] = ""
 
     # ------------------------------------------------------------------ configuration
     @classmethod
@@ -208,6 +214,7 @@ class Algorithm(abc.ABC):
         self.generator = seeds.torch_generator("augment", self.device)
         self.num_aux_updates = 0
         self.skipped_aux_steps = torch.zeros((), device=self.device)    # a device counter: no read-back
+        self.seeds = seeds
 
     @classmethod
     def network_obs_shape_for(cls, options, obs_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -238,6 +245,11 @@ class Algorithm(abc.ABC):
         from cg2a_ext.rl.core.augmentations import random_shift
 
         return random_shift(obs_u8, generator=self.generator)
+
+    def use_device_draws(self) -> None:
+        """Draw every per-update random number on the device from now on (called before an update is captured
+        in a CUDA graph, whose replays cannot see a host draw). Default: the augmentations already draw from
+        ``self.generator`` on the device; an algorithm that draws on the host overrides this."""
 
     def acting_view(self, obs: torch.Tensor) -> torch.Tensor:
         """The view of a float observation the policy acts on (training and evaluation); default: itself."""

@@ -54,9 +54,10 @@ class SACAgent:
     """
 
     def __init__(self, obs_shape, action_dim: int, cfg, algorithm: Algorithm,
-                 device: torch.device | str = "cpu", networks: tuple | None = None):
+                 device: torch.device | str = "cpu", networks: tuple | None = None, report=print):
         """``networks``: optional ``(actor, critic, critic_target)`` with the interfaces of
-        ``networks.py`` (e.g. another trunk); by default the DMC-GB networks sized by ``cfg``."""
+        ``networks.py`` (e.g. another trunk); by default the DMC-GB networks sized by ``cfg``. ``report``: where
+        one-line notes go (whether the update runs as a CUDA graph, and why not)."""
         self.cfg = cfg
         self.device = torch.device(device)
         self.action_dim = action_dim
@@ -95,6 +96,14 @@ class SACAgent:
         self.nets = AgentNetworks(self.actor, self.critic, self.critic_target, self.critic_params, self.obs_shape,
                                   action_dim, self.device, self.channels_last)
         algorithm.attach(self.nets)
+        # --cuda_graph: the update as captured CUDA graphs (graph.py); None: every update runs eagerly
+        from cg2a_ext.rl.core.agent.graph import GraphedUpdate, resolve_cuda_graph
+
+        self.report = report
+        use_graph, line = resolve_cuda_graph(cfg, self.device)
+        if line:
+            report(line)
+        self.graph = GraphedUpdate(self) if use_graph else None
 
     # ------------------------------------------------------------------ acting
     @property
@@ -203,17 +212,33 @@ class SACAgent:
             return self._update(replay, diagnostics)
 
     def _update(self, replay, diagnostics: bool) -> dict:
-        obs, action, reward, next_obs, not_done = replay.sample(self.cfg.batch_size, device=self.device)
+        self.num_updates += 1
+        actor_step = self.num_updates % self.cfg.actor_update_freq == 0
+        target_step = self.num_updates % self.cfg.critic_target_update_freq == 0
+        if self.graph is not None and not diagnostics:   # diagnostics read values back: those updates run eagerly
+            metrics = self.graph.update(replay, (actor_step, target_step))
+            if metrics is not None:
+                return metrics
+        batch = replay.sample(self.cfg.batch_size, device=self.device)
+        return self.update_on(batch, actor_step, target_step, diagnostics, replay)
+
+    def update_on(self, batch, actor_step: bool, target_step: bool, diagnostics: bool = False,
+                  replay=None) -> "UpdateMetrics":
+        """The update on a sampled uint8 ``batch`` (obs, action, reward, next_obs, not_done on the device): the
+        critic step, the actor and temperature steps when ``actor_step``, the target step when ``target_step``,
+        and, with ``replay`` given, the algorithm's auxiliary update when one falls due. The captured update
+        (``graph.py``) runs exactly this on its static buffers, without ``replay``."""
+        obs, action, reward, next_obs, not_done = batch
         obs = self.preprocess(obs)
         next_obs = self.preprocess(next_obs)
         target = self.td_target(reward, next_obs, not_done)
         metrics = self.update_critic(obs, action, target, diagnostics=diagnostics)
-        self.num_updates += 1
-        if self.num_updates % self.cfg.actor_update_freq == 0:
+        if actor_step:
             metrics.update(self.update_actor_and_alpha(obs))
-        if self.num_updates % self.cfg.critic_target_update_freq == 0:
+        if target_step:
             self.update_targets()
-        if self.algorithm.has_auxiliary_update and self.num_updates % self.cfg.aux_update_freq == 0:
+        if replay is not None and self.algorithm.has_auxiliary_update and \
+                self.num_updates % self.cfg.aux_update_freq == 0:
             step = AuxiliaryStep(self.nets, Batch(obs, action, reward, next_obs, not_done), self.num_updates,
                                  replay.num_transitions,
                                  lambda n: replay.sample(n, device=self.device)[0])
@@ -249,6 +274,8 @@ class SACAgent:
         load_state(self.actor_optimizer, state["actor_optimizer"])
         load_state(self.critic_optimizer, state["critic_optimizer"])
         load_state(self.log_alpha_optimizer, state["log_alpha_optimizer"])
+        if self.graph is not None:     # the optimizers' state tensors were replaced: capture again
+            self.graph.reset()
         self.num_updates = int(state["num_updates"])
         self.skipped_critic_steps.fill_(int(state["skipped_critic_steps"]))
         self.skipped_actor_steps.fill_(int(state["skipped_actor_steps"]))
