@@ -14,7 +14,8 @@ import torch
 from cg2a_ext.rl.algorithms.base import AgentNetworks, Algorithm, AuxiliaryStep, Batch, CriticStep
 from cg2a_ext.rl.core.agent.precision import autocast_dtype, matmul_precision, resolve_precision
 
-from cg2a_ext.rl.core.agent.networks import build_networks, compile_blocks, set_autocast
+from cg2a_ext.rl.core.agent.networks import (build_networks, compile_blocks, set_autocast,
+                                             stack_heads_in_optimizer_state)
 from cg2a_ext.rl.core.agent.optim import adam, guarded_step, load_state
 
 
@@ -201,8 +202,7 @@ class SACAgent:
                 "entropy": -log_pi.detach().mean()}
 
     def update_targets(self) -> None:
-        soft_update(self.critic.Q1, self.critic_target.Q1, self.cfg.critic_tau)
-        soft_update(self.critic.Q2, self.critic_target.Q2, self.cfg.critic_tau)
+        soft_update(self.critic.Q, self.critic_target.Q, self.cfg.critic_tau)
         soft_update(self.critic.encoder, self.critic_target.encoder, self.cfg.encoder_tau)
 
     def update(self, replay, diagnostics: bool = False) -> "UpdateMetrics":
@@ -272,7 +272,8 @@ class SACAgent:
         if networks_only:
             return
         load_state(self.actor_optimizer, state["actor_optimizer"])
-        load_state(self.critic_optimizer, state["critic_optimizer"])
+        # checkpoints written before the twin heads were stacked hold their moments per head
+        load_state(self.critic_optimizer, stack_heads_in_optimizer_state(state["critic_optimizer"], state["critic"]))
         load_state(self.log_alpha_optimizer, state["log_alpha_optimizer"])
         if self.graph is not None:     # the optimizers' state tensors were replaced: capture again
             self.graph.reset()
