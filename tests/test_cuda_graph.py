@@ -233,3 +233,21 @@ def test_loading_a_state_drops_the_graphs():
     assert agent.graph.active
     agent.load_state_dict(agent.state_dict())
     assert not agent.graph.active and agent.graph.status == "warming up"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("algorithm", CAPTURABLE)
+def test_captured_update_passes_its_self_check_and_trains_as_eager(algorithm):
+    """On a GPU: the real capture passes the self-check, and twelve further updates replayed as graphs stay
+    within the check's tolerance of the same updates run eagerly from the same state on the same batches."""
+    torch.manual_seed(0)
+    cfg = small_agent_cfg(algorithm=algorithm, device="cuda", cuda_graph="on", image_bank="")
+    agent = make_agent(OBS, 2, cfg, "cuda")
+    lines = []
+    agent.report = lines.append
+    replay = filled_replay(OBS)
+    for _ in range(8):
+        agent.update(replay)
+    assert agent.graph.status == "graph", lines
+    assert lines and lines[-1].startswith("cuda_graph on: the update runs as 2 CUDA graphs"), lines
+    assert G.self_check(agent, replay, agent.graph._graph_step, agent.graph.keys, 12) is None
