@@ -207,13 +207,19 @@ def split_grads(
         for handle in handles:
             handle.remove()
 
+    pieces: dict[int, tuple[Tensor, ...]] = {}
+
     def group_slice(i: int):
         def take(x):
             if isinstance(x, Tensor):
                 if x.dim() == 0 or x.shape[0] != k * batch:
                     raise SplitUnsupported(f"a model output has leading dim {tuple(x.shape[:1])}, expected "
                                            f"K * B = {k * batch}")
-                return x[i * batch:(i + 1) * batch]
+                if id(x) not in pieces:
+                    # one unbind per output: its backward stacks the K groups' gradients in one op, where K
+                    # slices would each pad theirs with zeros and add them up one by one (the same values)
+                    pieces[id(x)] = x.unflatten(0, (k, batch)).unbind(0)
+                return pieces[id(x)][i]
             return x
         return tree_map(take, outputs)
 

@@ -187,17 +187,15 @@ class SACAgent:
         _, pi, log_pi, log_std = self.actor(obs, detach=True, trunk=trunk)
         q1, q2 = self.critic(obs, pi, detach=True, trunk=trunk)
         actor_loss = (self.alpha.detach() * log_pi - torch.min(q1, q2)).mean()
-        for p in self.actor_params:
-            p.grad = None
-        actor_loss.backward()
+        # the actor's gradient only: a plain backward would also form the critic's head and projection
+        # gradients (which reach its loss through q), only to clear them
+        for p, g in zip(self.actor_params, torch.autograd.grad(actor_loss, self.actor_params)):
+            p.grad = g
         guarded_step(self.actor_optimizer, self.actor_params, self.cfg.nonfinite, "actor", self.skipped_actor_steps)
         alpha_loss = (self.alpha * (-log_pi - self.target_entropy).detach()).mean()
         self.log_alpha.grad = None
         alpha_loss.backward()
         guarded_step(self.log_alpha_optimizer, [self.log_alpha], self.cfg.nonfinite, "temperature")
-        # the actor's backward also reached the critic heads: clear them for the next critic update
-        for p in self.critic_params:
-            p.grad = None
         return {"actor_loss": actor_loss.detach(), "alpha_loss": alpha_loss.detach(),
                 "entropy": -log_pi.detach().mean()}
 
