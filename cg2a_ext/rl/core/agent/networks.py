@@ -231,13 +231,18 @@ class TwinQ(nn.Module):
         super().__init__()
         heads = [QFunction(obs_dim, action_dim, hidden_dim) for _ in range(2)]
         self.hidden_dim = hidden_dim
-        self.first = torch.nn.utils.skip_init(nn.Linear, obs_dim + action_dim, 2 * hidden_dim)   # no draw
+        like = heads[0].trunk[0].weight      # where the heads were built (the meta device for training's check)
+        self.first = torch.nn.utils.skip_init(nn.Linear, obs_dim + action_dim, 2 * hidden_dim,   # no draw
+                                              device=like.device, dtype=like.dtype)
         self.relu1 = nn.ReLU(inplace=False)
         self.hidden = StackedLinear(2, hidden_dim, hidden_dim)
         self.relu2 = nn.ReLU(inplace=False)
         self.out = StackedLinear(2, hidden_dim, 1)
-        self.load_state_dict(self.stack_state_dict({f"Q{i + 1}.{k}": v for i, head in enumerate(heads)
-                                                    for k, v in head.state_dict().items()}))
+        stacked = self.stack_state_dict({f"Q{i + 1}.{k}": v for i, head in enumerate(heads)
+                                         for k, v in head.state_dict().items()})
+        with torch.no_grad():     # copy_, not load_state_dict: also on the meta device (training's shape check)
+            for name, value in self.named_parameters():
+                value.copy_(stacked[name])
 
     def forward(self, h: torch.Tensor, action: torch.Tensor):
         y = self.relu1(self.first(torch.cat([h, action], dim=-1)))        # [B, 2H]: head 1's units, then head 2's
