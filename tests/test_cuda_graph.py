@@ -216,12 +216,21 @@ def test_cuda_graph_is_a_command_line_option():
     assert config_from_args([]).cuda_graph == "auto"
 
 
-def test_checkpoint_with_gamma_drawn_elsewhere_is_refused():
+def test_checkpoint_with_gamma_drawn_elsewhere_resumes_from_a_seed_it_determines(capsys):
+    """A checkpoint whose gamma generator lived on the other side (a CUDA generator's 16-byte state here): the
+    generator is seeded from it, the same way each time, and one line says so."""
     agent = _agent("cg2a")
     state = agent.algorithm.state_dict()
-    state["gamma_generator"] = torch.zeros(16, dtype=torch.uint8)     # a CUDA generator's state
-    with pytest.raises(ValueError, match="resume with the --cuda_graph setting it was made with"):
+    state["gamma_generator"] = torch.arange(16, dtype=torch.uint8)     # a CUDA generator's (seed, offset)
+    draws = []
+    for _ in range(2):
         agent.algorithm.load_state_dict(state)
+        draws.append(torch.rand(3, generator=agent.algorithm.gamma_generator))
+    assert torch.equal(draws[0], draws[1])
+    assert "the checkpoint drew gamma on the GPU" in capsys.readouterr().err
+    cpu_state = _agent("cg2a").algorithm.state_dict()
+    agent.algorithm.load_state_dict(cpu_state)       # the same side: the stream itself continues
+    assert torch.equal(agent.algorithm.gamma_generator.get_state(), cpu_state["gamma_generator"])
 
 
 def test_loading_a_state_drops_the_graphs():

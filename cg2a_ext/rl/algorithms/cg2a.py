@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Literal
 
@@ -126,13 +127,22 @@ class CG2AAlgorithm(AugmentationCombination):
     def load_state_dict(self, state) -> None:
         super().load_state_dict(state)
         saved = state["gamma_generator"].cpu()
-        if saved.numel() != self.gamma_generator.get_state().numel():
-            # a CPU generator's state and a CUDA one's differ in size: the run drew gamma elsewhere
-            where = "on the host" if saved.numel() > 64 else "on the GPU (--cuda_graph)"
-            raise ValueError(f"this checkpoint drew CG2A's gamma {where}, this run draws it on "
-                             f"{self.gamma_generator.device}: resume with the --cuda_graph setting it was made with "
-                             "(off draws on the host, auto and on on a CUDA device draw on the GPU)")
-        self.gamma_generator.set_state(saved)
+        if saved.numel() == self.gamma_generator.get_state().numel():
+            self.gamma_generator.set_state(saved)
+            return
+        # The checkpoint drew gamma on the other side (a CPU generator's state and a CUDA one's differ in size:
+        # --cuda_graph on CUDA draws it on the GPU, off on the host). Neither stream can continue on the other
+        # generator; this one is seeded from the saved state, so the resumed run is still determined by it.
+        if saved.numel() > 64:          # a CPU generator's state: its next draw is the seed
+            source = torch.Generator()
+            source.set_state(saved)
+            seed = int(torch.randint(0, 2**62, (), generator=source))
+        else:                           # a CUDA generator's (seed, offset)
+            seed = int.from_bytes(saved.numpy().tobytes(), "little") % 2**62
+        self.gamma_generator.manual_seed(seed)
+        print(f"cg2a: the checkpoint drew gamma {'on the host' if saved.numel() > 64 else 'on the GPU'}, this run "
+              f"draws it on {self.gamma_generator.device} (--cuda_graph): its generator is seeded from the saved "
+              "state", file=sys.stderr, flush=True)
 
 
 ALGORITHM = CG2AAlgorithm

@@ -51,7 +51,8 @@ class SACAgent:
     Speed options of ``cfg`` (none changes the algorithm; see ``TrainConfig``): ``precision``
     (``cg2a_ext.rl.core.agent.precision``), ``channels_last`` (the convolution weights, and so the trunk's
     activations, in NHWC; the batches are converted in ``preprocess``), ``compile`` (the networks'
-    building blocks through torch.compile, ``networks.compile_blocks``).
+    building blocks through torch.compile, ``networks.compile_blocks``), ``cuda_graph`` (on CUDA the update
+    replayed as captured graphs after a self-check, ``graph.py``; ``update_on`` is the update they capture).
     """
 
     def __init__(self, obs_shape, action_dim: int, cfg, algorithm: Algorithm,
