@@ -265,15 +265,17 @@ def capture_graphs(static: StaticUpdate, keys: list[tuple[bool, bool]], warmup: 
     own = [g for g in generators(agent) if g.device.type == "cuda" and g is not default]
     pool = torch.cuda.graph_pool_handle()
     runners = {}
-    for key in keys:
-        graph = torch.cuda.CUDAGraph()
-        for g in own:     # the default generator is registered by the capture itself
-            graph.register_generator_state(g)
-        # thread_local: the environment's thread may use the GPU (rendering) while the capture runs
-        with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
-            outputs = static.step(key)
-        runners[key] = _Replay(graph, outputs)
-    before.restore()
+    try:
+        for key in keys:
+            graph = torch.cuda.CUDAGraph()
+            for g in own:     # the default generator is registered by the capture itself
+                graph.register_generator_state(g)
+            # thread_local: the environment's thread may use the GPU (rendering) while the capture runs
+            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+                outputs = static.step(key)
+            runners[key] = _Replay(graph, outputs)
+    finally:
+        before.restore()      # a capture runs nothing, but it moves the generators' offsets
     return runners
 
 
