@@ -76,7 +76,6 @@ def test_static_buffer_step_equals_the_normal_update(algorithm):
 def test_cg2a_device_gamma_is_exact_and_draws_the_same_numbers():
     """The device-gamma aggregate (two op calls blended by gamma) writes exactly the fused op's output, and the
     generator moves as the host draw moves it."""
-
     host, device = _agent("cg2a"), _agent("cg2a")
     device.algorithm.use_device_draws()
     params = host.critic_params
