@@ -54,6 +54,12 @@ def _owners(module: nn.Module, names: Sequence[str]) -> dict[str, nn.Module]:
     return owners
 
 
+def _custom(layer: nn.Module) -> bool:
+    """A layer that forms its own per-group gradients: ``split_weight_grads(x, g, k, want) -> {name: [K, *shape]}``
+    from its input and its output's gradient over the K*B rows (e.g. the RL critic's stacked twin Q layers)."""
+    return callable(getattr(type(layer), "split_weight_grads", None))
+
+
 def unsupported_reason(module: nn.Module, names: Sequence[str]) -> str | None:
     """Why "split" cannot differentiate ``names`` of ``module`` exactly, or None when it can."""
     for sub_name, sub in module.named_modules():
@@ -62,7 +68,7 @@ def unsupported_reason(module: nn.Module, names: Sequence[str]) -> str | None:
         if isinstance(sub, nn.modules.batchnorm._BatchNorm) and sub.training:
             return f"submodule {sub_name!r} ({type(sub).__name__}) mixes the samples of a batch in training mode"
     for path, owner in _owners(module, names).items():
-        if type(owner) not in _SUPPORTED:
+        if type(owner) not in _SUPPORTED and not _custom(owner):
             return (f"parameters of {path or '<root>'!r} ({type(owner).__name__}): split handles "
                     f"{', '.join(t.__name__ for t in _SUPPORTED)} layers only")
         if isinstance(owner, nn.Conv2d) and (owner.padding_mode != "zeros" or isinstance(owner.padding, str)):
@@ -115,6 +121,8 @@ def _weight_grads(layer: nn.Module, x: Tensor, g: Tensor, k: int, want: set[str]
     gradient ``g`` of its output (both over the K*B batch), in the dtype the layer computed in."""
     dtype = g.dtype   # under autocast, the dtype of the layer's output: its compute dtype
     out: dict[str, Tensor] = {}
+    if _custom(layer):
+        return layer.split_weight_grads(x, g, k, want)
     if isinstance(layer, nn.Linear):
         x3, g3 = x.to(dtype).reshape(k, -1, x.shape[-1]), g.reshape(k, -1, g.shape[-1])
         if "weight" in want:
@@ -199,13 +207,19 @@ def split_grads(
         for handle in handles:
             handle.remove()
 
+    pieces: dict[int, tuple[Tensor, ...]] = {}
+
     def group_slice(i: int):
         def take(x):
             if isinstance(x, Tensor):
                 if x.dim() == 0 or x.shape[0] != k * batch:
                     raise SplitUnsupported(f"a model output has leading dim {tuple(x.shape[:1])}, expected "
                                            f"K * B = {k * batch}")
-                return x[i * batch:(i + 1) * batch]
+                if id(x) not in pieces:
+                    # one unbind per output: its backward stacks the K groups' gradients in one op, where K
+                    # slices would each pad theirs with zeros and add them up one by one (the same values)
+                    pieces[id(x)] = x.unflatten(0, (k, batch)).unbind(0)
+                return pieces[id(x)][i]
             return x
         return tree_map(take, outputs)
 

@@ -3,15 +3,23 @@
 GPU time is scarce (a lent machine, a queue slot), so the checks run in order of what they decide,
 each with its own deadline, and every result is written as it arrives:
 
+    build        the extension with its CUDA kernels, in place (setup.py build_ext --inplace; objects are kept,
+                 so a warm checkout rebuilds only what changed)
     tests        the CUDA test cases (pytest -m cuda) and the trainer's speed options
+    graph        the captured update (--cuda_graph): the capture self-check of drq, svea, ac and cg2a at the
+                 paper preset, their update time as graphs and eagerly, and end-to-end agent steps/s of drq
+                 and cg2a with the graph on and off (cg2a_ext.rl.bench.graph)
+    ops          the op table: host read-backs and kernel-launching ops per two eager updates (drq, svea,
+                 ac, cg2a; paper preset, split)
     bench-ops    aggregate on CUDA: us per call at small P, launches per call, bandwidth at P = 1e7;
                  per_group_grads' methods on the DMC-GB critic against one backward
     bench-agent  the paper preset's critic update of ac and cg2a per per_group_grads method, the values
                  an update reads back (none expected) and its ops, the update breakdown and end-to-end
                  agent steps/s (drq, cg2a, ac)
     baselines    soda, sgqn and smg at the paper preset (agent steps/s)
-    learning     drq and cg2a on cartpole_balance, paper network, action repeat 8, side by side on
-                 one GPU (also the two-runs-per-GPU figure); their evaluations on train
+    learning     drq and cg2a on cartpole_balance, paper network, action repeat 8, --cuda_graph on, side by
+                 side on one GPU (also the two-runs-per-GPU figure); their evaluations on train (not in the
+                 default list: `--stages learning`, 10 minutes alone)
     learning-baselines
                  soda, sgqn and smg on cartpole_balance, cpu preset network, 10k agent steps, side by
                  side (RESULTS.md's baselines check; not in the default list)
@@ -20,8 +28,9 @@ each with its own deadline, and every result is written as it arrives:
     sanitizer    compute-sanitizer memcheck and racecheck over the ops' CUDA cases against the
                  float64 reference (after any kernel change; not in the default list)
 
-    python python/gpu_checks.py run --out gpu_results                     # all, 9 minutes in all
-    python python/gpu_checks.py run --out gpu_results --stages learning --budget 580
+    python python/gpu_checks.py                         # = run --out gpu_results: the default stages, 9 minutes
+    python python/gpu_checks.py run --out gpu_results --stages learning --budget 580    # the learning check
+    python python/gpu_checks.py run --out gpu_results --stages tests bench-ops bench-agent baselines
     python python/gpu_checks.py run --out /tmp/gpu --archive $OUT    # then pack what comes back
     python python/gpu_checks.py prepare --python 3.12                     # on a machine with pip
 
@@ -50,10 +59,13 @@ EXTRA = ROOT / ".device" / "extra"
 EXTRA_ARCHIVE = ROOT / ".device" / "extra.tgz"     # what travels (the carry limit counts bytes)
 EXTRA_SITE = Path("/tmp/cg2a-extra-site")         # where `run` unpacks it
 EXTRA_PACKAGES = ("tyro", "tqdm", "pillow")
-STAGES = ("tests", "bench-ops", "bench-agent", "baselines", "learning", "learning-baselines", "profile", "sanitizer")
-DEFAULT_STAGES = STAGES[:5]
+STAGES = ("build", "tests", "graph", "ops", "bench-ops", "bench-agent", "baselines", "learning", "learning-baselines",
+          "profile", "sanitizer")
+# what `python python/gpu_checks.py` runs: fits 10 minutes on a cold machine, the build included
+DEFAULT_STAGES = ("build", "tests", "graph", "ops")
+DEFAULT_BUDGET = 540.0
 LEARNING = ("--task", "cartpole_balance", "--preset", "paper", "--action_repeat", "8", "--train_steps", "12000",
-            "--eval_freq", "2000", "--eval_episodes", "5", "--eval_modes", "train")
+            "--eval_freq", "2000", "--eval_episodes", "5", "--eval_modes", "train", "--cuda_graph", "on")
 # the baselines' learning check of RESULTS.md (the cpu preset's network, as on the CPU machine)
 LEARNING_BASELINES = ("--task", "cartpole_balance", "--preset", "cpu", "--action_repeat", "8", "--train_steps",
                       "10000", "--seed_steps", "500", "--eval_freq", "1000", "--eval_episodes", "3",
@@ -143,6 +155,14 @@ def run_stage(name: str, commands: list[list[str]], out: Path, env: dict, deadli
 
 def stage_commands(name: str, out: Path, env: dict) -> list[list[str]]:
     py = sys.executable
+    if name == "build":
+        return [[py, "setup.py", "build_ext", "--inplace"]]
+    if name == "graph":
+        return [[py, "-m", "cg2a_ext.rl.bench.graph", "--preset", "paper", "--algorithms", "drq", "svea", "ac", "cg2a",
+                 "--speed", "drq", "cg2a"]]
+    if name == "ops":
+        return [[py, "-m", "cg2a_ext.rl.bench.host_reads", "--preset", "paper", "--device", "cuda", "--batch_size",
+                 "4", "--grad_method", "split", "--algorithms", "drq", "svea", "ac", "cg2a"]]
     if name == "tests":
         # every CUDA case (marked `cuda`), and the trainer's speed options and per-loss gradients whole
         return [[py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-m", "cuda", "tests"],
@@ -222,9 +242,32 @@ def only_algorithms(commands: list[list[str]], algorithms: list[str] | None) -> 
     return [c for c in commands if "--algorithm" not in c or c[c.index("--algorithm") + 1] in algorithms]
 
 
+def cuda_missing() -> str | None:
+    """Why this machine cannot run the checks (no CUDA build of torch, or no device), or None."""
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed"
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU build"
+    if not torch.cuda.is_available():
+        return "no CUDA device is visible"
+    return None
+
+
 def run(out: Path, stages: list[str], budget: float, algorithms: list[str] | None = None) -> int:
+    why = cuda_missing()
+    if why:
+        print(f"gpu_checks.py: {why}; these checks need a CUDA GPU (stages: {' '.join(stages)})", file=sys.stderr)
+        return 4
     out.mkdir(parents=True, exist_ok=True)
     env = environment()
+    if "build" in stages and "TORCH_CUDA_ARCH_LIST" not in env:
+        import torch
+
+        # this machine's architecture only: about half the compile time of the default two (the build stage
+        # has to fit the 10 minutes of a cold machine with the checks)
+        env["TORCH_CUDA_ARCH_LIST"] = "{}.{}".format(*torch.cuda.get_device_capability())
     missing = [m for m in ("torch", "dm_control", "tyro", "numpy") if not has_module(m, env)]
     if missing:
         print(f"gpu_checks.py: missing Python packages: {', '.join(missing)} (see `prepare`)", file=sys.stderr)
@@ -236,8 +279,8 @@ def run(out: Path, stages: list[str], budget: float, algorithms: list[str] | Non
     end = time.time() + budget
     summary = []
     # the budget is shared out in proportion to each stage's usual length; unused time carries over
-    weight = {"tests": 2, "bench-ops": 1, "bench-agent": 2, "baselines": 1, "learning": 4, "learning-baselines": 4,
-              "profile": 1, "sanitizer": 3}
+    weight = {"build": 4, "tests": 2, "graph": 3, "ops": 1, "bench-ops": 1, "bench-agent": 2, "baselines": 1,
+              "learning": 4, "learning-baselines": 4, "profile": 1, "sanitizer": 3}
     for i, name in enumerate(stages):
         rest = sum(weight[s] for s in stages[i:])
         deadline = time.time() + (end - time.time()) * weight[name] / rest
@@ -278,7 +321,7 @@ def main(argv=None) -> int:
     r = sub.add_parser("run", help="run the checks")
     r.add_argument("--out", type=Path, required=True, help="folder for the logs, the summary and the runs")
     r.add_argument("--stages", nargs="+", choices=STAGES, default=list(DEFAULT_STAGES))
-    r.add_argument("--budget", type=float, default=540.0, help="seconds for all the stages together")
+    r.add_argument("--budget", type=float, default=DEFAULT_BUDGET, help="seconds for all the stages together")
     r.add_argument("--only", nargs="+", default=None, metavar="ALGORITHM",
                    help="the learning stages run only these algorithms (e.g. --only cg2a: one run alone is faster)")
     r.add_argument("--archive", type=Path, default=None,
@@ -286,7 +329,8 @@ def main(argv=None) -> int:
                         "run-NAME.tgz with each run's newest checkpoint): what a lent machine can send back")
     pr = sub.add_parser("prepare", help="download the packages a GPU image lacks into .device/extra")
     pr.add_argument("--python", default="3.12", help="the GPU image's Python version")
-    args = p.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = p.parse_args(argv or ["run", "--out", "gpu_results"])     # bare: the default stages
     if args.command == "prepare":
         return prepare(args.python)
     if args.budget <= 0:

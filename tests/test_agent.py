@@ -33,7 +33,7 @@ def test_paper_encoder_shape():
     assert n_conv == 11
     assert actor.encoder.shared_cnn is critic.encoder.shared_cnn          # trunk shared
     assert actor.encoder.projection is not critic.encoder.projection      # one projection each
-    assert critic.Q1.trunk[0].out_features == 1024 and critic.encoder.out_dim == 100
+    assert critic.Q.first.out_features == 2 * 1024 and critic.encoder.out_dim == 100     # the twin heads, stacked
     # delta-orthogonal conv init: only the centre tap is non-zero
     w = critic.encoder.shared_cnn.layers[2].weight
     assert torch.count_nonzero(w[:, :, 0, 0]) == 0 and torch.count_nonzero(w[:, :, 1, 1]) > 0

@@ -152,6 +152,19 @@ def test_overlay_images_are_fresh_crops_and_flips_per_draw():
     assert len({tuple(a[i, :3].flatten()[:50].tolist()) for i in range(16)}) == 16   # one crop per sample
 
 
+def test_random_shift_reads_at_the_offsets_it_draws():
+    """Sample i is the replicate-padded batch cropped at the i-th (row, column) pair of one randint draw: the
+    offsets, and so a seeded run's batches, are fixed by the generator."""
+    x = _batch(b=8)
+    h, w = x.shape[-2:]
+    for pad in (1, 4):
+        y = random_shift(x, generator=_gen("cpu", 3), pad=pad)
+        offsets = torch.randint(0, 2 * pad + 1, (8, 2), generator=_gen("cpu", 3))
+        padded = F.pad(x, (pad, pad, pad, pad), mode="replicate")
+        for i, (dy, dx) in enumerate(offsets.tolist()):
+            assert torch.equal(y[i], padded[i, :, dy:dy + h, dx:dx + w])
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_overlay_draws_are_seeded_by_the_generator_on_the_device(device):
     bank = ib.ProceduralImageBank(pool_size=8, seed=0)
@@ -201,7 +214,7 @@ def test_start_up_plan_says_when_the_overlays_are_procedural():
          "overlay_images": "procedural", "estimated_seconds": 5.0}
     assert "overlay images: PROCEDURAL" in describe(p) and "not Places365" in describe(p)
     assert "overlay images: the folder /data/places" in describe({**p, "overlay_images": "/data/places"})
-    assert "overlay images" not in describe({**p, "algorithm": "drq"})
+    assert "overlay images" not in describe({**p, "algorithm": "drq", "draws_overlay_images": False})
 
 
 def test_make_combination():

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from agent_support import aux_step, A, OBS, batch, filled_replay, tiny_cfg
 from cg2a_ext.rl.core.agent import make_agent
+from cg2a_ext.rl.core.agent.networks import QFunction
 from cg2a_ext.rl.algorithms.parts.guided_backprop import q1_guided_backprop
 from cg2a_ext.rl.algorithms.sgqn import fill_unsalient, saliency_mask
 from cg2a_ext.rl.cli.options import config_from_args
@@ -31,7 +32,9 @@ def _guided_reference(critic, obs, action):
 
     h = run(net.encoder.shared_cnn.layers, x / 255.0)
     z = net.encoder.projection(h)
-    q1 = run(net.Q1.trunk, torch.cat([z, action.double()], 1))
+    q1_head = QFunction(z.shape[1], action.shape[1], net.Q.hidden_dim).double()
+    q1_head.load_state_dict(net.Q.head_state_dict(1))
+    q1 = run(q1_head.trunk, torch.cat([z, action.double()], 1))
     (grad,) = torch.autograd.grad(q1.sum(), x)
     return grad
 
@@ -50,7 +53,7 @@ def test_guided_backprop_matches_reference_uses_q1_and_touches_no_parameter():
     vanilla = torch.autograd.grad(ag.critic(x, action)[0].sum(), x)[0]
     assert not torch.allclose(vanilla, got, rtol=1e-3, atol=1e-9)                       # not the plain gradient
     with torch.no_grad():
-        for p in ag.critic.Q2.parameters():
+        for p in ag.critic.Q.head_state_dict(2).values():
             p.mul_(-3.0)
     assert torch.equal(q1_guided_backprop(ag.critic, obs, action), got)                 # Q2 plays no part
     x = obs.clone().requires_grad_(True)                                                # the switch is undone
@@ -184,11 +187,11 @@ def test_predictor_optimizer_trains_encoder_and_decoder_only():
     assert alg.decoder(torch.zeros(3, 16), torch.zeros(3, A)).shape == (3, *OBS)
     rb = filled_replay()
     ag.update(rb)
-    heads = [p.detach().clone() for p in list(ag.critic.Q1.parameters()) + ag.actor_params]
+    heads = [p.detach().clone() for p in list(ag.critic.Q.parameters()) + ag.actor_params]
     dec = [p.detach().clone() for p in alg.decoder.parameters()]
     enc = [p.detach().clone() for p in ag.critic.encoder.parameters()]
     alg.auxiliary_update(aux_step(ag, _batch_of(ag, rb), rb))
-    assert all(torch.equal(a, b) for a, b in zip(heads, list(ag.critic.Q1.parameters()) + ag.actor_params))
+    assert all(torch.equal(a, b) for a, b in zip(heads, list(ag.critic.Q.parameters()) + ag.actor_params))
     assert all(not torch.equal(a, b) for a, b in zip(dec, alg.decoder.parameters()))
     assert any(not torch.equal(a, b) for a, b in zip(enc, ag.critic.encoder.parameters()))
     assert all(p.grad is None for p in alg.params)

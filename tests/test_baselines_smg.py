@@ -206,7 +206,7 @@ def test_predictor_optimizer_covers_every_module_and_clips():
     ids = {id(p) for p in alg.params}
     assert len(ids) == len(alg.params)
     assert {id(p) for p in ag.critic.encoder.parameters()} <= ids
-    assert not {id(p) for p in list(ag.critic.Q1.parameters()) + ag.actor_params} & ids
+    assert not {id(p) for p in list(ag.critic.Q.parameters()) + ag.actor_params} & ids
     for name in ("fore_head", "back_encoder", "fore_decoder", "back_decoder", "inverse_dynamics"):
         assert {id(p) for p in getattr(alg, name).parameters()} <= ids
     # the background branch has its own trunk and projection, a copy of the critic's at construction

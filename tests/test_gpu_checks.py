@@ -1,6 +1,7 @@
 """python/gpu_checks.py: the commands it runs on a GPU machine are valid here, and its budget is checked."""
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from pathlib import Path
 
@@ -17,8 +18,12 @@ def gpu_checks():
     return module
 
 
-def test_learning_runs_are_valid_train_commands(gpu_checks, tmp_path):
+def test_learning_runs_are_valid_train_commands(gpu_checks, tmp_path, monkeypatch):
+    import torch
+
     from cg2a_ext.rl.cli.options import config_from_args
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)     # they run on a GPU (--cuda_graph on)
 
     commands = gpu_checks.stage_commands("learning", tmp_path, {"PYTHONPATH": ""})
     assert [c[c.index("--algorithm") + 1] for c in commands] == ["drq", "cg2a"]
@@ -116,3 +121,46 @@ def test_only_keeps_the_named_learning_runs(gpu_checks, tmp_path):
     tests = gpu_checks.stage_commands("tests", tmp_path, {})
     assert gpu_checks.only_algorithms(tests, ["cg2a"]) == tests
     assert gpu_checks.only_algorithms(learning, None) == learning
+
+
+def test_default_stages_fit_the_short_gpu_session_and_learning_is_apart(gpu_checks, tmp_path):
+    assert gpu_checks.DEFAULT_STAGES == ("build", "tests", "graph", "ops") and gpu_checks.DEFAULT_BUDGET <= 600
+    assert "learning" not in gpu_checks.DEFAULT_STAGES and "learning" in gpu_checks.STAGES
+    assert gpu_checks.stage_commands("build", tmp_path, {})[0][1:] == ["setup.py", "build_ext", "--inplace"]
+    (graph,) = gpu_checks.stage_commands("graph", tmp_path, {})
+    assert graph[graph.index("--algorithms") + 1:graph.index("--speed")] == ["drq", "svea", "ac", "cg2a"]
+    assert graph[graph.index("--speed") + 1:] == ["drq", "cg2a"]
+    (ops,) = gpu_checks.stage_commands("ops", tmp_path, {})
+    assert "--grad_method" in ops and ops[ops.index("--preset") + 1] == "paper"
+    for command in gpu_checks.stage_commands("learning", tmp_path, {"PYTHONPATH": ""}):
+        assert command[command.index("--cuda_graph") + 1] == "on"
+
+
+@pytest.mark.parametrize("stage", ["graph", "ops"])
+def test_graph_and_ops_stages_parse_their_arguments(gpu_checks, tmp_path, stage):
+    (command,) = gpu_checks.stage_commands(stage, tmp_path, {})
+    module = importlib.import_module(command[command.index("-m") + 1])
+    if stage == "graph":
+        # argument parsing only: without CUDA the module says so and stops
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("would run the benchmark")
+        assert module.main(command[command.index("-m") + 2:]) == 2
+    else:
+        assert module.__name__ == "cg2a_ext.rl.bench.host_reads"
+
+
+def test_without_cuda_the_checks_refuse_cleanly(gpu_checks, tmp_path, capsys, monkeypatch):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without a CUDA device")
+    assert gpu_checks.main(["run", "--out", str(tmp_path / "out")]) == 4
+    err = capsys.readouterr().err
+    assert "these checks need a CUDA GPU" in err and "build tests graph ops" in err
+    assert not (tmp_path / "out").exists()
+    monkeypatch.chdir(tmp_path)
+    assert gpu_checks.main([]) == 4             # bare: the default stages, refused alike
+    assert gpu_checks.main(["run", "--out", str(tmp_path), "--stage", "learning"]) == 4
+    assert "stages: learning" in capsys.readouterr().err

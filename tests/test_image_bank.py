@@ -2,6 +2,8 @@
 procedural banks."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -122,3 +124,81 @@ def test_procedural_bank_is_seeded_and_varied():
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert a.float().std(dim=(1, 2, 3)).min() > 5  # no flat images
     assert (a.float().mean(dim=(2, 3)).std(dim=0) > 10).all()  # colours vary between images
+
+
+# The crop sampling as it was before its ops were merged (fewer launches per overlay): the new one must draw the
+# same numbers and return the same values, bit for bit.
+def _boxes_before(
+    n: int,
+    side: int,
+    *,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+    scale: tuple[float, float] = ib.CROP_SCALE,
+    ratio: tuple[float, float] = ib.CROP_RATIO,
+) -> torch.Tensor:
+    device = torch.device(device)
+    area = float(side * side)
+    target = torch.empty(n, ib._CROP_TRIES, device=device).uniform_(scale[0], scale[1], generator=generator) * area
+    log_r = torch.empty(n, ib._CROP_TRIES, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1]),
+                                                                 generator=generator)
+    aspect = log_r.exp()
+    w = (target * aspect).sqrt().round()
+    h = (target / aspect).sqrt().round()
+    ok = (w >= 1) & (w <= side) & (h >= 1) & (h <= side)
+    first = ok.to(torch.uint8).argmax(dim=1, keepdim=True)          # the first try that fits (0 when none)
+    found = ok.any(dim=1)
+    full = torch.full((n,), float(side), device=device)
+    h = torch.where(found, h.gather(1, first)[:, 0], full)
+    w = torch.where(found, w.gather(1, first)[:, 0], full)
+    u = torch.rand(n, 2, device=device, generator=generator)
+    top = (u[:, 0] * (side - h + 1)).floor().clamp_max(side - h)
+    left = (u[:, 1] * (side - w + 1)).floor().clamp_max(side - w)
+    return torch.stack([top, left, h, w], dim=1)
+
+
+def _crops_before(
+    source: torch.Tensor,
+    n: int,
+    height: int,
+    width: int,
+    *,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+    scale: tuple[float, float] = ib.CROP_SCALE,
+    ratio: tuple[float, float] = ib.CROP_RATIO,
+    flip: bool = True,
+) -> torch.Tensor:
+    num, _, side, side_w = source.shape
+    if side != side_w:
+        raise ValueError(f"the pool images must be square, got {side} x {side_w}")
+    device = source.device
+    idx = torch.randint(num, (n,), device=device, generator=generator)
+    boxes = _boxes_before(n, side, device=device, generator=generator, scale=scale, ratio=ratio)
+    top, left, h, w = boxes.unbind(1)
+    mirror = torch.ones(n, device=device)
+    if flip:
+        mirror = 1.0 - 2.0 * (torch.rand(n, device=device, generator=generator) < 0.5).float()
+    # the affine map of the output's normalised coordinates into the box, in the source's (align_corners=False)
+    theta = torch.zeros(n, 2, 3, device=device)
+    theta[:, 0, 0] = w / side * mirror
+    theta[:, 0, 2] = (2.0 * left + w) / side - 1.0
+    theta[:, 1, 1] = h / side
+    theta[:, 1, 2] = (2.0 * top + h) / side - 1.0
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    grid = F.affine_grid(theta.to(compute), [n, 3, height, width], align_corners=False)
+    out = F.grid_sample(source[idx].to(compute), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.round_().to(dtype)    # whole levels, as the loader's uint8 crops
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_random_resized_crops_equal_the_unmerged_version(dtype):
+    src = _GradientBank().source(40)
+    for seed in range(3):
+        assert torch.equal(ib.random_resized_crop_boxes(500, 40, generator=_gen("cpu", seed)),
+                           _boxes_before(500, 40, generator=_gen("cpu", seed)))
+        for flip in (True, False):
+            g_new, g_old = _gen("cpu", seed), _gen("cpu", seed)
+            new = ib.random_resized_crops(src, 64, 20, 24, generator=g_new, dtype=dtype, flip=flip)
+            assert torch.equal(new, _crops_before(src, 64, 20, 24, generator=g_old, dtype=dtype, flip=flip))
+            assert torch.equal(g_new.get_state(), g_old.get_state())

@@ -24,6 +24,7 @@ from typing import Any, Literal, get_args
 PresetName = Literal["auto", "paper", "cpu"]
 PrecisionName = Literal["auto", "fp32", "tf32", "bf16"]
 CompileName = Literal["auto", "on", "off"]
+CudaGraphName = Literal["auto", "on", "off"]
 EnvOverlapName = Literal["auto", "on", "off"]
 ReplayDeviceName = Literal["auto", "cpu", "cuda"]
 NonfiniteName = Literal["skip", "raise"]
@@ -34,7 +35,7 @@ RESUMABLE = ("train_steps", "eval_freq", "eval_episodes", "log_freq", "checkpoin
              "keep_freed_host_memory", "checkpoint_minutes", "checkpoint_at_episode_end", "overwrite",
              # speed options: the same algorithm up to float rounding, chosen per machine (a run moved
              # between a GPU and a CPU must be able to change them)
-             "precision", "channels_last", "compile", "replay_device", "env_overlap")
+             "precision", "channels_last", "compile", "replay_device", "env_overlap", "cuda_graph")
 
 
 class ConfigError(ValueError):
@@ -193,6 +194,10 @@ class TrainConfig:
     """Run the convolutional trunks channels-last (NHWC weights and inputs)."""
     compile: CompileName = "auto"
     """torch.compile the networks' building blocks: on, off, or auto (off: it measured no gain, BENCHMARKS.md)."""
+    cuda_graph: CudaGraphName = "auto"
+    """Run each update as a captured CUDA graph on static buffers (cg2a_ext.rl.core.agent.graph): on, off, or auto
+    (on CUDA: captured after the first updates and used only if a few graph updates equal the eager ones on the same
+    batches, else eager with one line saying why; off on the CPU and for algorithms that cannot be captured)."""
     replay_device: ReplayDeviceName = "auto"
     """Where the replay frames live: cuda (sampled on the GPU), cpu (batches staged in pinned memory when training on
     CUDA), auto (cuda when the frame ring fits comfortably in free GPU memory, else cpu)."""
@@ -406,6 +411,7 @@ def check(cfg: TrainConfig) -> None:
     from cg2a_ext.rl.envs import family_of
 
     choices = {"precision": get_args(PrecisionName), "compile": get_args(CompileName),
+               "cuda_graph": get_args(CudaGraphName),
                "replay_device": get_args(ReplayDeviceName), "env_overlap": get_args(EnvOverlapName),
                "nonfinite": get_args(NonfiniteName)}
     for name, allowed in choices.items():
@@ -469,6 +475,17 @@ def check(cfg: TrainConfig) -> None:
     if cfg.resume and cfg.overwrite:
         raise ConfigError("--overwrite starts a new run: it cannot be combined with --resume")
     algorithms.get(cfg.algorithm).check_config(cfg.options, cfg)
+    if cfg.cuda_graph == "on":
+        from cg2a_ext.rl.core.agent.graph import capture_blocker
+
+        import torch
+
+        if cfg.device == "cpu" or (cfg.device == "auto" and not torch.cuda.is_available()):
+            raise ConfigError(f"--cuda_graph on needs a CUDA --device, got --device {cfg.device} (auto: captured "
+                              "only on CUDA)")
+        blocker = capture_blocker(cfg)
+        if blocker:
+            raise ConfigError(f"--cuda_graph on: {blocker}; use --cuda_graph auto or off")
     if isinstance(cfg.overlay_pool_size, bool) or not isinstance(cfg.overlay_pool_size, int) \
             or cfg.overlay_pool_size < 1:
         raise ConfigError(f"--overlay_pool_size must be a positive integer, got {cfg.overlay_pool_size!r}")

@@ -134,6 +134,10 @@ class Algorithm(abc.ABC):
         gpu_steps_per_s: agent steps/s end to end at the paper preset on one H100 (BENCHMARKS.md) and what the
             figure is: ``"measured"``, or whose figure it borrows and why. It holds only for the class that
             declares it (a subclass changes the update); None: no figure (the sweep's cost estimate says so).
+        capturable: the update (critic step, actor, temperature and target steps) can be captured in a CUDA graph
+            (``--cuda_graph``, ``cg2a_ext.rl.core.agent.graph``): every op runs on the device, nothing is read back,
+            every random draw comes from a device generator once ``use_device_draws`` was called, and there is no
+            auxiliary update. ``not_capturable_because`` says why not when False.
     """
 
     name: ClassVar[str]
@@ -149,6 +153,8 @@ class Algorithm(abc.ABC):
     method_options: ClassVar[tuple[str, ...]] = ()
     draws_overlay_images: ClassVar[bool] = False
     gpu_steps_per_s: ClassVar[tuple[float, str] | None] = None
+    capturable: ClassVar[bool] = True
+    not_capturable_because: ClassVar[str] = ""
 
     # ------------------------------------------------------------------ configuration
     @classmethod
@@ -217,6 +223,7 @@ class Algorithm(abc.ABC):
         self.generator = seeds.torch_generator("augment", self.device)
         self.num_aux_updates = 0
         self.skipped_aux_steps = torch.zeros((), device=self.device)    # a device counter: no read-back
+        self.seeds = seeds
 
     @classmethod
     def network_obs_shape_for(cls, options, obs_shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -247,6 +254,11 @@ class Algorithm(abc.ABC):
         from cg2a_ext.rl.core.augmentations import random_shift
 
         return random_shift(obs_u8, generator=self.generator)
+
+    def use_device_draws(self) -> None:
+        """Draw every per-update random number on the device from now on (called before an update is captured
+        in a CUDA graph, whose replays cannot see a host draw). Default: the augmentations already draw from
+        ``self.generator`` on the device; an algorithm that draws on the host overrides this."""
 
     def acting_view(self, obs: torch.Tensor) -> torch.Tensor:
         """The view of a float observation the policy acts on (training and evaluation); default: itself."""

@@ -81,6 +81,10 @@ class SGQN(Algorithm):
     cli_prefix = "sgqn_"
     draws_overlay_images = True
     summary = "SGQN: Q consistency on the critic's saliency-masked view + a saliency predictor on the encoder"
+    capturable = False
+    not_capturable_because = ("guided backprop switches the critic's ReLUs through forward hooks while its saliency "
+                              "mask is taken, and its auxiliary update runs on its own schedule, outside the two "
+                              "captured update graphs")
     shift = True
     has_auxiliary_update = True
     logged_metrics = ("sgqn_td_loss", "sgqn_consistency_loss", "sgqn_mask_fraction", "sgqn_prediction_loss",

@@ -137,6 +137,10 @@ class SMG(Algorithm):
     cli_prefix = "smg_"
     draws_overlay_images = True
     summary = "SMG: foreground/background reconstruction with a soft mask + Q and foreground consistency"
+    capturable = False
+    not_capturable_because = ("it draws its choice of view from a CPU generator each update (read on the host), and "
+                              "its auxiliary update runs on its own schedule, outside the two captured update "
+                              "graphs")
     shift = True
     has_auxiliary_update = True
     logged_metrics = ("smg_td_loss", "smg_consistency_loss", "smg_attribution_view", "smg_recon_loss",

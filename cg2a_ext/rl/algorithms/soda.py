@@ -130,6 +130,10 @@ class SODA(Algorithm):
     def overlays_with(cls, options) -> bool:
         return options.augmentation == "overlay"
     summary = "SODA: plain TD loss on clean crops + BYOL-style matching of overlaid and clean trunk embeddings"
+    capturable = False
+    not_capturable_because = ("its auxiliary update samples its own batch from the replay on the host (the replay's "
+                              "numpy RNG) every aux_update_freq updates, and its BatchNorm projections are outside "
+                              "the captured update")
     has_auxiliary_update = True
     logged_metrics = ("soda_loss", "skipped_aux_steps")
     method_options = ("crop", "augmentation", "aux_lr", "image_bank")

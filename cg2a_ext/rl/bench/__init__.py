@@ -15,7 +15,8 @@ Two builds of the aggregator side by side (alternating runs, ratios):
 ``python -m cg2a_ext.bench.compare_builds OLD_TREE NEW_TREE``. Where an update's time goes:
 ``python -m cg2a_ext.rl.bench.profile``; what it reads back to the host and how many kernel-launching
 ops it dispatches: ``python -m cg2a_ext.rl.bench.host_reads``; the critic update per per_group_grads
-method: ``python -m cg2a_ext.rl.bench.agent --critic-methods``.
+method: ``python -m cg2a_ext.rl.bench.agent --critic-methods``; the update captured as CUDA graphs (self-check,
+update time and end-to-end steps/s with the graph on and off, GPU only): ``python -m cg2a_ext.rl.bench.graph``.
 
 Each suite prints a markdown table (the one quoted in BENCHMARKS.md) and all
 rows are written as JSON to --json (default bench_results/<suite>.json).

@@ -325,13 +325,15 @@ def option_pair_times(preset: str, algorithm: str, option: str, values: tuple, r
     return {"update": {v: statistics.median(times[v]) for v in values}, "first": first}
 
 
-def end_to_end_steps(preset: str, algorithm: str, steps: int, env_overlap: bool) -> float:
+def end_to_end_steps(preset: str, algorithm: str, steps: int, env_overlap: bool, cuda_graph: str = "auto") -> float:
     """Agent steps/s of the training loop itself (act, update, env step, store; no logging or evaluation), with
-    the environment stepped inline or overlapped with the update in the worker thread."""
+    the environment stepped inline or overlapped with the update in the worker thread, and ``--cuda_graph``
+    (on CUDA the warm-up then covers the graphs' capture and self-check)."""
+    from cg2a_ext.rl.core.agent.graph import CHECK_UPDATES_PER_PERIOD, WARMUP_PERIODS
     from cg2a_ext.rl.core.env_stepper import EnvStepper
     from cg2a_ext.rl.envs import make_env
 
-    cfg = _cfg(preset, algorithm=algorithm)
+    cfg = _cfg(preset, algorithm=algorithm, cuda_graph=cuda_graph)
     device = torch.device(cfg.device)
     env = make_env(cfg.task, seed=0, image_size=cfg.image_size, frame_stack=cfg.frame_stack,
                    action_repeat=cfg.action_repeat, episode_length=cfg.episode_length)
@@ -342,8 +344,9 @@ def end_to_end_steps(preset: str, algorithm: str, steps: int, env_overlap: bool)
         obs, _ = stepper.reset(seed=0)
         rb.add_first(obs)
         t = None
-        for i in range(steps + 2):   # two warm-up steps
-            if i == 2:
+        warmup = 2 if agent.graph is None else 2 + 2 * (WARMUP_PERIODS + CHECK_UPDATES_PER_PERIOD)
+        for i in range(steps + warmup):
+            if i == warmup:
                 sync(device)
                 t = time.perf_counter()
             action = agent.act(obs, sample=True)

@@ -79,18 +79,16 @@ def random_resized_crop_boxes(
     log_r = torch.empty(n, _CROP_TRIES, device=device).uniform_(math.log(ratio[0]), math.log(ratio[1]),
                                                                  generator=generator)
     aspect = log_r.exp()
-    w = (target * aspect).sqrt().round()
-    h = (target / aspect).sqrt().round()
-    ok = (w >= 1) & (w <= side) & (h >= 1) & (h <= side)
-    first = ok.to(torch.uint8).argmax(dim=1, keepdim=True)          # the first try that fits (0 when none)
-    found = ok.any(dim=1)
-    full = torch.full((n,), float(side), device=device)
-    h = torch.where(found, h.gather(1, first)[:, 0], full)
-    w = torch.where(found, w.gather(1, first)[:, 0], full)
+    # (h, w) side by side in one tensor, so that each later step is one op for both (the same values as
+    # computing them apart: every op is elementwise)
+    hw = torch.stack([target / aspect, target * aspect], dim=2).sqrt_().round_()          # [n, tries, 2]
+    ok = ((hw >= 1) & (hw <= side)).all(dim=2)
+    first = ok.to(torch.uint8).argmax(dim=1)                         # the first try that fits (0 when none)
+    chosen = hw.gather(1, first.view(n, 1, 1).expand(n, 1, 2))[:, 0]                   # [n, 2]
+    hw = torch.where(ok.any(dim=1, keepdim=True), chosen, float(side))
     u = torch.rand(n, 2, device=device, generator=generator)
-    top = (u[:, 0] * (side - h + 1)).floor().clamp_max(side - h)
-    left = (u[:, 1] * (side - w + 1)).floor().clamp_max(side - w)
-    return torch.stack([top, left, h, w], dim=1)
+    top_left = torch.minimum((u * (side - hw + 1)).floor_(), side - hw)
+    return torch.cat([top_left, hw], dim=1)
 
 
 def random_resized_crops(
@@ -117,16 +115,16 @@ def random_resized_crops(
     device = source.device
     idx = torch.randint(num, (n,), device=device, generator=generator)
     boxes = random_resized_crop_boxes(n, side, device=device, generator=generator, scale=scale, ratio=ratio)
-    top, left, h, w = boxes.unbind(1)
-    mirror = torch.ones(n, device=device)
+    top_left, hw = boxes[:, :2], boxes[:, 2:]
+    # the affine map of the output's normalised coordinates into the box, in the source's (align_corners=False):
+    # x' = w / S * mirror * x + (2 left + w) / S - 1, y' = h / S * y + (2 top + h) / S - 1; built by one stack
+    scale_yx = hw / side
+    offset_yx = (2.0 * top_left + hw) / side - 1.0
+    scale_x = scale_yx[:, 1]
     if flip:
-        mirror = 1.0 - 2.0 * (torch.rand(n, device=device, generator=generator) < 0.5).float()
-    # the affine map of the output's normalised coordinates into the box, in the source's (align_corners=False)
-    theta = torch.zeros(n, 2, 3, device=device)
-    theta[:, 0, 0] = w / side * mirror
-    theta[:, 0, 2] = (2.0 * left + w) / side - 1.0
-    theta[:, 1, 1] = h / side
-    theta[:, 1, 2] = (2.0 * top + h) / side - 1.0
+        scale_x = scale_x * torch.where(torch.rand(n, device=device, generator=generator) < 0.5, -1.0, 1.0)
+    zero = torch.zeros(n, device=device)
+    theta = torch.stack([scale_x, zero, offset_yx[:, 1], zero, scale_yx[:, 0], offset_yx[:, 0]], dim=1).view(n, 2, 3)
     compute = torch.float64 if dtype == torch.float64 else torch.float32
     grid = F.affine_grid(theta.to(compute), [n, 3, height, width], align_corners=False)
     out = F.grid_sample(source[idx].to(compute), grid, mode="bilinear", padding_mode="border", align_corners=False)

@@ -49,10 +49,11 @@ def guided_relus(model: nn.Module) -> Iterator[None]:
 def q1_guided_backprop(critic: nn.Module, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
     """Guided-backprop gradient of sum_b Q1(obs_b, action_b) with respect to ``obs`` (same shape).
 
-    ``critic`` has an ``encoder`` and a ``Q1`` head (``cg2a_ext.rl.core.agent.networks.Critic``); Q2 is not run.
+    ``critic`` has an ``encoder`` and the twin heads ``Q`` (``cg2a_ext.rl.core.agent.networks.Critic``); the
+    stacked heads run both, and only Q1's output is differentiated, so Q2 takes no part in the gradient.
     """
     x = obs.detach().requires_grad_(True)
     with torch.enable_grad(), guided_relus(critic):
-        q1 = critic.Q1(critic.encoder(x), action.detach())
+        q1 = critic.Q(critic.encoder(x), action.detach())[0]
         (grad,) = torch.autograd.grad(q1.sum(), x)
     return grad

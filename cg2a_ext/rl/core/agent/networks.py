@@ -180,6 +180,9 @@ class Actor(AutocastForward, nn.Module):
 
 
 class QFunction(nn.Module):
+    """One Q head: an MLP of two hidden layers on [h, action]. The critic holds its two heads stacked
+    (:class:`TwinQ`); this form initialises them (and serves tests and the state-dict conversion)."""
+
     def __init__(self, obs_dim: int, action_dim: int, hidden_dim: int):
         super().__init__()
         self.trunk = mlp(obs_dim + action_dim, hidden_dim, 1)
@@ -189,20 +192,131 @@ class QFunction(nn.Module):
         return self.trunk(torch.cat([h, action], dim=-1))
 
 
+class StackedLinear(nn.Module):
+    """G linear layers of one shape applied to G inputs at once: ``x`` [G, N, in] -> [G, N, out], one batched
+    matmul. ``weight`` [G, out, in], ``bias`` [G, out]; left uninitialised (the owner copies values in)."""
+
+    def __init__(self, groups: int, in_features: int, out_features: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(groups, out_features, in_features))
+        self.bias = nn.Parameter(torch.empty(groups, out_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
+
+    def split_weight_grads(self, x: torch.Tensor, g: torch.Tensor, k: int, want: set[str]) -> dict:
+        """per_group_grads' "split" method: the K per-group gradients [K, *shape] of ``want`` from this layer's
+        input ``x`` [G, K*B, in] and output gradient ``g`` [G, K*B, out] (rows of group k: k*B .. (k+1)*B)."""
+        groups = x.shape[0]
+        x4 = x.to(g.dtype).reshape(groups * k, -1, x.shape[-1])      # [G*K, B, in]
+        g4 = g.reshape(groups * k, -1, g.shape[-1])
+        out = {}
+        if "weight" in want:
+            out["weight"] = torch.bmm(g4.transpose(1, 2), x4).view(groups, k, *self.weight.shape[1:]).transpose(0, 1)
+        if "bias" in want:
+            out["bias"] = g4.sum(1).view(groups, k, -1).transpose(0, 1)
+        return out
+
+
+class TwinQ(nn.Module):
+    """The critic's twin Q heads as one module: ``(h, action) -> (q1, q2)``, each head an MLP of two hidden layers
+    (``QFunction``), their layers stacked: the first as one Linear with both heads' units, the others as
+    :class:`StackedLinear`. Half the launches of two separate heads, the same values up to float rounding.
+
+    Initialised by building the two ``QFunction`` heads (the same random draws as before the stacking) and
+    copying them in. ``head_state_dict`` and ``stack_state_dict`` convert to and from the two heads' keys
+    (``Q1.trunk.0.weight`` ...), so checkpoints of separate heads load."""
+
+    def __init__(self, obs_dim: int, action_dim: int, hidden_dim: int):
+        super().__init__()
+        heads = [QFunction(obs_dim, action_dim, hidden_dim) for _ in range(2)]
+        self.hidden_dim = hidden_dim
+        like = heads[0].trunk[0].weight      # where the heads were built (the meta device for training's check)
+        self.first = torch.nn.utils.skip_init(nn.Linear, obs_dim + action_dim, 2 * hidden_dim,   # no draw
+                                              device=like.device, dtype=like.dtype)
+        self.relu1 = nn.ReLU(inplace=False)
+        self.hidden = StackedLinear(2, hidden_dim, hidden_dim)
+        self.relu2 = nn.ReLU(inplace=False)
+        self.out = StackedLinear(2, hidden_dim, 1)
+        stacked = self.stack_state_dict({f"Q{i + 1}.{k}": v for i, head in enumerate(heads)
+                                         for k, v in head.state_dict().items()})
+        with torch.no_grad():     # copy_, not load_state_dict: also on the meta device (training's shape check)
+            for name, value in self.named_parameters():
+                value.copy_(stacked[name])
+
+    def forward(self, h: torch.Tensor, action: torch.Tensor):
+        y = self.relu1(self.first(torch.cat([h, action], dim=-1)))        # [B, 2H]: head 1's units, then head 2's
+        y = self.relu2(self.hidden(y.view(y.shape[0], 2, self.hidden_dim).transpose(0, 1)))   # [2, B, H]
+        q = self.out(y)                                                   # [2, B, 1]
+        return q[0], q[1]
+
+    @staticmethod
+    def stack_state_dict(heads: dict) -> dict:
+        """The two heads' state (``Q1.trunk.{0,2,4}.{weight,bias}``, ``Q2...``) as this module's."""
+        t = lambda i, layer, name: heads[f"Q{i}.trunk.{layer}.{name}"]   # noqa: E731
+        return {"first.weight": torch.cat([t(1, 0, "weight"), t(2, 0, "weight")]),
+                "first.bias": torch.cat([t(1, 0, "bias"), t(2, 0, "bias")]),
+                "hidden.weight": torch.stack([t(1, 2, "weight"), t(2, 2, "weight")]),
+                "hidden.bias": torch.stack([t(1, 2, "bias"), t(2, 2, "bias")]),
+                "out.weight": torch.stack([t(1, 4, "weight"), t(2, 4, "weight")]),
+                "out.bias": torch.stack([t(1, 4, "bias"), t(2, 4, "bias")])}
+
+    def head_state_dict(self, i: int) -> dict:
+        """Head ``i`` (1 or 2) as a ``QFunction``'s state dict (views)."""
+        h = self.hidden_dim
+        rows = slice((i - 1) * h, i * h)
+        return {"trunk.0.weight": self.first.weight[rows], "trunk.0.bias": self.first.bias[rows],
+                "trunk.2.weight": self.hidden.weight[i - 1], "trunk.2.bias": self.hidden.bias[i - 1],
+                "trunk.4.weight": self.out.weight[i - 1], "trunk.4.bias": self.out.bias[i - 1]}
+
+
+def _stack_heads_in_state_dict(module, state_dict, prefix, *args) -> None:
+    """Load-state-dict pre-hook of :class:`Critic`: a state with separate heads (``Q1.trunk...``, checkpoints
+    written before the heads were stacked) is converted to the stacked keys in place."""
+    old = [k for k in state_dict if k.startswith(f"{prefix}Q1.trunk.") or k.startswith(f"{prefix}Q2.trunk.")]
+    if not old:
+        return
+    heads = {k[len(prefix):]: state_dict.pop(k) for k in old}
+    for key, value in TwinQ.stack_state_dict(heads).items():
+        state_dict[f"{prefix}Q.{key}"] = value
+
+
+def stack_heads_in_optimizer_state(state: dict, critic_state: dict) -> dict:
+    """A critic optimizer's state dict saved with separate heads (``critic_state``, the critic's saved state dict,
+    has ``Q1.trunk...`` keys) for the stacked heads: the parameters were the encoder's, then Q1's six, then Q2's
+    six; now the encoder's, then the six stacked ones, whose moments are the heads' stacked alike. Returned as it
+    is when the heads were stacked already."""
+    if "Q1.trunk.0.weight" not in critic_state:
+        return state
+    (group,) = state["param_groups"]
+    params = list(group["params"])
+    n_encoder = len(params) - 12
+    old = state["state"]
+    new = {i: old[params[i]] for i in range(n_encoder) if params[i] in old}
+    for j in range(6):                  # first.weight, first.bias (concatenated), then stacked layers
+        one, two = old.get(params[n_encoder + j]), old.get(params[n_encoder + 6 + j])
+        if one is None or two is None:
+            continue
+        join = torch.cat if j < 2 else torch.stack
+        new[n_encoder + j] = {key: join([one[key], two[key]]) if key in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
+                              else one[key] for key in one}
+    return {"state": new, "param_groups": [{**group, "params": list(range(n_encoder + 6))}]}
+
+
 class Critic(AutocastForward, nn.Module):
-    """Encoder (owns the trunk) + twin Q heads: ``forward(obs, action) -> (q1, q2)``."""
+    """Encoder (owns the trunk) + twin Q heads (one stacked module): ``forward(obs, action) -> (q1, q2)``."""
 
     def __init__(self, encoder: Encoder, action_dim: int, hidden_dim: int):
         super().__init__()
         self.encoder = encoder
-        self.Q1 = QFunction(encoder.out_dim, action_dim, hidden_dim)
-        self.Q2 = QFunction(encoder.out_dim, action_dim, hidden_dim)
+        self.Q = TwinQ(encoder.out_dim, action_dim, hidden_dim)
+        self.register_load_state_dict_pre_hook(_stack_heads_in_state_dict)
 
     def forward(self, obs, action, detach: bool = False, trunk: torch.Tensor | None = None):
         context, opened = self._autocast(obs)
         with context:
             h = self.encoder(obs, detach=detach, trunk=trunk)
-            q1, q2 = self.Q1(h, action), self.Q2(h, action)
+            q1, q2 = self.Q(h, action)
         return (_as_float32(q1), _as_float32(q2)) if opened else (q1, q2)
 
 
@@ -214,7 +328,7 @@ def compile_blocks(modules, **compile_options) -> None:
     done: set[int] = set()
     for module in modules:
         for m in module.modules():
-            blocks = [m] if isinstance(m, (SharedCNN, Projection, QFunction)) else \
+            blocks = [m] if isinstance(m, (SharedCNN, Projection, TwinQ)) else \
                 [m.mlp] if isinstance(m, Actor) else []
             for block in blocks:
                 if id(block) not in done:

@@ -14,7 +14,8 @@ import torch
 from cg2a_ext.rl.algorithms.base import AgentNetworks, Algorithm, AuxiliaryStep, Batch, CriticStep
 from cg2a_ext.rl.core.agent.precision import autocast_dtype, matmul_precision, resolve_precision
 
-from cg2a_ext.rl.core.agent.networks import build_networks, compile_blocks, set_autocast
+from cg2a_ext.rl.core.agent.networks import (build_networks, compile_blocks, set_autocast,
+                                             stack_heads_in_optimizer_state)
 from cg2a_ext.rl.core.agent.optim import adam, guarded_step, load_state
 
 
@@ -50,13 +51,15 @@ class SACAgent:
     Speed options of ``cfg`` (none changes the algorithm; see ``TrainConfig``): ``precision``
     (``cg2a_ext.rl.core.agent.precision``), ``channels_last`` (the convolution weights, and so the trunk's
     activations, in NHWC; the batches are converted in ``preprocess``), ``compile`` (the networks'
-    building blocks through torch.compile, ``networks.compile_blocks``).
+    building blocks through torch.compile, ``networks.compile_blocks``), ``cuda_graph`` (on CUDA the update
+    replayed as captured graphs after a self-check, ``graph.py``; ``update_on`` is the update they capture).
     """
 
     def __init__(self, obs_shape, action_dim: int, cfg, algorithm: Algorithm,
-                 device: torch.device | str = "cpu", networks: tuple | None = None):
+                 device: torch.device | str = "cpu", networks: tuple | None = None, report=print):
         """``networks``: optional ``(actor, critic, critic_target)`` with the interfaces of
-        ``networks.py`` (e.g. another trunk); by default the DMC-GB networks sized by ``cfg``."""
+        ``networks.py`` (e.g. another trunk); by default the DMC-GB networks sized by ``cfg``. ``report``: where
+        one-line notes go (whether the update runs as a CUDA graph, and why not)."""
         self.cfg = cfg
         self.device = torch.device(device)
         self.action_dim = action_dim
@@ -95,6 +98,14 @@ class SACAgent:
         self.nets = AgentNetworks(self.actor, self.critic, self.critic_target, self.critic_params, self.obs_shape,
                                   action_dim, self.device, self.channels_last)
         algorithm.attach(self.nets)
+        # --cuda_graph: the update as captured CUDA graphs (graph.py); None: every update runs eagerly
+        from cg2a_ext.rl.core.agent.graph import GraphedUpdate, resolve_cuda_graph
+
+        self.report = report
+        use_graph, line = resolve_cuda_graph(cfg, self.device)
+        if line:
+            report(line)
+        self.graph = GraphedUpdate(self) if use_graph else None
 
     # ------------------------------------------------------------------ acting
     @property
@@ -177,23 +188,20 @@ class SACAgent:
         _, pi, log_pi, log_std = self.actor(obs, detach=True, trunk=trunk)
         q1, q2 = self.critic(obs, pi, detach=True, trunk=trunk)
         actor_loss = (self.alpha.detach() * log_pi - torch.min(q1, q2)).mean()
-        for p in self.actor_params:
-            p.grad = None
-        actor_loss.backward()
+        # the actor's gradient only: a plain backward would also form the critic's head and projection
+        # gradients (which reach its loss through q), only to clear them
+        for p, g in zip(self.actor_params, torch.autograd.grad(actor_loss, self.actor_params)):
+            p.grad = g
         guarded_step(self.actor_optimizer, self.actor_params, self.cfg.nonfinite, "actor", self.skipped_actor_steps)
         alpha_loss = (self.alpha * (-log_pi - self.target_entropy).detach()).mean()
         self.log_alpha.grad = None
         alpha_loss.backward()
         guarded_step(self.log_alpha_optimizer, [self.log_alpha], self.cfg.nonfinite, "temperature")
-        # the actor's backward also reached the critic heads: clear them for the next critic update
-        for p in self.critic_params:
-            p.grad = None
         return {"actor_loss": actor_loss.detach(), "alpha_loss": alpha_loss.detach(),
                 "entropy": -log_pi.detach().mean()}
 
     def update_targets(self) -> None:
-        soft_update(self.critic.Q1, self.critic_target.Q1, self.cfg.critic_tau)
-        soft_update(self.critic.Q2, self.critic_target.Q2, self.cfg.critic_tau)
+        soft_update(self.critic.Q, self.critic_target.Q, self.cfg.critic_tau)
         soft_update(self.critic.encoder, self.critic_target.encoder, self.cfg.encoder_tau)
 
     def update(self, replay, diagnostics: bool = False) -> "UpdateMetrics":
@@ -203,17 +211,33 @@ class SACAgent:
             return self._update(replay, diagnostics)
 
     def _update(self, replay, diagnostics: bool) -> dict:
-        obs, action, reward, next_obs, not_done = replay.sample(self.cfg.batch_size, device=self.device)
+        self.num_updates += 1
+        actor_step = self.num_updates % self.cfg.actor_update_freq == 0
+        target_step = self.num_updates % self.cfg.critic_target_update_freq == 0
+        if self.graph is not None and not diagnostics:   # diagnostics read values back: those updates run eagerly
+            metrics = self.graph.update(replay, (actor_step, target_step))
+            if metrics is not None:
+                return metrics
+        batch = replay.sample(self.cfg.batch_size, device=self.device)
+        return self.update_on(batch, actor_step, target_step, diagnostics, replay)
+
+    def update_on(self, batch, actor_step: bool, target_step: bool, diagnostics: bool = False,
+                  replay=None) -> "UpdateMetrics":
+        """The update on a sampled uint8 ``batch`` (obs, action, reward, next_obs, not_done on the device): the
+        critic step, the actor and temperature steps when ``actor_step``, the target step when ``target_step``,
+        and, with ``replay`` given, the algorithm's auxiliary update when one falls due. The captured update
+        (``graph.py``) runs exactly this on its static buffers, without ``replay``."""
+        obs, action, reward, next_obs, not_done = batch
         obs = self.preprocess(obs)
         next_obs = self.preprocess(next_obs)
         target = self.td_target(reward, next_obs, not_done)
         metrics = self.update_critic(obs, action, target, diagnostics=diagnostics)
-        self.num_updates += 1
-        if self.num_updates % self.cfg.actor_update_freq == 0:
+        if actor_step:
             metrics.update(self.update_actor_and_alpha(obs))
-        if self.num_updates % self.cfg.critic_target_update_freq == 0:
+        if target_step:
             self.update_targets()
-        if self.algorithm.has_auxiliary_update and self.num_updates % self.cfg.aux_update_freq == 0:
+        if replay is not None and self.algorithm.has_auxiliary_update and \
+                self.num_updates % self.cfg.aux_update_freq == 0:
             step = AuxiliaryStep(self.nets, Batch(obs, action, reward, next_obs, not_done), self.num_updates,
                                  replay.num_transitions,
                                  lambda n: replay.sample(n, device=self.device)[0])
@@ -247,8 +271,11 @@ class SACAgent:
         if networks_only:
             return
         load_state(self.actor_optimizer, state["actor_optimizer"])
-        load_state(self.critic_optimizer, state["critic_optimizer"])
+        # checkpoints written before the twin heads were stacked hold their moments per head
+        load_state(self.critic_optimizer, stack_heads_in_optimizer_state(state["critic_optimizer"], state["critic"]))
         load_state(self.log_alpha_optimizer, state["log_alpha_optimizer"])
+        if self.graph is not None:     # the optimizers' state tensors were replaced: capture again
+            self.graph.reset()
         self.num_updates = int(state["num_updates"])
         self.skipped_critic_steps.fill_(int(state["skipped_critic_steps"]))
         self.skipped_actor_steps.fill_(int(state["skipped_actor_steps"]))
