@@ -2,7 +2,7 @@
 build: the CPU kernels always, the CUDA kernels when they can be built for
 that torch (a CUDA build of torch, and an nvcc of the same CUDA major version and at
 least torch's minor version: $CUDA_HOME, nvcc on PATH, /usr/local/cuda, or pip's
-nvidia-cuda-nvcc),
+nvidia-cuda-nvcc with nvidia-nvvm and nvidia-cuda-crt of the same version: pip_nvcc_packages),
 even on a machine without a GPU, so CI compiles them.
 
 Install torch first, then `pip install --no-build-isolation .` (docs/install.md).
@@ -11,7 +11,8 @@ Environment:
   CG2A_CUDA=0|1          force the CUDA kernels off / on (default: on when they can be
                          built; with 1, a reason they cannot is an error)
   CUDA_HOME              toolkit root (tried first; then nvcc's on PATH, /usr/local/cuda,
-                         pip's nvidia-cuda-nvcc: the first whose CUDA version fits torch's)
+                         pip's nvidia-cuda-nvcc: the first whose CUDA version fits torch's;
+                         pip's only with nvidia-nvvm and nvidia-cuda-crt of its major.minor)
   TORCH_CUDA_ARCH_LIST   GPU architectures (default: "8.0;9.0+PTX")
   CG2A_DEBUG=1           build without optimisation, with debug symbols
   MAX_JOBS               parallel compile jobs (torch's ninja build; default: all cores)
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import importlib.metadata
 import os
 import re
 import shutil
@@ -106,18 +108,62 @@ def toolkit_candidates() -> list[str]:
     return [r for r in dict.fromkeys(roots) if r]
 
 
-def select_toolkit(torch_cuda: str | None, candidates: list[str], is_toolkit=is_toolkit, version_of=None) -> str | None:
-    """The first toolkit among `candidates` whose nvcc fits torch's CUDA (nvcc_fits); with none
-    that fits (or a CPU torch), the first toolkit found (why_no_cuda then says why), else None."""
+def select_toolkit(torch_cuda: str | None, candidates: list[str], is_toolkit=is_toolkit, version_of=None,
+                   mismatch_of=None) -> str | None:
+    """The first toolkit among `candidates` whose nvcc fits torch's CUDA (nvcc_fits) and whose parts
+    agree (pip_toolkit_mismatch). With none that fits: the first whose nvcc fits but whose parts
+    disagree, else the first toolkit found (why_no_cuda then says why); else None (or a CPU torch:
+    the first found)."""
     version_of = version_of or nvcc_version
+    mismatch_of = mismatch_of or pip_toolkit_mismatch
     found = [str(Path(root).resolve()) for root in candidates if is_toolkit(root)]
     found = list(dict.fromkeys(found))
     if torch_cuda is not None:
-        for root in found:
-            toolkit = version_of(root)
-            if toolkit is not None and nvcc_fits(torch_cuda, toolkit):
+        fitting = [root for root in found if (toolkit := version_of(root)) is not None and nvcc_fits(torch_cuda, toolkit)]
+        for root in fitting:
+            if mismatch_of(root) is None:
                 return root
+        if fitting:
+            return fitting[0]
     return found[0] if found else None
+
+
+# pip's CUDA 13 nvcc (nvidia-cuda-nvcc) depends on these without pinning them, so pip installs
+# their newest release beside an older nvcc: nvvm 13.5 with nvcc 13.2 emits PTX 9.5, which ptxas
+# 13.2 refuses ("Unsupported .version 9.5; current version is '9.2'").
+PIP_TOOLKIT_PARTS = ("nvidia-nvvm", "nvidia-cuda-crt")
+
+
+def pip_toolkit_versions(root: str) -> dict[str, str]:
+    """{'nvidia-cuda-nvcc': '13.2.86', 'nvidia-nvvm': ..., 'nvidia-cuda-crt': ...}: the pip packages
+    installed in the site-packages of a pip toolkit `root` (site-packages/nvidia/<folder>), names
+    without a -cu12/-cu13 suffix; {} for a toolkit that is not pip's."""
+    path = Path(root)
+    if path.parent.name != "nvidia":
+        return {}
+    wanted = ("nvidia-cuda-nvcc",) + PIP_TOOLKIT_PARTS
+    versions: dict[str, str] = {}
+    for dist in importlib.metadata.distributions(path=[str(path.parent.parent)]):
+        name = re.sub(r"[-_.]+", "-", (dist.metadata["Name"] or "").lower())
+        name = re.sub(r"-cu\d+$", "", name)
+        if name in wanted:
+            versions.setdefault(name, dist.version)
+    return versions
+
+
+def pip_toolkit_mismatch(root: str) -> str | None:
+    """Why pip's toolkit at `root` cannot compile: nvidia-nvvm or nvidia-cuda-crt of another CUDA
+    major.minor than its nvidia-cuda-nvcc; None when they agree (or it is not pip's)."""
+    versions = pip_toolkit_versions(root)
+    nvcc = versions.get("nvidia-cuda-nvcc")
+    if nvcc is None:
+        return None
+    other = [f"{name} {versions[name]}" for name in PIP_TOOLKIT_PARTS
+             if name in versions and cuda_version(versions[name]) != cuda_version(nvcc)]
+    if not other:
+        return None
+    return (f"pip's nvidia-cuda-nvcc {nvcc} ({root}) has {' and '.join(other)}, which must be of the same "
+            "CUDA version (a newer nvvm emits PTX that this nvcc's ptxas refuses)")
 
 
 def find_cuda_home(torch_cuda: str | None = None) -> str | None:
@@ -136,10 +182,20 @@ def nvcc_version(cuda_home: str) -> str | None:
     return found.group(1) if found else None
 
 
-def pip_nvcc_hint(torch_cuda: str) -> str:
+def pip_nvcc_packages(torch_cuda: str) -> list[str]:
+    """The pip requirements of a compiler for torch's CUDA X.Y: CUDA 13's nvcc package with its nvvm
+    and crt pinned beside it (PIP_TOOLKIT_PARTS); CUDA 12's is one package, named -cu12. CI installs
+    these (`.ci/run`)."""
     wanted = cuda_version(torch_cuda)
     spec = f"{wanted[0]}.{wanted[1]}.*" if wanted else f"{torch_cuda}.*"
-    return (f"for the CUDA kernels, `pip install \"nvidia-cuda-nvcc=={spec}\"` (and rebuild), "
+    if wanted is not None and wanted[0] < 13:
+        return [f"nvidia-cuda-nvcc-cu{wanted[0]}=={spec}"]
+    return [f"{name}=={spec}" for name in ("nvidia-cuda-nvcc",) + PIP_TOOLKIT_PARTS]
+
+
+def pip_nvcc_hint(torch_cuda: str) -> str:
+    packages = " ".join(f'"{package}"' for package in pip_nvcc_packages(torch_cuda))
+    return (f"for the CUDA kernels, `pip install {packages}` (and rebuild), "
             "or point CUDA_HOME at such a toolkit")
 
 
@@ -156,6 +212,9 @@ def why_no_cuda(torch, cuda_home: str | None) -> str | None:
         return (f"torch {torch.__version__} was built with CUDA {torch.version.cuda} but the nvcc found "
                 f"({cuda_home}) is CUDA {toolkit}, and nvcc must be the same major version and at least "
                 f"torch's minor version; {pip_nvcc_hint(torch.version.cuda)}")
+    mismatch = pip_toolkit_mismatch(cuda_home)
+    if mismatch is not None:
+        return f"{mismatch}; {pip_nvcc_hint(torch.version.cuda)}"
     return None
 
 
@@ -176,6 +235,19 @@ def want_cuda(torch, cuda_home: str | None) -> bool:
         sys.exit(f"cg2a_ext: CG2A_CUDA=1 but the CUDA kernels cannot be built: {reason}")
     print(f"cg2a_ext: building the CPU kernels only: {reason} (CG2A_CUDA=1 would make this an error)")
     return False
+
+
+def cudart_link_name(cuda_home: str) -> str | None:
+    """None when the toolkit's lib64/ or lib/ has libcudart.so (torch's `-lcudart` finds it); else,
+    for pip's toolkit, which ships only libcudart.so.<major>, ':libcudart.so.13' (ld's -l:<file>)."""
+    for lib in ("lib64", "lib"):
+        folder = Path(cuda_home) / lib
+        if (folder / "libcudart.so").exists():
+            return None
+        versioned = sorted(folder.glob("libcudart.so.[0-9]*"), key=lambda p: (len(p.name), p.name))
+        if versioned:
+            return ":" + versioned[0].name
+    return None
 
 
 def wheel_cuda_includes() -> list[str]:
@@ -225,6 +297,9 @@ def extensions():
             extra_compile_args={"cxx": cxx + ["-DCG2A_WITH_CUDA"], "nvcc": nvcc},
             extra_link_args=["-fopenmp"], py_limited_api=True,
         )
+        cudart = cudart_link_name(cuda_home)
+        if cudart is not None:  # pip's toolkit: no unversioned libcudart.so to resolve -lcudart
+            ext.libraries = [cudart if lib == "cudart" else lib for lib in ext.libraries]
     else:
         ext = cpp_extension.CppExtension(
             "cg2a_ext._C", sources, include_dirs=include_dirs, define_macros=define_macros,

@@ -132,7 +132,8 @@ def test_setup_needs_matching_cuda_major_versions(tmp_path, monkeypatch, capsys)
     assert SETUP["want_cuda"](fake_torch("2.15.0+cu132", "13.2"), toolkit) is False
     line = capsys.readouterr().out.strip()
     assert line.startswith("cg2a_ext: building the CPU kernels only: torch 2.15.0+cu132 was built with CUDA 13.2")
-    assert '`pip install "nvidia-cuda-nvcc==13.2.*"`' in line and "\n" not in line
+    assert ('`pip install "nvidia-cuda-nvcc==13.2.*" "nvidia-nvvm==13.2.*" "nvidia-cuda-crt==13.2.*"`' in line
+            and "\n" not in line)
     # Same major, same or newer minor: built.
     assert SETUP["why_no_cuda"](fake_torch("2.14.1+cu130", "13.0"), toolkit) is None
     assert SETUP["why_no_cuda"](fake_torch("2.14.1+cu128", "12.8"), fake_toolkit(tmp_path / "c129", "12.9")) is None
@@ -196,6 +197,87 @@ def test_candidates_follow_cuda_home_path_local_then_pip(tmp_path, monkeypatch):
     (tmp_path / "site" / "nvidia" / "cu13" / "bin" / "nvcc").write_text("")
     assert SETUP["toolkit_candidates"]() == [
         str(tmp_path / "home"), "/usr/local/cuda", str(tmp_path / "site" / "nvidia" / "cu13")]
+
+
+def fake_pip_toolkit(site: Path, versions: dict[str, str]) -> str:
+    """site-packages/nvidia/cu13 with an nvcc reporting nvidia-cuda-nvcc's version, and the
+    packages' dist-info folders beside it (as pip installs them)."""
+    nvcc = next(version for name, version in versions.items() if name.startswith("nvidia-cuda-nvcc"))
+    root = fake_toolkit(site / "nvidia" / "cu13", nvcc.rsplit(".", 1)[0])
+    for name, version in versions.items():
+        info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    return root
+
+
+def test_pip_toolkit_parts_must_match_its_nvcc(tmp_path):
+    """pip's nvidia-cuda-nvcc 13.2 pulls the newest nvidia-nvvm and nvidia-cuda-crt (13.5), whose PTX
+    its ptxas refuses: such a toolkit does not count as one that fits."""
+    good = fake_pip_toolkit(tmp_path / "good", {"nvidia-cuda-nvcc": "13.2.86", "nvidia-nvvm": "13.2.86",
+                                                "nvidia-cuda-crt": "13.2.86", "nvidia-cuda-runtime": "13.2.86"})
+    bad = fake_pip_toolkit(tmp_path / "bad", {"nvidia-cuda-nvcc": "13.2.86", "nvidia-nvvm": "13.5.37",
+                                              "nvidia-cuda-crt": "13.5.37"})
+    assert SETUP["pip_toolkit_versions"](good) == {
+        "nvidia-cuda-nvcc": "13.2.86", "nvidia-nvvm": "13.2.86", "nvidia-cuda-crt": "13.2.86"}
+    assert SETUP["pip_toolkit_mismatch"](good) is None
+    reason = SETUP["pip_toolkit_mismatch"](bad)
+    assert "nvidia-cuda-nvcc 13.2.86" in reason and "nvidia-nvvm 13.5.37 and nvidia-cuda-crt 13.5.37" in reason
+    # a system toolkit, or CUDA 12's single nvcc package (nvvm inside it, a -cu12 name): nothing to compare
+    assert SETUP["pip_toolkit_versions"](fake_toolkit(tmp_path / "system", "13.0")) == {}
+    cu12 = fake_pip_toolkit(tmp_path / "cu12", {"nvidia-cuda-nvcc-cu12": "12.8.93"})
+    assert SETUP["pip_toolkit_versions"](cu12) == {"nvidia-cuda-nvcc": "12.8.93"}
+    assert SETUP["pip_toolkit_mismatch"](cu12) is None
+
+
+def test_a_pip_toolkit_with_mismatched_parts_says_how_to_pin_them(tmp_path, monkeypatch, capsys):
+    bad = fake_pip_toolkit(tmp_path / "site", {"nvidia-cuda-nvcc": "13.2.86", "nvidia-nvvm": "13.5.37",
+                                               "nvidia-cuda-crt": "13.2.86"})
+    system = fake_toolkit(tmp_path / "cuda", "13.0")
+    # The pip toolkit is the one to report on (its version fits torch), not the older system nvcc.
+    assert SETUP["select_toolkit"]("13.2", [system, bad], is_toolkit=lambda r: True) == str(Path(bad).resolve())
+    monkeypatch.delenv("CG2A_CUDA", raising=False)
+    assert SETUP["want_cuda"](fake_torch("2.15.0+cu132", "13.2"), bad) is False
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("cg2a_ext: building the CPU kernels only: pip's nvidia-cuda-nvcc 13.2.86")
+    assert "nvidia-nvvm 13.5.37" in line and "nvidia-cuda-crt" not in line.split(";")[0] and "\n" not in line
+    assert '`pip install "nvidia-cuda-nvcc==13.2.*" "nvidia-nvvm==13.2.*" "nvidia-cuda-crt==13.2.*"`' in line
+
+
+def test_select_toolkit_skips_a_fitting_toolkit_with_mismatched_parts(tmp_path):
+    versions = {"local": "13.0", "pip_bad": "13.2", "pip_good": "13.2"}
+    select = SETUP["select_toolkit"]
+    roots = [str(tmp_path / name) for name in versions]
+
+    def pick(torch_cuda, candidates=roots):
+        return select(torch_cuda, candidates, is_toolkit=lambda r: True,
+                      version_of=lambda r: versions[Path(r).name],
+                      mismatch_of=lambda r: "nvvm 13.5" if Path(r).name == "pip_bad" else None)
+
+    assert pick("13.2") == str(tmp_path / "pip_good")
+    assert pick("13.2", roots[:2]) == str(tmp_path / "pip_bad")  # only a mismatched one fits: why_no_cuda says so
+    assert pick("13.0") == str(tmp_path / "local")
+    assert pick("13.4") == str(tmp_path / "local")  # none fits: the first
+
+
+def test_pip_nvcc_hint_names_the_packages_of_torchs_cuda():
+    hint = SETUP["pip_nvcc_hint"]
+    assert '`pip install "nvidia-cuda-nvcc==13.4.*" "nvidia-nvvm==13.4.*" "nvidia-cuda-crt==13.4.*"`' in hint("13.4")
+    assert '`pip install "nvidia-cuda-nvcc-cu12==12.8.*"`' in hint("12.8")
+
+
+def test_pip_toolkit_links_its_versioned_cudart(tmp_path):
+    """pip's toolkit has lib/libcudart.so.13 but no libcudart.so, which torch's -lcudart needs."""
+    pip_root, system = tmp_path / "cu13", tmp_path / "cuda"
+    (pip_root / "lib").mkdir(parents=True)
+    for name in ("libcudart.so.13", "libcudart_static.a"):
+        (pip_root / "lib" / name).write_text("")
+    (system / "lib64").mkdir(parents=True)
+    for name in ("libcudart.so", "libcudart.so.13", "libcudart.so.13.0.96"):
+        (system / "lib64" / name).write_text("")
+    assert SETUP["cudart_link_name"](str(pip_root)) == ":libcudart.so.13"
+    assert SETUP["cudart_link_name"](str(system)) is None
+    assert SETUP["cudart_link_name"](str(tmp_path / "missing")) is None
 
 
 # ------------------------------------------------------- the installed extension
