@@ -381,7 +381,10 @@ def test_cg2a_with_identity_copies_takes_drq_step():
         m_cg = cg.update(rb_cg, diagnostics=True)
         assert torch.allclose(m_drq["critic_loss"], m_cg["critic_loss"], rtol=1e-6)
         assert abs(m_cg.diagnostics["weight_0"] - 0.5) < 1e-6 and abs(m_cg.diagnostics["cos_0_1"] - 1.0) < 1e-5
-    for a, b in zip(drq.critic.parameters(), cg.critic.parameters()):
-        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), (a - b).abs().max()
-    for a, b in zip(drq.actor.parameters(), cg.actor.parameters()):
-        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), (a - b).abs().max()
+    # cg2a runs clean and copy as one batch of 2B, so float32 sums are blocked differently than drq's (and
+    # differently on each CPU's SIMD width); Adam divides by sqrt(v), which turns that rounding in gradients
+    # near eps into parameter differences of a few 1e-6. A wrong step (a weight other than 1/2, a masked sign)
+    # moves a parameter by about lr, hence the bound of 1 % of a step.
+    for name, lr in (("critic", drq.cfg.critic_lr), ("actor", drq.cfg.actor_lr)):
+        for a, b in zip(getattr(drq, name).parameters(), getattr(cg, name).parameters()):
+            assert torch.allclose(a, b, rtol=1e-5, atol=0.01 * lr), (name, (a - b).abs().max())
