@@ -10,13 +10,32 @@ from cg2a_ext.rl.training import RunError, choose_threads
 
 def test_threads_follow_the_free_cores(monkeypatch):
     monkeypatch.setattr(training.os, "cpu_count", lambda: 8)
+    for busy, threads in ((5.6, 2), (12.0, 1), (0.0, 8)):
+        monkeypatch.setattr(training, "busy_cores", lambda busy=busy: busy)
+        assert choose_threads(0)[0] == threads
+    # where /proc/stat cannot be read, the 1-minute load average
+    monkeypatch.setattr(training, "busy_cores", lambda: None)
     monkeypatch.setattr(training.os, "getloadavg", lambda: (5.6, 0.0, 0.0))
-    assert choose_threads(0)[0] == 2
-    monkeypatch.setattr(training.os, "getloadavg", lambda: (12.0, 0.0, 0.0))
-    assert choose_threads(0)[0] == 1
-    monkeypatch.setattr(training.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
-    assert choose_threads(0)[0] == 8
+    assert choose_threads(0) == (2, "8 cores, 5.6 load: the free ones; --num_threads N to choose")
     assert choose_threads(3) == (3, "--num_threads")
+
+
+def test_busy_cores_reads_this_machines_cpu_time():
+    """A process spinning one core for the whole window shows as about one busy core (more if others run)."""
+    import threading
+    import time
+
+    stop = time.perf_counter() + 0.6
+
+    def spin():
+        while time.perf_counter() < stop:
+            pass
+
+    t = threading.Thread(target=spin)
+    t.start()
+    busy = training.busy_cores(0.4)
+    t.join()
+    assert busy is not None and 0.7 <= busy <= training.os.cpu_count(), busy
 
 
 @pytest.mark.parametrize("kw, message", [

@@ -49,21 +49,46 @@ class RunResult:
     already_finished: bool = False
 
 
+def busy_cores(seconds: float = 0.5) -> float | None:
+    """How many cores other work keeps busy now: /proc/stat's non-idle time over ``seconds``, in cores (None where
+    /proc/stat is unreadable). The 1-minute load average lags: a job that ended a minute ago still counts there."""
+    def sample():
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)   # idle + iowait
+        return sum(fields), idle
+
+    try:
+        total0, idle0 = sample()
+        time.sleep(seconds)
+        total1, idle1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if total1 <= total0:
+        return None
+    return (os.cpu_count() or 1) * (1.0 - (idle1 - idle0) / (total1 - total0))
+
+
 def choose_threads(requested: int) -> tuple[int, str]:
     """torch's intra-op threads and why: ``requested`` when given (--num_threads), else the cores free at start
-    (cores minus the 1-minute load average, at least 1): on a busy 2-core machine one thread ran a cg2a update
-    faster than two that fight the other jobs for the cores (BENCHMARKS.md)."""
+    (cores minus the busy ones measured over half a second, at least 1; the 1-minute load average where that
+    cannot be read): on a busy 2-core machine one thread ran a cg2a update faster than two that fight the other
+    jobs for the cores, on an idle one two ran 7.2 steps/s against one's 5.6 (BENCHMARKS.md)."""
     import torch
 
     if requested:
         return requested, "--num_threads"
     cores = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        return torch.get_num_threads(), "torch's default: the load is unknown"
-    free = max(1, min(cores, int(cores - load + 0.5)))
-    return free, f"{cores} cores, load {load:.1f}: the free ones; --num_threads N to choose"
+    busy = busy_cores()
+    what = "busy now"
+    if busy is None:
+        try:
+            busy = os.getloadavg()[0]
+            what = "load"
+        except OSError:
+            return torch.get_num_threads(), "torch's default: the load is unknown"
+    free = max(1, min(cores, int(cores - busy + 0.5)))
+    return free, f"{cores} cores, {busy:.1f} {what}: the free ones; --num_threads N to choose"
 
 
 def check_networks(cfg) -> None:
@@ -117,13 +142,17 @@ def check_inputs(cfg) -> str:
 def measure_rates(cfg, env, obs_shape, action_dim, device):
     """Seconds per seed step, training step and evaluation episode on this machine.
 
-    Steps ``env`` a few times (the run resets it with its own seed later) and times two updates and
-    a few actions of a scratch agent on a scratch buffer of random frames, under a forked torch RNG:
-    the run's own agent, buffer and random streams are left untouched."""
+    Steps ``env`` a few times (the run resets it with its own seed later), then times whole training steps as
+    the trainer runs them (act, start the env step, update a scratch agent on a scratch buffer of random frames,
+    collect the step) under a forked torch RNG: the run's own agent, buffer and random streams are left
+    untouched. Timing the step whole counts what ``--env_overlap`` hides behind the update and what the env's
+    thread and torch's threads take from each other; the sum of the parts overestimated a cg2a step at the cpu
+    preset by 20-75 % (BENCHMARKS.md)."""
     import numpy as np
     import torch
 
     from cg2a_ext.rl.core.agent import make_agent
+    from cg2a_ext.rl.core.env_stepper import EnvStepper
     from cg2a_ext.rl.core.replay import FrameReplayBuffer
     from cg2a_ext.rl.run.logs import Rates
     from cg2a_ext.rl.run.seeding import SeedStreams
@@ -154,6 +183,8 @@ def measure_rates(cfg, env, obs_shape, action_dim, device):
     budget = min(1.0, cfg.train_steps / 20_000)
     env_s = timed(env_step, 4, budget, 200)
 
+    # the trainer's own stepper when it has one (the overlap it uses), else a serial one around ``env``
+    stepper = env if hasattr(env, "step_async") else EnvStepper(env, overlap=False)
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         agent = make_agent(obs_shape, action_dim, cfg, device=device, seeds=SeedStreams(cfg.seed))
@@ -170,13 +201,21 @@ def measure_rates(cfg, env, obs_shape, action_dim, device):
         for _ in range(cycle):
             agent.update(replay)
         sync()
-        # whole update cycles, for about 3 s (the actor and targets update every other step)
-        update_s = timed(lambda: [agent.update(replay) for _ in range(cycle)], 1, 3.0 * budget, 50) / cycle
         obs = frame()
         agent.act(obs, sample=True)
         act_s = timed(lambda: agent.act(obs, sample=False), 4, 0.5 * budget, 100)
+
+        def train_step():
+            stepper.step_async(agent.act(obs, sample=True))
+            agent.update(replay)
+            _, _, terminated, truncated, _ = stepper.wait()
+            if terminated or truncated:
+                stepper.reset(seed=0)
+
+        # whole update cycles, for about 3 s (the actor and targets update every other step)
+        train_s = timed(lambda: [train_step() for _ in range(cycle)], 1, 3.0 * budget, 50) / cycle
     episode_steps = math.ceil(cfg.episode_length / cfg.action_repeat)
-    return Rates(seed_step=env_s, train_step=env_s + act_s + update_s, eval_episode=episode_steps * (env_s + act_s))
+    return Rates(seed_step=env_s, train_step=train_s, eval_episode=episode_steps * (env_s + act_s))
 
 
 def plan(cfg, device, K: int, run_dir: Path, start_step: int, rates, evaluation_pending: bool) -> dict:
