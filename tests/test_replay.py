@@ -75,3 +75,40 @@ def test_frames_device_choice():
         frames_device_for("gpu", "cpu", OBS, 1000)
     with pytest.raises(ConfigError, match="replay_device cuda needs a CUDA --device"):
         small_agent_cfg(replay_device="cuda").validate()
+
+
+def test_replay_rebuilds_env_stacks():
+    from cg2a_ext.rl.envs import make_env
+
+    env = make_env("cartpole_balance", seed=0, image_size=32, frame_stack=3, action_repeat=4, episode_length=40)
+    shape, adim = env.observation_space.shape, env.action_space.shape[0]
+    rb = FrameReplayBuffer(shape, adim, capacity=15, frame_stack=3, episode_steps=10, seed=0)
+    stored = []   # (obs, next_obs) per transition, most recent 15 kept by the ring
+    for ep in range(3):
+        obs, _ = env.reset(seed=ep)
+        rb.add_first(obs)
+        done = False
+        while not done:
+            a = env.action_space.sample()
+            nxt, r, term, trunc, _ = env.step(a)
+            rb.add(a, r, nxt, term)
+            stored.append((obs, nxt))
+            obs, done = nxt, term or trunc
+    env.close()
+    assert len(rb) == 15 and rb.num_transitions == len(stored) == 30
+    idx = np.arange(15)
+    o, a, r, n, nd = rb.get(idx)
+    for i in idx:
+        k = 30 - 15 + ((i - 30) % 15)   # global transition number stored in slot i
+        k = [t for t in range(15, 30) if t % 15 == i][0]
+        assert np.array_equal(o[i], stored[k][0]), i
+        assert np.array_equal(n[i], stored[k][1]), i
+    ob, act, rew, nob, notd = rb.sample(6)
+    assert ob.dtype == torch.uint8 and ob.shape == (6, *shape) and rew.shape == (6, 1)
+
+
+def test_replay_memory_frame_once():
+    rb = FrameReplayBuffer((9, 84, 84), 6, capacity=500_000, frame_stack=3, episode_steps=250)
+    frames = rb.frames.nbytes
+    assert frames / 500_000 < 3 * 84 * 84 * 1.01   # one RGB frame per step, not two 9-channel stacks
+    assert rb.nbytes() < 11.0e9
