@@ -167,7 +167,8 @@ class TrainConfig:
     device: str = "auto"
     """Torch device: auto (cuda when available; the cpu preset: cpu), cpu, cuda, cuda:N."""
     num_threads: int = 0
-    """torch.set_num_threads value; 0 = torch's default."""
+    """torch's intra-op threads; 0 = the cores free at start (the cores minus those busy over half a second: two on
+    an idle 2-core machine, one beside another job)."""
     keep_freed_host_memory: bool = True
     """Let glibc reuse freed host memory instead of mapping every large tensor anew: CPU updates 1.1-1.6x faster
     here (BENCHMARKS.md); the process keeps its peak heap."""

@@ -73,7 +73,7 @@ def choose_threads(requested: int) -> tuple[int, str]:
     """torch's intra-op threads and why: ``requested`` when given (--num_threads), else the cores free at start
     (cores minus the busy ones measured over half a second, at least 1; the 1-minute load average where that
     cannot be read): on a busy 2-core machine one thread ran a cg2a update faster than two that fight the other
-    jobs for the cores, on an idle one two ran 7.2 steps/s against one's 5.6 (BENCHMARKS.md)."""
+    jobs for the cores, on an idle one two ran 7.1 cg2a steps/s against one's 5.2 (BENCHMARKS.md)."""
     import torch
 
     if requested:
