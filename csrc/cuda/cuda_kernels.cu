@@ -505,8 +505,9 @@ bool aligned16(const void* p) {
   return reinterpret_cast<uintptr_t>(p) % kVecBytes == 0;
 }
 
-// The metadata table on the device. `buffer` owns the device copy; the
-// pointers point into it. Dropping `buffer` after the launches is safe: the
+// The metadata table on the device: per tensor a TensorMeta, then per chunk a
+// ChunkMeta. `buffer` owns the device bytes (the op's scratch allocation when
+// the table is carved from it); dropping it after the launches is safe: the
 // caching allocator only hands the block out again to work ordered after them
 // on the same stream.
 struct Metadata {
@@ -516,12 +517,22 @@ struct Metadata {
   int64_t n_chunks;
 };
 
-// Builds the table in pinned host memory and copies it to the device
-// asynchronously on the current stream. `outs` is empty for the Gram op.
-Metadata upload_metadata(const std::vector<RowView>& views,
-                         const std::vector<at::Tensor>& outs,
-                         const std::vector<ChunkMeta>& chunks, int64_t K,
-                         size_t elem_size, const at::Device& device) {
+size_t metadata_bytes(size_t n_tensors, size_t n_chunks) {
+  static_assert(sizeof(TensorMeta) % alignof(ChunkMeta) == 0,
+                "the chunk table must stay aligned after the tensor table");
+  return n_tensors * sizeof(TensorMeta) + n_chunks * sizeof(ChunkMeta);
+}
+
+// Builds the table in pinned host memory and copies it into `dst` (device
+// bytes, 8-byte aligned, metadata_bytes(...) long) asynchronously on the
+// current stream: a cudaMemcpyAsync, and the caching host allocator records
+// an event on the pinned block, so no host synchronisation and no reuse of
+// the block before the copy has run (under graph capture the block is kept
+// for the graph). `outs` is empty for the Gram op.
+Metadata upload_metadata_into(const std::vector<RowView>& views,
+                              const std::vector<at::Tensor>& outs,
+                              const std::vector<ChunkMeta>& chunks, int64_t K,
+                              size_t elem_size, const at::Tensor& dst) {
   std::vector<TensorMeta> tensors(views.size());
   for (size_t t = 0; t < views.size(); ++t) {
     const RowView& view = views[t];
@@ -537,21 +548,29 @@ Metadata upload_metadata(const std::vector<RowView>& views,
   }
   const size_t tensor_bytes = tensors.size() * sizeof(TensorMeta);
   const size_t chunk_bytes = chunks.size() * sizeof(ChunkMeta);
-  static_assert(sizeof(TensorMeta) % alignof(ChunkMeta) == 0,
-                "the chunk table must stay aligned after the tensor table");
+  TORCH_INTERNAL_ASSERT(dst.numel() == int64_t(tensor_bytes + chunk_bytes) &&
+                        reinterpret_cast<uintptr_t>(dst.const_data_ptr()) % 8 == 0);
   at::Tensor host = at::empty(
       {int64_t(tensor_bytes + chunk_bytes)},
       at::TensorOptions().dtype(at::kByte).pinned_memory(true));
   uint8_t* h = host.mutable_data_ptr<uint8_t>();
   std::memcpy(h, tensors.data(), tensor_bytes);
   std::memcpy(h + tensor_bytes, chunks.data(), chunk_bytes);
-  // Pinned -> device with non_blocking: a cudaMemcpyAsync on the current
-  // stream, and an event recorded on the pinned block (no host sync).
-  at::Tensor dev = host.to(device, at::kByte, /*non_blocking=*/true);
-  const uint8_t* d = dev.const_data_ptr<uint8_t>();
-  return Metadata{dev, reinterpret_cast<const TensorMeta*>(d),
+  at::Tensor(dst).copy_(host, /*non_blocking=*/true);
+  const uint8_t* d = dst.const_data_ptr<uint8_t>();
+  return Metadata{dst, reinterpret_cast<const TensorMeta*>(d),
                   reinterpret_cast<const ChunkMeta*>(d + tensor_bytes),
                   int64_t(chunks.size())};
+}
+
+// The same into a device allocation of its own (gram and combine).
+Metadata upload_metadata(const std::vector<RowView>& views,
+                         const std::vector<at::Tensor>& outs,
+                         const std::vector<ChunkMeta>& chunks, int64_t K,
+                         size_t elem_size, const at::Device& device) {
+  at::Tensor dst = at::empty({int64_t(metadata_bytes(views.size(), chunks.size()))},
+                             at::TensorOptions().dtype(at::kByte).device(device));
+  return upload_metadata_into(views, outs, chunks, K, elem_size, dst);
 }
 
 int grid_for(int64_t n_chunks) {
@@ -720,13 +739,16 @@ AggregateStats aggregate_out_impl(at::TensorList grads, double gamma, bool gas,
   at::Tensor flags = at::empty({2}, device_options.dtype(at::kBool));
   // One scratch allocation, 8-byte-aligned regions: the Gram partials, the
   // finite probe, the per-block conflict counts, the weights in the
-  // accumulation dtype, and the report (kReportInts ints).
+  // accumulation dtype, the report (kReportInts ints) and the metadata table.
   const size_t partials_at = 0;
   const size_t probe_at = align8(partials_at + size_t(n_chunks) * (pairs + 1) * sizeof(double));
   const size_t conflicts_at = align8(probe_at + sizeof(double));
   const size_t weights_at = align8(conflicts_at + size_t(n_blocks) * sizeof(int64_t));
   const size_t report_at = align8(weights_at + size_t(K) * sizeof(double));
-  const size_t scratch_bytes = align8(report_at + kReportInts * sizeof(int));
+  // the metadata table last: the one device allocation of the op besides its outputs
+  const size_t meta_at = align8(report_at + kReportInts * sizeof(int));
+  const size_t meta_bytes = n_chunks > 0 ? metadata_bytes(views.size(), chunks.size()) : 0;
+  const size_t scratch_bytes = align8(meta_at + meta_bytes);
   at::Tensor scratch = at::empty({int64_t(scratch_bytes)}, device_options.dtype(at::kByte));
   uint8_t* base = scratch.mutable_data_ptr<uint8_t>();
   double* partials = reinterpret_cast<double*>(base + partials_at);
@@ -739,10 +761,11 @@ AggregateStats aggregate_out_impl(at::TensorList grads, double gamma, bool gas,
     using acc_type = acc_t<scalar_t>;
     acc_type* weights_acc = reinterpret_cast<acc_type*>(base + weights_at);
     // ONE metadata upload (inputs and outputs) for both passes.
-    const Metadata meta = n_chunks > 0
-                              ? upload_metadata(views, targets, chunks, K, sizeof(scalar_t),
-                                                grads[0].device())
-                              : Metadata{at::Tensor(), nullptr, nullptr, 0};
+    const Metadata meta =
+        n_chunks > 0
+            ? upload_metadata_into(views, targets, chunks, K, sizeof(scalar_t),
+                                   scratch.narrow(0, int64_t(meta_at), int64_t(meta_bytes)))
+            : Metadata{at::Tensor(), nullptr, nullptr, 0};
     dispatch_k(K, [&](auto ks) {
       constexpr int KS = decltype(ks)::value;
       if (n_chunks > 0) {
