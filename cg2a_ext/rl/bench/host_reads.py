@@ -76,7 +76,11 @@ def update_probe(preset: str, algorithm: str, device: str = "cpu", grad_method: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
-    parser.add_argument("--algorithms", nargs="+", default=["drq", "svea", "ac", "cg2a", "soda", "sgqn", "smg"])
+    from cg2a_ext.rl import algorithms
+
+    # every registered algorithm but sac, whose update is drq's without the shift
+    parser.add_argument("--algorithms", nargs="+", default=[n for n in algorithms.NAMES if n != "sac"],
+                        choices=algorithms.NAMES)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--grad_method", choices=["loop", "vmap", "split"], default=None,
                         help="per_group_grads' method for ac and cg2a (default: what auto picks)")
