@@ -11,10 +11,10 @@ from cg2a_ext.rl.training import RunError, choose_threads
 def test_threads_follow_the_free_cores(monkeypatch):
     monkeypatch.setattr(training.os, "cpu_count", lambda: 8)
     for busy, threads in ((5.6, 2), (12.0, 1), (0.0, 8)):
-        monkeypatch.setattr(training, "busy_cores", lambda busy=busy: busy)
+        monkeypatch.setattr(training, "busy_cores", lambda seconds, busy=busy: busy)
         assert choose_threads(0)[0] == threads
     # where /proc/stat cannot be read, the 1-minute load average
-    monkeypatch.setattr(training, "busy_cores", lambda: None)
+    monkeypatch.setattr(training, "busy_cores", lambda seconds: None)
     monkeypatch.setattr(training.os, "getloadavg", lambda: (5.6, 0.0, 0.0))
     assert choose_threads(0) == (2, "8 cores, 5.6 load: the free ones; --num_threads N to choose")
     assert choose_threads(3) == (3, "--num_threads")

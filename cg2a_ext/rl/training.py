@@ -69,7 +69,7 @@ def busy_cores(seconds: float = 0.5) -> float | None:
     return (os.cpu_count() or 1) * (1.0 - (idle1 - idle0) / (total1 - total0))
 
 
-def choose_threads(requested: int) -> tuple[int, str]:
+def choose_threads(requested: int, seconds: float = 0.5) -> tuple[int, str]:
     """torch's intra-op threads and why: ``requested`` when given (--num_threads), else the cores free at start
     (cores minus the busy ones measured over half a second, at least 1; the 1-minute load average where that
     cannot be read): on a busy 2-core machine one thread ran a cg2a update faster than two that fight the other
@@ -79,7 +79,7 @@ def choose_threads(requested: int) -> tuple[int, str]:
     if requested:
         return requested, "--num_threads"
     cores = os.cpu_count() or 1
-    busy = busy_cores()
+    busy = busy_cores(seconds)
     what = "busy now"
     if busy is None:
         try:
@@ -397,7 +397,8 @@ def _train(cfg, run_dir: Path, command: str, rd, load_resumable) -> RunResult:
     from cg2a_ext.rl.run.seeding import SeedStreams
     from cg2a_ext.rl.core.trainer import CHECKPOINT_FORMAT, PREVIOUS_FORMAT_VERSION, Trainer, TrainingStopped
 
-    threads, why = choose_threads(cfg.num_threads)
+    # a tiny run (tests, smoke runs) measures for less, as measure_rates does
+    threads, why = choose_threads(cfg.num_threads, seconds=max(0.1, 0.5 * min(1.0, cfg.train_steps / 20_000)))
     torch.set_num_threads(threads)
     print(f"torch threads: {threads} ({why})", flush=True)
     if cfg.keep_freed_host_memory:

@@ -74,10 +74,10 @@ def update_probe(preset: str, algorithm: str, device: str = "cpu", grad_method: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
     from cg2a_ext.rl import algorithms
 
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
     # every registered algorithm but sac, whose update is drq's without the shift
     parser.add_argument("--algorithms", nargs="+", default=[n for n in algorithms.NAMES if n != "sac"],
                         choices=algorithms.NAMES)
