@@ -10,6 +10,7 @@ from cg2a_ext.rl.core.augmentations import (
     AUGMENTATIONS,
     apply_conv_kernels,
     make_combination,
+    random_overlays,
     overlay_s,
     random_conv,
     random_conv_kernels,
@@ -227,14 +228,43 @@ def test_make_combination():
     assert len(copies) == 3
     for c, d in zip(copies, again):
         assert c.shape == x.shape and torch.equal(c, d) and not torch.equal(c, x)
-    # Individual functions under the same stream give the same copies.
+    # The same copies as the functions under the same stream: conv, then both overlays drawn together.
     g = _gen("cpu", 5)
     torch.testing.assert_close(copies[0], random_conv(x, generator=g))
-    torch.testing.assert_close(copies[1], random_overlay(x, generator=g, image_bank=combo.image_bank))
+    overlays = random_overlays(x, (0.5, 0.1), generator=g, image_bank=combo.image_bank)
+    assert torch.equal(copies[1], overlays[0]) and torch.equal(copies[2], overlays[1])
     assert (copies[2] - x).abs().max() <= 0.1 * 255 + 1e-3  # overlay_s: mu = 0.1
+    # A lone overlay is random_overlay itself.
+    (alone,) = make_combination("overlay", image_bank=combo.image_bank)(x, generator=_gen("cpu", 6))
+    assert torch.equal(alone, random_overlay(x, generator=_gen("cpu", 6), image_bank=combo.image_bank))
     aliases = make_combination(["random_shift", " Identity "])
     assert aliases.names == ["shift", "identity"] and aliases.image_bank is None
     with pytest.raises(ValueError, match="unknown augmentation 'blur'.*conv.*overlay_s"):
         make_combination("conv,blur")
     with pytest.raises(ValueError, match="empty"):
         make_combination("conv,,overlay")
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_overlays_drawn_together_blend_as_the_formula(channels_last):
+    """random_overlays: copy i is (1 - alpha_i) x + alpha_i img over every stacked frame, with images i*B ..
+    (i+1)*B of one draw of N*B, in float64 (the reference) as in float32."""
+    from cg2a_ext.rl.core import image_bank as ib
+
+    bank = ib.ProceduralImageBank(pool_size=8, seed=0)
+    for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 1e-4)):
+        x = _batch(b=5).to(dtype)
+        if channels_last:
+            x = x.to(memory_format=torch.channels_last)
+        b, c, h, w = x.shape
+        alphas = (0.5, 0.1, 0.1)
+        out = random_overlays(x, alphas, generator=_gen("cpu", 3), image_bank=bank)
+        imgs = bank.draw(3 * b, h, w, generator=_gen("cpu", 3), dtype=dtype)
+        assert out.shape == (3, b, c, h, w) and out.dtype == dtype
+        for i, a in enumerate(alphas):
+            ref = (1 - a) * x.reshape(b, c // 3, 3, h, w) + a * imgs[i * b:(i + 1) * b, None]
+            torch.testing.assert_close(out[i], ref.reshape(b, c, h, w), rtol=0, atol=tol)
+    with pytest.raises(ValueError, match="alpha"):
+        random_overlays(x, (0.5, 1.5), image_bank=bank)
+    with pytest.raises(ValueError, match="alpha"):
+        random_overlays(x, (), image_bank=bank)

@@ -12,6 +12,7 @@ list of augmented copies used by the critic update.
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable, Sequence
 
@@ -26,6 +27,7 @@ __all__ = [
     "random_conv_kernels",
     "apply_conv_kernels",
     "random_overlay",
+    "random_overlays",
     "overlay_s",
     "OVERLAY_S_MU",
     "identity",
@@ -133,6 +135,37 @@ def random_conv(x: torch.Tensor, *, generator: torch.Generator | None = None) ->
     return apply_conv_kernels(x, kernels)
 
 
+def random_overlays(
+    x: torch.Tensor,
+    alphas: Sequence[float],
+    *,
+    generator: torch.Generator | None = None,
+    image_bank: ImageBank | str | os.PathLike | None = None,
+) -> torch.Tensor:
+    """One :func:`random_overlay` copy of ``x`` per weight in ``alphas``, ``[len(alphas), B, C, H, W]``, made
+    together: the ``len(alphas) * B`` overlay images in one draw (copy i takes images i*B .. (i+1)*B) and
+    every blend in one ``lerp``. CG2A's overlay and overlay-S copies are made this way (half the ops of two
+    draws)."""
+    b, c, h, w = _check(x, generator, "random_overlay")
+    alphas = [float(a) for a in alphas]
+    if not alphas or not all(0.0 <= a <= 1.0 for a in alphas):
+        raise ValueError(f"random_overlay: every alpha must be in [0, 1], got {alphas}")
+    bank = resolve_image_bank(image_bank)
+    n = len(alphas)
+    imgs = bank.draw(n * b, h, w, device=x.device, generator=generator, dtype=x.dtype)
+    # (1 - alpha) * x + alpha * img as x + alpha * (img - x), the image broadcast over the stacked frames
+    weight = alphas[0] if len(set(alphas)) == 1 else _weights(tuple(alphas), x.device, x.dtype)
+    out = torch.lerp(x.reshape(1, b, c // 3, 3, h, w), imgs.view(n, b, 1, 3, h, w), weight)
+    return out.view(n, b, c, h, w)
+
+
+@functools.lru_cache(maxsize=None)
+def _weights(alphas: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The blend weights as a [N, 1, 1, 1, 1, 1] tensor, made once per device (a host copy per update would
+    stall a captured update)."""
+    return torch.tensor(alphas, device=device, dtype=dtype).view(-1, 1, 1, 1, 1, 1)
+
+
 def random_overlay(
     x: torch.Tensor,
     *,
@@ -148,14 +181,9 @@ def random_overlay(
     :class:`ImageBank`, a folder (ImageFolder-style, e.g. Places365), or None (``CG2A_OVERLAY_DATA`` if set,
     else the procedural bank).
     """
-    b, c, h, w = _check(x, generator, "random_overlay")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"random_overlay: alpha must be in [0, 1], got {alpha}")
-    bank = resolve_image_bank(image_bank)
-    imgs = bank.draw(b, h, w, device=x.device, generator=generator, dtype=x.dtype).mul_(alpha)  # alpha*255*img
-    # Broadcast the image over the stacked frames instead of repeating it.
-    out = x.reshape(b, c // 3, 3, h, w).mul(1.0 - alpha).add_(imgs[:, None])
-    return out.reshape(b, c, h, w)
+    return random_overlays(x, (alpha,), generator=generator, image_bank=image_bank)[0]
 
 
 OVERLAY_S_MU = 0.1
@@ -199,22 +227,27 @@ class Combination:
         needs_bank = bool(_NEEDS_BANK & set(self.names))
         bank = resolve_image_bank(image_bank, pool_size=pool_size, seed=pool_seed) if needs_bank else None
         self.image_bank = bank
-        self._fns: list[Augmentation] = []
-        for n in self.names:
-            fn = AUGMENTATIONS[n]
-            if n == "overlay_s":
-                self._fns.append(lambda x, generator=None, _fn=fn: _fn(x, generator=generator, image_bank=bank,
-                                                                       alpha=overlay_s_mu))
-            elif n in _NEEDS_BANK:
-                self._fns.append(lambda x, generator=None, _fn=fn: _fn(x, generator=generator, image_bank=bank))
-            else:
-                self._fns.append(fn)
+        self._fns: list[Augmentation] = [AUGMENTATIONS[n] for n in self.names]
+        # the overlay copies, by position, with their weights: made together (one draw, one blend)
+        self._overlay_alphas = {i: overlay_s_mu if n == "overlay_s" else 0.5
+                                for i, n in enumerate(self.names) if n in _NEEDS_BANK}
 
     def __len__(self) -> int:
         return len(self.names)
 
     def __call__(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> list[torch.Tensor]:
-        return [fn(x, generator=generator) for fn in self._fns]
+        """The copies in order. The overlay copies are drawn together where the first of them stands (the
+        generator's stream: the augmentations before it, every overlay's draw, the others after it)."""
+        copies: list[torch.Tensor | None] = [None] * len(self._fns)
+        for i, fn in enumerate(self._fns):
+            if i not in self._overlay_alphas:
+                copies[i] = fn(x, generator=generator)
+            elif i == min(self._overlay_alphas):
+                made = random_overlays(x, list(self._overlay_alphas.values()), generator=generator,
+                                       image_bank=self.image_bank)
+                for j, copy in zip(self._overlay_alphas, made.unbind(0)):
+                    copies[j] = copy
+        return copies  # type: ignore[return-value]
 
     def __repr__(self) -> str:
         bank = f", image_bank={self.image_bank.description!r}" if self.image_bank is not None else ""

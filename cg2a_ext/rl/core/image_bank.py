@@ -30,6 +30,7 @@ DMC-GB's video frames are test data and are never used here.
 from __future__ import annotations
 
 import abc
+import functools
 import math
 import os
 import threading
@@ -82,13 +83,24 @@ def random_resized_crop_boxes(
     # (h, w) side by side in one tensor, so that each later step is one op for both (the same values as
     # computing them apart: every op is elementwise)
     hw = torch.stack([target / aspect, target * aspect], dim=2).sqrt_().round_()          # [n, tries, 2]
-    ok = ((hw >= 1) & (hw <= side)).all(dim=2)
-    first = ok.to(torch.uint8).argmax(dim=1)                         # the first try that fits (0 when none)
-    chosen = hw.gather(1, first.view(n, 1, 1).expand(n, 1, 2))[:, 0]                   # [n, 2]
-    hw = torch.where(ok.any(dim=1, keepdim=True), chosen, float(side))
+    # the whole image as an eleventh try that always fits: argmax finds the first try that fits, else this one
+    hw = F.pad(hw, (0, 0, 0, 1), value=float(side))
+    ok = hw <= side
+    # the lower check only where a rounded side can be 0: the smallest area at the extreme ratio gives sides
+    # of at least 1 (at 5 px and up with the defaults; 0.6, not 0.5, leaves room for float rounding)
+    if math.sqrt(scale[0] * area * min(ratio[0], 1.0 / ratio[1])) < 0.6:
+        ok &= hw >= 1
+    first = ok.all(dim=2).to(torch.uint8).argmax(dim=1)
+    hw = hw.gather(1, first.view(n, 1, 1).expand(n, 1, 2))[:, 0]                       # [n, 2]
     u = torch.rand(n, 2, device=device, generator=generator)
-    top_left = torch.minimum((u * (side - hw + 1)).floor_(), side - hw)
+    top_left = torch.minimum((u * (side + 1 - hw)).floor_(), side - hw)
     return torch.cat([top_left, hw], dim=1)
+
+
+@functools.lru_cache(maxsize=None)
+def _signs(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """-1 and 1 as 0-d tensors on ``device``, made once (two fills fewer per draw)."""
+    return torch.tensor(-1.0, device=device), torch.tensor(1.0, device=device)
 
 
 def random_resized_crops(
@@ -122,7 +134,8 @@ def random_resized_crops(
     offset_yx = (2.0 * top_left + hw) / side - 1.0
     scale_x = scale_yx[:, 1]
     if flip:
-        scale_x = scale_x * torch.where(torch.rand(n, device=device, generator=generator) < 0.5, -1.0, 1.0)
+        minus_one, one = _signs(device)
+        scale_x = scale_x * torch.where(torch.rand(n, device=device, generator=generator) < 0.5, minus_one, one)
     zero = torch.zeros(n, device=device)
     theta = torch.stack([scale_x, zero, offset_yx[:, 1], zero, scale_yx[:, 0], offset_yx[:, 0]], dim=1).view(n, 2, 3)
     compute = torch.float64 if dtype == torch.float64 else torch.float32
