@@ -428,3 +428,32 @@ def test_eval_shows_a_success_column_for_a_robot_run_and_none_for_dmc(robot_run,
     assert "success_rate" not in dmc["train"]
     table = markdown_table([{"task": "walker_walk", "algorithm": "drq", "aggregate": dmc}], ["train"])
     assert table.splitlines()[0] == "| task | algorithm | runs | train |" and "success" not in table
+
+
+def test_reference_policies_run_on_the_reports_episodes():
+    """random / still / expert on reach: the expert succeeds and scores above the others, on the zero-shot
+    episodes of the report (the same goal draws for a seed, other ones for another seed); bad names refused."""
+    from cg2a_ext.rl.core.evaluation import run_episodes
+    from cg2a_ext.rl.envs.robot import MODES, make_env
+    from cg2a_ext.rl.run.seeding import SeedStreams
+    from cg2a_ext.rl.sweep.report import reference_policies as ref
+    from cg2a_ext.rl.sweep.report.zero_shot import zero_shot_seeds
+
+    res = ref.evaluate("reach", ["random", "still", "expert"], ["train", "test2"], seeds=[0, 1], episodes=2,
+                       image_size=16)
+    for mode in ("train", "test2"):
+        expert, still, rand = (res[p][mode] for p in ("expert", "still", "random"))
+        assert expert["success_rate"] == 1.0 and len(expert["returns"]) == 4
+        assert expert["mean"] > max(still["mean"], rand["mean"]) + 50
+        assert still["success_rate"] < 1.0
+    env_seed, episode_seeds = zero_shot_seeds(SeedStreams(1), MODES.index("test2"), 2)
+    env = make_env("reach", mode="test2", seed=env_seed, image_size=16)
+    try:
+        still_seed1 = run_episodes(ref._Policy("still", env, None), env, 2, episode_seeds=episode_seeds)
+    finally:
+        env.close()
+    assert res["still"]["test2"]["returns"][2:] == still_seed1 != res["still"]["test2"]["returns"][:2]
+    with pytest.raises(ValueError, match="unknown policy 'greedy'"):
+        ref.evaluate("reach", ["greedy"], ["train"], seeds=[0], episodes=1, image_size=16)
+    with pytest.raises(ValueError, match="unknown mode 'video_hard'"):
+        ref.evaluate("reach", ["still"], ["video_hard"], seeds=[0], episodes=1, image_size=16)

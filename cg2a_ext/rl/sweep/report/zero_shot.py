@@ -26,6 +26,13 @@ CACHE_FILE = ZERO_SHOT_CACHE        # kept for callers that name the cache by th
 STREAM = "zero_shot"
 
 
+def zero_shot_seeds(seeds, mode_index: int, episodes: int) -> tuple[int, list[int]]:
+    """The environment seed and the episodes' reset seeds of the mode at ``mode_index`` (in its family's
+    modes) from a run's ``SeedStreams``: what the report evaluates a run of that seed on."""
+    return (seeds.integer(f"{STREAM}_env", mode_index, bits=31),
+            [seeds.integer(STREAM, 0, mode_index, e, bits=31) for e in range(episodes)])
+
+
 def load_cache(run_dir) -> dict:
     path = RunFolder(run_dir).zero_shot_cache
     try:
@@ -102,7 +109,8 @@ def evaluate_run(run_dir, modes, episodes: int, device: str = "cpu", data_dir: s
         doc = load_cache(run_dir)
         for mode in todo:
             i = MODES.index(mode)
-            env = make_env(cfg.task, mode=mode, seed=seeds.integer(f"{STREAM}_env", i, bits=31),
+            env_seed, episode_seeds = zero_shot_seeds(seeds, i, episodes)
+            env = make_env(cfg.task, mode=mode, seed=env_seed,
                            image_size=cfg.image_size, frame_stack=cfg.frame_stack, action_repeat=cfg.action_repeat,
                            episode_length=cfg.episode_length, data_dir=cfg.data_dir or None)
             try:
@@ -111,7 +119,6 @@ def evaluate_run(run_dir, modes, episodes: int, device: str = "cpu", data_dir: s
                                        device=torch.device(device))
                     agent.load_state_dict(state["agent"], networks_only=True)
                     agent.train(False)
-                episode_seeds = [seeds.integer(STREAM, 0, i, e, bits=31) for e in range(episodes)]
                 successes: list[bool] = []
                 returns = run_episodes(agent, env, episodes, episode_seeds=episode_seeds, successes=successes)
                 source = str(getattr(env, "data_source", mode))
